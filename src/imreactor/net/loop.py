@@ -1,0 +1,403 @@
+"""The event loop: one poller, one timer heap, one wakeup fd, one thread.
+
+Iteration order (written down once, relied on by everything above):
+
+1. poll, with a timeout taken from the nearest timer (0 if callbacks are ready,
+   capped by ``max_wait_s`` if the caller gave one);
+2. dispatch each ready fd to its handler's ``handle_read`` / ``handle_write``;
+3. run the timers that are due;
+4. run the callbacks that were ready when this step began (``call_soon``,
+   ``call_soon_threadsafe``);
+5. run the per-iteration loop callbacks (the original's ``add_loop``).
+
+An exception escaping a handler is logged and passed to that handler's
+``handle_error`` (which closes that connection); an exception in a timer or a
+callback is logged. Neither stops the loop. ``KeyboardInterrupt`` and
+``SystemExit`` are not caught.
+
+Thread-safety: only :meth:`EventLoop.call_soon_threadsafe` and :meth:`EventLoop.stop`
+may be called from other threads; everything else belongs to the loop thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .acceptor import Server
+    from .connection import Connection
+
+from .poller import ERROR, READABLE, WRITABLE, Poller, make_poller
+from .timers import Timer, TimerQueue
+
+log = logging.getLogger(__name__)
+
+_READ_MASK = READABLE | ERROR
+_WRITE_MASK = WRITABLE
+
+
+class IOHandler(Protocol):
+    """What the loop dispatches readiness to (a connection, a listener, the waker).
+
+    ``handle_read`` is called for readable *or* error readiness (the handler's
+    ``recv`` surfaces the error or EOF), ``handle_write`` for writable
+    readiness. ``handle_error`` receives an exception that escaped either one;
+    it must release the handler's fd and must not raise.
+    """
+
+    def handle_read(self) -> None: ...
+
+    def handle_write(self) -> None: ...
+
+    def handle_error(self, exc: BaseException) -> None: ...
+
+
+class LoopCallback:
+    """A per-iteration callback registration; ``remove()`` unregisters it."""
+
+    __slots__ = ("_loop", "args", "callback")
+
+    def __init__(self, loop: EventLoop, callback: Callable[..., Any], args: tuple[Any, ...]):
+        self._loop = loop
+        self.callback = callback
+        self.args = args
+
+    def remove(self) -> None:
+        """Stop calling it. Idempotent; safe from inside the callback."""
+        try:
+            self._loop._loop_callbacks.remove(self)
+        except ValueError:
+            pass
+
+
+class _Waker:
+    """The read end of the loop's self-pipe: thread wakeups (``\\0``) and signals (their number)."""
+
+    __slots__ = ("_loop", "_sock")
+
+    def __init__(self, loop: EventLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+
+    def handle_read(self) -> None:
+        # Cleared before draining: a thread that appends after this point sees
+        # False and writes a new byte, so its callback is never left waiting.
+        self._loop._wake_pending = False
+        while True:
+            try:
+                data = self._sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum:
+                    self._loop._signal_received(signum)
+
+    def handle_write(self) -> None:
+        pass
+
+    def handle_error(self, exc: BaseException) -> None:
+        log.error("wakeup channel failed: %r", exc)
+
+
+class EventLoop:
+    """A reactor: at most one per thread, run by the thread that calls :meth:`run`.
+
+    ``poller`` is a backend name (``"epoll"``, ``"kqueue"``, ``"poll"``,
+    ``"select"``) or a poller object; default: ``$IMREACTOR_POLLER`` or the best
+    one available. ``clock`` returns monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        poller: str | Poller | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.poller: Poller = (
+            poller if poller is not None and not isinstance(poller, str) else (make_poller(poller))
+        )
+        self.time = clock
+        self._handlers: dict[int, IOHandler] = {}
+        # fds unregistered while a batch of events is being dispatched: later events
+        # of that batch for the same fd number belong to the closed socket (the number
+        # may already be reused by a new one) and are dropped.
+        self._stale: set[int] = set()
+        self._timers = TimerQueue()
+        self._ready: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._loop_callbacks: list[LoopCallback] = []
+        self._signal_handlers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
+        self._running = False
+        self._stopping = False
+        self._closed = False
+        self._thread_id: int | None = None
+        self._wake_pending = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.add_handler(self._wake_r.fileno(), READABLE, _Waker(self, self._wake_r))
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """True between the start of :meth:`run` and its return."""
+        return self._running
+
+    @property
+    def backend(self) -> str:
+        """Name of the poller backend in use."""
+        return self.poller.name
+
+    def in_loop_thread(self) -> bool:
+        """True when called from the thread running this loop (or if it is not running)."""
+        return self._thread_id is None or self._thread_id == threading.get_ident()
+
+    # -- fd registration (used by connections, listeners; loop thread only) ------------------
+
+    def add_handler(self, fd: int, events: int, handler: IOHandler) -> None:
+        """Watch ``fd`` for ``events`` and dispatch them to ``handler``."""
+        self.poller.register(fd, events)
+        self._handlers[fd] = handler
+
+    def modify_handler(self, fd: int, events: int) -> None:
+        """Change the events watched on ``fd``."""
+        self.poller.modify(fd, events)
+
+    def remove_handler(self, fd: int) -> None:
+        """Stop watching ``fd``. Call before closing the fd. Idempotent."""
+        if self._handlers.pop(fd, None) is not None:
+            self._stale.add(fd)
+            try:
+                self.poller.unregister(fd)
+            except (OSError, KeyError, ValueError):
+                pass  # already closed by someone else: the kernel dropped it
+
+    # -- roles: server and client ------------------------------------------------------------
+
+    def listen(
+        self,
+        host: str | list[str] | None,
+        port: int,
+        protocol_factory: Callable[[], Any],
+        **kw: Any,
+    ) -> Server:
+        """Listen and accept; see :func:`imreactor.net.acceptor.listen` for the options."""
+        from .acceptor import listen
+
+        return listen(self, host, port, protocol_factory, **kw)
+
+    def connect(self, host: str, port: int, protocol: Any, **kw: Any) -> Connection:
+        """Connect without blocking; see :func:`imreactor.net.connection.connect`."""
+        from .connection import connect
+
+        return connect(self, host, port, protocol, **kw)
+
+    # -- callbacks and timers ----------------------------------------------------------------
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop thread soon (this or the next iteration), FIFO."""
+        self._ready.append((callback, args))
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Like :meth:`call_soon`, from any thread; wakes the loop if it is waiting in poll."""
+        self._ready.append((callback, args))  # deque.append is atomic
+        if not self._wake_pending:
+            # One byte per wakeup, not per callback: a worker pool finishing a
+            # thousand tasks costs the loop one read, not a thousand.
+            self._wake_pending = True
+            self._wakeup()
+
+    def _wakeup(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full, so the loop will wake anyway
+        except OSError:
+            if not self._closed:
+                raise
+
+    def call_later(self, delay_s: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` once after ``delay_s`` seconds. Returns a cancellable Timer."""
+        return self._timers.call_at(self.time() + max(delay_s, 0.0), callback, args)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Run ``callback(*args)`` once at loop time ``when`` (see :attr:`time`)."""
+        return self._timers.call_at(when, callback, args)
+
+    def call_every(
+        self,
+        interval_s: float,
+        callback: Callable[..., Any],
+        *args: Any,
+        first_s: float | None = None,
+    ) -> Timer:
+        """Call ``callback(*args)`` each ``interval_s``; first after ``first_s`` or one interval."""
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        delay = interval_s if first_s is None else first_s
+        return self._timers.call_at(self.time() + delay, callback, args, interval_s)
+
+    def add_loop_callback(self, callback: Callable[..., Any], *args: Any) -> LoopCallback:
+        """Run ``callback(*args)`` once per iteration, after I/O, timers and ready callbacks."""
+        entry = LoopCallback(self, callback, args)
+        self._loop_callbacks.append(entry)
+        return entry
+
+    @property
+    def pending_timers(self) -> int:
+        """Number of live timers."""
+        return len(self._timers)
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop thread when ``signum`` arrives.
+
+        Signals reach the loop through ``signal.set_wakeup_fd`` on the loop's
+        self-pipe, so the handler runs between iterations, never inside a
+        handler. Main thread only (a Python rule). Replaces an earlier handler.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError("signal handlers can only be added from the main thread")
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._signal_handlers[signum] = (callback, args)
+        # The Python-level handler does nothing: its only job is to make the C
+        # handler write the signal number to the wakeup fd.
+        signal.signal(signum, _noop_signal_handler)
+
+    def remove_signal_handler(self, signum: int) -> bool:
+        """Restore the default disposition of ``signum``; True if a handler was removed."""
+        if self._signal_handlers.pop(signum, None) is None:
+            return False
+        signal.signal(
+            signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+        )
+        if not self._signal_handlers:
+            try:
+                signal.set_wakeup_fd(-1)
+            except ValueError:
+                pass  # not the main thread; the loop is being torn down elsewhere
+        return True
+
+    def _signal_received(self, signum: int) -> None:
+        entry = self._signal_handlers.get(signum)
+        if entry is not None:
+            self._ready.append(entry)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, max_wait_s: float | None = None) -> None:
+        """Run iterations until :meth:`stop` is called.
+
+        ``max_wait_s`` caps each poll (the original's ``wait_timeout``): loop
+        callbacks then run at least that often even when nothing happens.
+        """
+        if self._running:
+            raise RuntimeError("the loop is already running")
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        self._running = True
+        self._stopping = False
+        self._thread_id = threading.get_ident()
+        try:
+            while not self._stopping:
+                self.run_once(max_wait_s)
+        finally:
+            self._running = False
+            self._stopping = False
+            self._thread_id = None
+
+    def stop(self) -> None:
+        """Make :meth:`run` return after the current iteration. Safe from any thread."""
+        self._stopping = True
+        if not self.in_loop_thread():
+            self._wakeup()
+
+    def run_once(self, max_wait_s: float | None = None) -> None:
+        """One iteration (see the module docstring). Public for tests and embedding."""
+        if self._ready or self._stopping:
+            timeout: float | None = 0.0
+        else:
+            timeout = max_wait_s
+            deadline = self._timers.next_deadline()
+            if deadline is not None:
+                until = deadline - self.time()
+                if until < 0.0:
+                    until = 0.0
+                if timeout is None or until < timeout:
+                    timeout = until
+        try:
+            events = self.poller.poll(timeout)
+        except InterruptedError:
+            events = []
+        if events:
+            self._dispatch(events)
+        if self._timers._heap:
+            self._timers.run_due(self.time())
+        ready = self._ready
+        for _ in range(len(ready)):
+            callback, args = ready.popleft()
+            try:
+                callback(*args)
+            except Exception:
+                log.exception("callback %r failed", callback)
+        if self._loop_callbacks:
+            for entry in tuple(self._loop_callbacks):
+                try:
+                    entry.callback(*entry.args)
+                except Exception:
+                    log.exception("loop callback %r failed", entry.callback)
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        get = self._handlers.get
+        stale = self._stale
+        stale.clear()  # fds closed before this poll returned cannot have events in it
+        for fd, mask in events:
+            handler = get(fd)
+            if handler is None or (stale and fd in stale):
+                continue
+            try:
+                if mask & _READ_MASK:
+                    handler.handle_read()
+                if mask & _WRITE_MASK:
+                    handler.handle_write()
+            except Exception as exc:
+                try:
+                    handler.handle_error(exc)
+                except Exception:
+                    log.exception("handle_error of %r failed", handler)
+        stale.clear()
+
+    def close(self) -> None:
+        """Release the poller and the wakeup pipe. The loop must not be running.
+
+        Handlers still registered are not closed: their owners close them.
+        """
+        if self._running:
+            raise RuntimeError("cannot close a running loop")
+        if self._closed:
+            return
+        self._closed = True
+        for signum in list(self._signal_handlers):
+            self.remove_signal_handler(signum)
+        self.remove_handler(self._wake_r.fileno())
+        self._stale.clear()
+        self._wake_r.close()
+        self._wake_w.close()
+        self._timers.clear()
+        self._ready.clear()
+        self.poller.close()
+
+
+def _noop_signal_handler(signum: int, frame: object) -> None:
+    pass

@@ -1,0 +1,1 @@
+"""The TeamTalk wire protocol: PDU header and framing, protobuf schema, message registry."""

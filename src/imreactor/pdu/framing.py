@@ -1,0 +1,97 @@
+"""Incremental PDU framing on top of a reactor connection.
+
+:class:`FrameProtocol` takes the byte stream in any split (a PDU across many
+reads, many PDUs in one read) and calls ``frame_received`` once per complete
+PDU, in order. Cost is linear in the bytes received: a complete PDU in a read
+is sliced straight from it; only a trailing partial PDU is copied into a
+buffer, which grows by appending and shrinks from the front in O(1).
+
+A length below 16 or above ``max_pdu_bytes`` is rejected as soon as the header
+is complete, before any of the body is buffered: ``frame_error`` logs the
+reason and aborts that one connection.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..net.connection import CONNECTED, Connection, Protocol
+from .header import DEFAULT_MAX_PDU_BYTES, HEADER, HEADER_LEN
+
+log = logging.getLogger(__name__)
+
+_unpack_from = HEADER.unpack_from
+
+Frame = bytes | bytearray
+
+
+class FrameError(ValueError):
+    """The peer sent a PDU header that cannot be valid."""
+
+
+class FrameProtocol(Protocol):
+    """A protocol that delivers whole PDUs. Subclass and implement :meth:`frame_received`.
+
+    ``conn`` is set by ``connection_made`` (subclasses that override it call
+    ``super().connection_made(conn)``). ``max_pdu_bytes`` is a class attribute:
+    set it on a subclass, or pass ``max_pdu_bytes`` to ``__init__``.
+    """
+
+    max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
+    conn: Connection
+
+    def __init__(self, max_pdu_bytes: int | None = None) -> None:
+        self._buf: bytearray | None = None
+        if max_pdu_bytes is not None:
+            self.max_pdu_bytes = max_pdu_bytes
+
+    def connection_made(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def frame_received(self, service_id: int, command_id: int, seq: int, frame: Frame) -> None:
+        """One complete PDU (``frame`` includes its 16-byte header)."""
+        raise NotImplementedError
+
+    def frame_error(self, error: FrameError) -> None:
+        """An impossible header arrived: log it and abort the connection."""
+        log.warning("%r: %s; closing the connection", self.conn, error)
+        self.conn.abort(error)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete PDU waiting for the rest."""
+        return len(self._buf) if self._buf is not None else 0
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        view: bytes | bytearray = data
+        if buf is not None:
+            buf += data
+            view = buf
+        size = len(view)
+        offset = 0
+        limit = self.max_pdu_bytes
+        deliver = self.frame_received
+        conn = self.conn
+        while size - offset >= HEADER_LEN:
+            length, _, _, service_id, command_id, seq, _ = _unpack_from(view, offset)
+            if length < HEADER_LEN or length > limit:
+                self._buf = None
+                self.frame_error(FrameError(f"PDU length {length} outside {HEADER_LEN}..{limit}"))
+                return
+            end = offset + length
+            if end > size:
+                break
+            deliver(service_id, command_id, seq, view[offset:end])
+            offset = end
+            if conn.state is not CONNECTED:
+                # The handler closed the connection: what follows is not for us.
+                self._buf = None
+                return
+        if buf is not None:
+            if offset == size:
+                self._buf = None  # give the memory back between PDUs
+            elif offset:
+                del buf[:offset]
+        elif offset < size:
+            self._buf = bytearray(memoryview(data)[offset:])
