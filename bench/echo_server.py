@@ -21,6 +21,8 @@ MAX_FRAME_BYTES = 1 << 20
 class EchoProtocol(FrameProtocol):
     """Replies to every PDU with the same PDU."""
 
+    __slots__ = ()
+
     max_pdu_bytes = MAX_FRAME_BYTES
 
     def frame_received(self, service_id: int, command_id: int, seq: int, frame: Frame) -> None:

@@ -117,6 +117,8 @@ class Protocol:
     are logged and abort that connection only.
     """
 
+    __slots__ = ()  # subclasses may stay slotted: one protocol object per connection
+
     def connection_made(self, conn: Connection) -> None:
         """The connection is CONNECTED; keep ``conn`` to write to it."""
 
@@ -556,6 +558,9 @@ class Connection:
 
     def _release(self) -> None:
         self.state = CLOSED
+        if self._out:
+            # Aborted inside its own data_received: the batched replies die with it.
+            self._out.clear()
         self._out = None
         self._wbuf = None
         if self._timer is not None:

@@ -342,15 +342,19 @@ class EventLoop:
             events = []
         if events:
             self._dispatch(events)
-        if self._timers._heap:
-            self._timers.run_due(self.time())
+        heap = self._timers._heap
+        if heap:
+            now = self.time()
+            if heap[0][0] <= now:
+                self._timers.run_due(now)
         ready = self._ready
-        for _ in range(len(ready)):
-            callback, args = ready.popleft()
-            try:
-                callback(*args)
-            except Exception:
-                log.exception("callback %r failed", callback)
+        if ready:
+            for _ in range(len(ready)):
+                callback, args = ready.popleft()
+                try:
+                    callback(*args)
+                except Exception:
+                    log.exception("callback %r failed", callback)
         if self._loop_callbacks:
             for entry in tuple(self._loop_callbacks):
                 try:

@@ -33,17 +33,21 @@ class FrameProtocol(Protocol):
     """A protocol that delivers whole PDUs. Subclass and implement :meth:`frame_received`.
 
     ``conn`` is set by ``connection_made`` (subclasses that override it call
-    ``super().connection_made(conn)``). ``max_pdu_bytes`` is a class attribute:
-    set it on a subclass, or pass ``max_pdu_bytes`` to ``__init__``.
+    ``super().connection_made(conn)``). The PDU size limit is the class
+    attribute ``max_pdu_bytes`` unless ``__init__`` is given one.
+
+    Slotted, because there is one per connection: a subclass that declares
+    ``__slots__`` too keeps an idle connection's memory small.
     """
+
+    __slots__ = ("_buf", "_limit", "conn")
 
     max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
     conn: Connection
 
     def __init__(self, max_pdu_bytes: int | None = None) -> None:
         self._buf: bytearray | None = None
-        if max_pdu_bytes is not None:
-            self.max_pdu_bytes = max_pdu_bytes
+        self._limit = self.max_pdu_bytes if max_pdu_bytes is None else max_pdu_bytes
 
     def connection_made(self, conn: Connection) -> None:
         self.conn = conn
@@ -70,9 +74,10 @@ class FrameProtocol(Protocol):
             view = buf
         size = len(view)
         offset = 0
-        limit = self.max_pdu_bytes
+        limit = self._limit
         deliver = self.frame_received
         conn = self.conn
+        connected = CONNECTED
         while size - offset >= HEADER_LEN:
             length, _, _, service_id, command_id, seq, _ = _unpack_from(view, offset)
             if length < HEADER_LEN or length > limit:
@@ -84,7 +89,7 @@ class FrameProtocol(Protocol):
                 break
             deliver(service_id, command_id, seq, view[offset:end])
             offset = end
-            if conn.state is not CONNECTED:
+            if conn.state is not connected:
                 # The handler closed the connection: what follows is not for us.
                 self._buf = None
                 return

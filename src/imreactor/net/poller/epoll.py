@@ -24,12 +24,11 @@ class EpollPoller:
         self.register = self._ep.register
         self.modify = self._ep.modify
         self.unregister = self._ep.unregister
-        self._poll = self._ep.poll
-
-    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
-        # CPython rounds the timeout up to whole milliseconds, so a timer due in
-        # 0.3 ms does not turn into a busy loop of zero-timeout polls.
-        return self._poll(-1 if timeout is None else timeout)
+        # epoll.poll takes seconds and None (wait forever), exactly this interface,
+        # so the loop calls it with no Python frame in between. CPython rounds the
+        # timeout up to whole milliseconds, so a timer due in 0.3 ms does not turn
+        # into a busy loop of zero-timeout polls.
+        self.poll = self._ep.poll
 
     def close(self) -> None:
         self._ep.close()
