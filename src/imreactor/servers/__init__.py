@@ -1,0 +1,1 @@
+"""The servers: one package per role, each with a thin ``main``."""
