@@ -20,6 +20,14 @@ def _echo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=echo.run)
 
 
+def _login(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .servers.login import main
+
+    p = sub.add_parser("login-server", help="run login_server alone")
+    main.add_arguments(p)
+    p.set_defaults(run=main.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="imreactor", description=__doc__)
     ap.add_argument("--version", action="version", version=f"imreactor {__version__}")
@@ -27,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_echo,):
+    for register in (_echo, _login):
         register(sub)
     return ap
 

@@ -1,0 +1,110 @@
+"""Server configuration: TOML files mapped onto dataclasses with documented defaults.
+
+Each server has one dataclass whose fields are its keys; a field's default is
+the key's default and the ``doc`` in its metadata says what it means
+(``imreactor config --defaults ROLE`` prints them all). A file may hold several
+roles, one table each (``[login]``, ``[msg]``, ``[route]``, ``[dbproxy]``).
+Unknown keys and wrongly typed values are errors, reported with the key's
+name: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used as written."""
+
+
+def option(default: Any, doc: str) -> Any:
+    """A configuration key: its default and a one-line description."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(annotation):
+            try:
+                return _check_type(name, value, arm)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name}: {value!r} is not {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{name}: expected nothing, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if type(value) is not annotation:
+            raise ConfigError(f"{name}: expected {annotation.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type {annotation}")
+
+
+def from_mapping(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build ``cls`` from ``data``; every key must be a field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}")
+    kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def load(cls: type[T], path: str | Path | None, section: str) -> T:
+    """Read table ``[section]`` of the TOML file at ``path`` into ``cls``; no file: defaults."""
+    if path is None:
+        return cls()
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    table = doc.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{section}] must be a table")
+    return from_mapping(cls, table, section)
+
+
+def describe(cls: type[Any], section: str) -> str:
+    """A commented TOML table of every key of ``cls`` with its default."""
+    lines = [f"[{section}]"]
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"# {f.metadata.get('doc', '')}")
+        if default is None:
+            lines.append(f"# {f.name} = (unset by default)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,1 @@
+"""login_server: hands each client the least-loaded msg_server."""

@@ -1,0 +1,214 @@
+"""login_server: a registry of msg_servers and their load, and the HTTP answer clients ask for.
+
+msg_servers connect to ``msg_server_port`` and send ``IMMsgServInfo`` (their
+addresses and counts), then ``IMUserCntUpdate`` on every login and logout.
+Clients ask ``GET /msg_server`` (or ``IMMsgServReq`` on ``client_port``) and
+get the msg_server with the fewest users among those not full. A msg_server
+whose link closes or goes silent is forgotten at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from ...http import HttpProtocol, Request, Response, Router
+from ...net import EventLoop, Server
+from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
+from ...pdu.proto import im_base_define_pb2 as base
+from ...pdu.proto import im_login_pb2 as login_pb
+from ...pdu.proto import im_server_pb2 as server_pb
+from .config import LoginConfig
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+USER_ACTION_ADD = 1
+USER_ACTION_DEL = 2
+
+
+@dataclass
+class MsgServerEntry:
+    """What login_server knows of one registered msg_server."""
+
+    ip1: str
+    ip2: str
+    port: int
+    max_conn_cnt: int
+    cur_conn_cnt: int
+    host_name: str
+
+
+class MsgServerRegistry:
+    """The registered msg_servers, keyed by their link. Loop thread only."""
+
+    def __init__(self) -> None:
+        self._servers: dict[ImConnection, MsgServerEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._servers)
+
+    def register(self, link: ImConnection, info: Any) -> None:
+        self._servers[link] = MsgServerEntry(
+            info.ip1, info.ip2, info.port, info.max_conn_cnt, info.cur_conn_cnt, info.host_name
+        )
+        log.info(
+            "msg_server %s (%s:%d) registered with %d/%d users",
+            info.host_name,
+            info.ip1,
+            info.port,
+            info.cur_conn_cnt,
+            info.max_conn_cnt,
+        )
+
+    def update_count(self, link: ImConnection, action: int) -> None:
+        entry = self._servers.get(link)
+        if entry is None:
+            return  # a count before IMMsgServInfo: the recount in IMMsgServInfo will cover it
+        if action == USER_ACTION_ADD:
+            entry.cur_conn_cnt += 1
+        elif action == USER_ACTION_DEL and entry.cur_conn_cnt > 0:
+            entry.cur_conn_cnt -= 1
+
+    def forget(self, link: ImConnection) -> None:
+        entry = self._servers.pop(link, None)
+        if entry is not None:
+            log.info("msg_server %s (%s:%d) gone", entry.host_name, entry.ip1, entry.port)
+
+    def pick(self) -> tuple[int, MsgServerEntry | None]:
+        """``(0, least loaded)``, or ``(1, None)`` if none registered, ``(2, None)`` if all full."""
+        if not self._servers:
+            return base.REFUSE_REASON_NO_MSG_SERVER, None
+        open_ = [e for e in self._servers.values() if e.cur_conn_cnt < e.max_conn_cnt]
+        if not open_:
+            return base.REFUSE_REASON_MSG_SERVER_FULL, None
+        return 0, min(open_, key=lambda e: e.cur_conn_cnt)
+
+    def total_users(self) -> int:
+        return sum(e.cur_conn_cnt for e in self._servers.values())
+
+
+class LoginServer:
+    """All of login_server's listeners and state on one loop."""
+
+    def __init__(self, loop: EventLoop, config: LoginConfig) -> None:
+        self.loop = loop
+        self.config = config
+        self.registry = MsgServerRegistry()
+        self.http_requests = 0
+        self.keepalive = Keepalive(loop)
+        self._servers: list[Server] = []
+        self._link_policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
+
+        self.msg_dispatch = Dispatcher()
+        self.msg_dispatch.register(
+            server_pb.IMMsgServInfo,
+            self._on_msg_serv_info,
+        )
+        self.msg_dispatch.register(
+            server_pb.IMUserCntUpdate,
+            self._on_user_cnt_update,
+        )
+        self.client_dispatch = Dispatcher()
+        self.client_dispatch.register(
+            login_pb.IMMsgServReq,
+            self._on_msg_serv_req,
+        )
+        self.router = Router()
+        self.router.add("/msg_server", self._http_msg_server)
+        self.router.add("/healthz", self._http_healthz)
+        self.router.add("/metrics", self._http_metrics)
+
+    def start(self) -> None:
+        c = self.config
+        self._servers.append(
+            self.loop.listen(c.listen_host, c.http_port, lambda: HttpProtocol(self.router))
+        )
+        self._servers.append(self.loop.listen(c.listen_host, c.msg_server_port, self._msg_link))
+        if c.client_port:
+            self._servers.append(self.loop.listen(c.listen_host, c.client_port, self._client_link))
+
+    @property
+    def ports(self) -> dict[str, int]:
+        names = ["http", "msg_server", "client"]
+        return {name: srv.port for name, srv in zip(names, self._servers, strict=False)}
+
+    def close(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        self._servers.clear()
+
+    # -- msg_server links -----------------------------------------------------------------
+
+    def _msg_link(self) -> ImConnection:
+        return _MsgServerLink(self, self.msg_dispatch, self.keepalive, self._link_policy)
+
+    def _on_msg_serv_info(self, link: ImConnection, msg: Any, seq: int) -> None:
+        self.registry.register(link, msg)
+
+    def _on_user_cnt_update(self, link: ImConnection, msg: Any, seq: int) -> None:
+        self.registry.update_count(link, msg.user_action)
+
+    # -- clients over TCP -----------------------------------------------------------------
+
+    def _client_link(self) -> ImConnection:
+        return ImConnection(self.client_dispatch, self.keepalive, self._link_policy)
+
+    def _on_msg_serv_req(self, link: ImConnection, msg: Any, seq: int) -> None:
+        code, entry = self.registry.pick()
+        rsp = login_pb.IMMsgServRsp(result_code=base.ResultType.ValueType(code))
+        if entry is not None:
+            rsp.prior_ip, rsp.backip_ip, rsp.port = entry.ip1, entry.ip2, entry.port
+        link.send(rsp, seq)
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    def _http_msg_server(self, request: Request) -> Response:
+        self.http_requests += 1
+        code, entry = self.registry.pick()
+        body: dict[str, Any]
+        if entry is None:
+            msg = "没有msg_server" if code == base.REFUSE_REASON_NO_MSG_SERVER else "负载过高"
+            body = {"code": code, "msg": msg}
+        else:
+            body = {
+                "code": 0,
+                "msg": "",
+                "priorIP": entry.ip1,
+                "backupIP": entry.ip2,
+                "port": str(entry.port),  # a string: clients parse it from a string
+                "msfsPrior": self.config.msfs_prior,
+                "msfsBackup": self.config.msfs_backup,
+                "discovery": self.config.discovery,
+            }
+        return 200, JSON, json.dumps(body, ensure_ascii=False).encode()
+
+    def _http_healthz(self, request: Request) -> Response:
+        return 200, TEXT, b"ok\n"
+
+    def _http_metrics(self, request: Request) -> Response:
+        lines = [
+            "# TYPE imreactor_login_msg_servers gauge",
+            f"imreactor_login_msg_servers {len(self.registry)}",
+            "# TYPE imreactor_login_users gauge",
+            f"imreactor_login_users {self.registry.total_users()}",
+            "# TYPE imreactor_login_http_requests_total counter",
+            f"imreactor_login_http_requests_total {self.http_requests}",
+        ]
+        return 200, "text/plain; version=0.0.4", ("\n".join(lines) + "\n").encode()
+
+
+class _MsgServerLink(ImConnection):
+    """login_server's side of a msg_server link: forgets the msg_server when it closes."""
+
+    def __init__(
+        self, owner: LoginServer, dispatcher: Dispatcher, keepalive: Keepalive, policy: LinkPolicy
+    ) -> None:
+        super().__init__(dispatcher, keepalive, policy)
+        self.owner = owner
+
+    def on_closed(self, exc: BaseException | None) -> None:
+        self.owner.registry.forget(self)
