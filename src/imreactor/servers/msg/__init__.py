@@ -1,0 +1,1 @@
+"""msg_server: client long connections, login, messages, presence."""

@@ -1,0 +1,559 @@
+"""msg_server: where clients keep their long connections.
+
+Flows (WIRE.md §5):
+
+- **login**: ``IMLoginReq`` → refused with 3/4 when the db_proxy/login_server
+  links are down → ``IMValidateReq`` to db_proxy → on failure result 6 and close;
+  on success the older connection of the same class (desktop or mobile) is
+  kicked (``IMKickUser``) and closed, login_server gets ``IMUserCntUpdate``, the
+  client gets ``IMLoginRes`` with its request's seq, and online users get
+  ``IMUserStatNotify`` if the user just came online.
+- **before login** only login and heartbeats are served: anything else closes
+  the connection; so does missing the login deadline.
+- **1:1 message**: ``IMMsgData`` from a client gets its sender from the
+  session, is stored by db_proxy (which assigns the msg_id), and only then is
+  acknowledged to the sender (``IMMsgDataAck`` with the request's seq) and
+  delivered (seq 0, msg_id set, attach_data cleared) to every connection of
+  the peer and the sender's other connections.
+- **queries** (unread counts, history, users, sessions, ...): forwarded to
+  db_proxy with ``user_id`` taken from the session; the answer goes back with
+  the request's seq.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ...net import ConnState, EventLoop, Server, Timer
+from ...pdu.imconn import (
+    Dispatcher,
+    ImConnection,
+    Keepalive,
+    LinkPolicy,
+)
+from ...pdu.proto import im_base_define_pb2 as base
+from ...pdu.proto import im_buddy_pb2 as buddy
+from ...pdu.proto import im_login_pb2 as login_pb
+from ...pdu.proto import im_message_pb2 as msg_pb
+from ...pdu.proto import im_other_pb2 as other_pb
+from ...pdu.proto import im_server_pb2 as server_pb
+from ...pdu.proto import im_switch_service_pb2 as switch_pb
+from ...pdu.registry import ids_of
+from ..links import Link, LinkSet, parse_address
+from .config import MsgConfig
+
+log = logging.getLogger(__name__)
+
+USER_ACTION_ADD = 1
+USER_ACTION_DEL = 2
+#: Undecodable or incomplete PDUs tolerated from a logged-in client before it is closed.
+MAX_BAD_PDUS = 10
+_ATTACH = struct.Struct(">III")
+_ATTACH_TYPE_HANDLE = 1
+
+
+def is_mobile(client_type: int) -> bool:
+    return bool(client_type & 0x10)
+
+
+class ClientConn(ImConnection):
+    """msg_server's side of one client connection."""
+
+    def __init__(self, server: MsgServer) -> None:
+        super().__init__(server.client_dispatch, server.keepalive, server.client_policy)
+        self.handle = next(server.handles)  #: never reused, unlike fds: safe in attach_data
+        self.server = server
+        self.user_id = 0
+        self.user_info: Any = None
+        self.client_type = 0
+        self.login_pending = False
+        self.kicked = False
+        self._login_timer: Timer | None = None
+        self._tokens = float(server.config.msg_burst)
+        self._tokens_at = 0.0
+        self._dropped = 0
+
+    @property
+    def logged_in(self) -> bool:
+        return self.user_id != 0
+
+    def attach(self) -> bytes:
+        """The original's 12-byte attach_data naming this connection."""
+        return _ATTACH.pack(_ATTACH_TYPE_HANDLE, self.handle, 0)
+
+    def on_connected(self) -> None:
+        self.server.clients[self.handle] = self
+        self._login_timer = self.server.loop.call_later(
+            self.server.config.login_timeout_s, self._login_deadline
+        )
+
+    def _login_deadline(self) -> None:
+        self._login_timer = None
+        if not self.logged_in:
+            log.info("%r: not logged in within the deadline; closing", self.conn)
+            self.conn.close()
+
+    def on_closed(self, exc: BaseException | None) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        self.server.clients.pop(self.handle, None)
+        if self.logged_in:
+            self.server.user_gone(self)
+
+    def frame_received(self, service_id: int, command_id: int, seq: int, frame: Any) -> None:
+        if not self.logged_in and command_id not in _BEFORE_LOGIN:
+            log.warning(
+                "%r: command 0x%04x before login; closing the connection", self.conn, command_id
+            )
+            self.conn.abort()
+            return
+        super().frame_received(service_id, command_id, seq, frame)
+
+    def bad_pdu(self, service_id: int, command_id: int, seq: int, reason: str) -> None:
+        super().bad_pdu(service_id, command_id, seq, reason)
+        if not self.logged_in or self.bad_pdus > MAX_BAD_PDUS:
+            self.conn.abort()
+
+    def take_token(self) -> bool:
+        """Token bucket: ``msg_rate_per_s`` sustained, ``msg_burst`` at once."""
+        config = self.server.config
+        now = self.server.loop.time()
+        self._tokens = min(
+            float(config.msg_burst), self._tokens + (now - self._tokens_at) * config.msg_rate_per_s
+        )
+        self._tokens_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+_BEFORE_LOGIN = frozenset({ids_of(login_pb.IMLoginReq)[1], ids_of(other_pb.IMHeartBeat)[1]})
+
+
+class UserConns:
+    """The connections of one user on this server: at most one desktop and one mobile."""
+
+    __slots__ = ("desktop", "mobile")
+
+    def __init__(self) -> None:
+        self.desktop: ClientConn | None = None
+        self.mobile: ClientConn | None = None
+
+    def __iter__(self) -> Iterator[ClientConn]:
+        if self.desktop is not None:
+            yield self.desktop
+        if self.mobile is not None:
+            yield self.mobile
+
+
+#: Queries forwarded to db_proxy as they are (``user_id`` set from the session).
+FORWARDED: list[tuple[type[Message], type[Message]]] = [
+    (msg_pb.IMUnreadMsgCntReq, msg_pb.IMUnreadMsgCntRsp),
+    (msg_pb.IMGetMsgListReq, msg_pb.IMGetMsgListRsp),
+    (msg_pb.IMGetLatestMsgIdReq, msg_pb.IMGetLatestMsgIdRsp),
+    (msg_pb.IMGetMsgByIdReq, msg_pb.IMGetMsgByIdRsp),
+    (buddy.IMRecentContactSessionReq, buddy.IMRecentContactSessionRsp),
+    (buddy.IMUsersInfoReq, buddy.IMUsersInfoRsp),
+    (buddy.IMRemoveSessionReq, buddy.IMRemoveSessionRsp),
+    (buddy.IMAllUserReq, buddy.IMAllUserRsp),
+    (buddy.IMDepartmentReq, buddy.IMDepartmentRsp),
+]
+
+
+class MsgServer:
+    """All of one msg_server's state and links, on one loop."""
+
+    def __init__(self, loop: EventLoop, config: MsgConfig) -> None:
+        self.loop = loop
+        self.config = config
+        self.keepalive = Keepalive(loop)
+        self.client_policy = LinkPolicy(
+            heartbeat_s=None,
+            timeout_s=config.client_timeout_s,
+            echo_heartbeat=True,
+            max_pdu_bytes=config.max_pdu_bytes,
+        )
+        self.mobile_policy = LinkPolicy(
+            heartbeat_s=None,
+            timeout_s=config.mobile_timeout_s,
+            echo_heartbeat=True,
+            max_pdu_bytes=config.max_pdu_bytes,
+        )
+        self.clients: dict[int, ClientConn] = {}
+        self.handles = itertools.count(1)
+        self.users: dict[int, UserConns] = {}
+        self._server: Server | None = None
+        delays = tuple(config.reconnect_delays_s)
+
+        self.client_dispatch = Dispatcher()
+        d = self.client_dispatch
+        d.register(login_pb.IMLoginReq, self._on_login)
+        d.register(login_pb.IMLogoutReq, self._on_logout)
+        d.register(msg_pb.IMMsgData, self._on_msg_data)
+        d.register(msg_pb.IMMsgDataAck, self._on_msg_data_ack)
+        d.register(msg_pb.IMMsgDataReadAck, self._on_read_ack)
+        d.register(msg_pb.IMClientTimeReq, self._on_client_time)
+        d.register(buddy.IMUsersStatReq, self._on_users_stat)
+        d.register(buddy.IMChangeSignInfoReq, self._on_change_sign_info)
+        d.register(switch_pb.IMP2PCmdMsg, self._on_p2p_cmd)
+        for req_cls, rsp_cls in FORWARDED:
+            d.register(req_cls, self._forwarder(rsp_cls))
+
+        self.db = LinkSet(
+            loop,
+            "db_proxy",
+            [parse_address(a, 10600) for a in config.db_proxies],
+            Dispatcher(),
+            self.keepalive,
+            backoff_delays_s=delays,
+        )
+        self.login = LinkSet(
+            loop,
+            "login_server",
+            [parse_address(a, 8100) for a in config.login_servers],
+            Dispatcher(),
+            self.keepalive,
+            backoff_delays_s=delays,
+            on_up=self._announce_to_login,
+        )
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._server = self.loop.listen(
+            self.config.listen_host, self.config.port, lambda: ClientConn(self), backlog=4096
+        )
+        self.db.start()
+        self.login.start()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.db.stop()
+        self.login.stop()
+        for conn in list(self.clients.values()):
+            conn.conn.close()
+
+    @property
+    def online_count(self) -> int:
+        return sum(1 for conns in self.users.values() for _ in conns)
+
+    def _announce_to_login(self, link: Link) -> None:
+        # After every (re)connect, with a recount: login_server forgot us when the link dropped.
+        c = self.config
+        link.send(
+            server_pb.IMMsgServInfo(
+                ip1=c.ip1,
+                ip2=c.ip2,
+                port=self.port,
+                max_conn_cnt=c.max_conn_cnt,
+                cur_conn_cnt=self.online_count,
+                host_name=c.host_name,
+            )
+        )
+
+    # -- login ----------------------------------------------------------------------------
+
+    def _on_login(self, conn: ImConnection, req: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        if conn.logged_in or conn.login_pending:
+            log.warning("%r: second IMLoginReq ignored", conn.conn)
+            return
+        refuse = 0
+        db = self.db.pick()
+        if db is None:
+            refuse = base.REFUSE_REASON_NO_DB_SERVER
+        elif self.login.configured and not self.login.live:
+            refuse = base.REFUSE_REASON_NO_LOGIN_SERVER
+        if refuse or db is None:
+            self._login_refused(conn, seq, refuse, "server not ready")
+            return
+        conn.login_pending = True
+        validate = server_pb.IMValidateReq(
+            user_name=req.user_name, password=req.password, attach_data=conn.attach()
+        )
+        client_type = req.client_type
+        online_status = req.online_status
+
+        def validated(rsp: Any, exc: BaseException | None) -> None:
+            conn.login_pending = False
+            if conn.conn.state is not ConnState.CONNECTED:
+                return
+            if exc is not None:
+                log.warning("validate for %r failed: %s", req.user_name, exc)
+                self._login_refused(conn, seq, base.REFUSE_REASON_NO_DB_SERVER, "database busy")
+                return
+            if rsp.result_code != 0 or not rsp.HasField("user_info"):
+                self._login_refused(
+                    conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, rsp.result_string
+                )
+                return
+            self._logged_in(conn, seq, rsp.user_info, client_type, online_status)
+
+        db.request(
+            validate,
+            validated,
+            timeout_s=self.config.db_timeout_s,
+            response=server_pb.IMValidateRsp,
+        )
+
+    def _login_refused(self, conn: ClientConn, seq: int, code: int, why: str) -> None:
+        log.info("%r: login refused (%d %s)", conn.conn, code, why)
+        conn.send(
+            login_pb.IMLoginRes(
+                server_time=int(time.time()),
+                result_code=base.ResultType.ValueType(code),
+                result_string=why,
+            ),
+            seq,
+        )
+        conn.conn.close()
+
+    def _logged_in(
+        self, conn: ClientConn, seq: int, user_info: Any, client_type: int, status: int
+    ) -> None:
+        user_id = user_info.user_id
+        conns = self.users.get(user_id)
+        was_online = conns is not None and any(True for _ in conns)
+        if conns is None:
+            conns = self.users[user_id] = UserConns()
+        mobile = is_mobile(client_type)
+        older = conns.mobile if mobile else conns.desktop
+        if older is not None:
+            self._kick(older, base.KICK_REASON_DUPLICATE_USER)
+            conns = self.users.setdefault(user_id, conns)  # the kick may have dropped the entry
+        if mobile:
+            conns.mobile = conn
+            conn.policy = self.mobile_policy
+        else:
+            conns.desktop = conn
+        conn.user_id = user_id
+        conn.user_info = user_info
+        conn.client_type = client_type
+        if conn._login_timer is not None:
+            conn._login_timer.cancel()
+            conn._login_timer = None
+        self.login.broadcast(
+            server_pb.IMUserCntUpdate(user_action=USER_ACTION_ADD, user_id=user_id)
+        )
+        conn.send(
+            login_pb.IMLoginRes(
+                server_time=int(time.time()),
+                result_code=base.REFUSE_REASON_NONE,
+                online_status=base.UserStatType.ValueType(status or base.USER_STATUS_ONLINE),
+                user_info=user_info,
+            ),
+            seq,
+        )
+        log.info("user %d logged in (%r, client type 0x%x)", user_id, conn.conn, client_type)
+        if not was_online:
+            self._notify_status(user_id, base.USER_STATUS_ONLINE)
+
+    def _kick(self, older: ClientConn, reason: int) -> None:
+        log.info("user %d: kicking %r (reason %d)", older.user_id, older.conn, reason)
+        older.send(
+            login_pb.IMKickUser(
+                user_id=older.user_id, kick_reason=base.KickReasonType.ValueType(reason)
+            )
+        )
+        # Detach before closing: the close notification must not log the user out.
+        self._detach(older)
+        older.kicked = True
+        older.user_id = 0
+        older.conn.close()
+
+    def _detach(self, conn: ClientConn) -> bool:
+        """Remove ``conn`` from its user's slots; True if the user has no connection left."""
+        conns = self.users.get(conn.user_id)
+        if conns is None:
+            return False
+        if conns.desktop is conn:
+            conns.desktop = None
+        elif conns.mobile is conn:
+            conns.mobile = None
+        else:
+            return False
+        self.login.broadcast(
+            server_pb.IMUserCntUpdate(user_action=USER_ACTION_DEL, user_id=conn.user_id)
+        )
+        if conns.desktop is None and conns.mobile is None:
+            del self.users[conn.user_id]
+            return True
+        return False
+
+    def user_gone(self, conn: ClientConn) -> None:
+        """A logged-in connection closed."""
+        user_id = conn.user_id
+        if self._detach(conn):
+            log.info("user %d offline", user_id)
+            self._notify_status(user_id, base.USER_STATUS_OFFLINE)
+
+    def _on_logout(self, conn: ImConnection, req: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        conn.send(login_pb.IMLogoutRsp(result_code=0), seq)
+        conn.conn.close()
+
+    def _notify_status(self, user_id: int, status: int) -> None:
+        notify = buddy.IMUserStatNotify(
+            user_stat=base.UserStat(user_id=user_id, status=base.UserStatType.ValueType(status))
+        )
+        for other_id, conns in self.users.items():
+            if other_id != user_id:
+                for c in conns:
+                    c.send(notify)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _on_msg_data(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        if not conn.take_token():
+            conn._dropped += 1
+            log.warning("%r: message rate limit exceeded; message dropped", conn.conn)
+            if conn._dropped > self.config.msg_burst:
+                log.warning("%r: keeps flooding; closing", conn.conn)
+                conn.conn.abort()
+            return
+        if msg.msg_type not in (base.MSG_TYPE_SINGLE_TEXT, base.MSG_TYPE_SINGLE_AUDIO):
+            conn.bad_pdu(ids_of(msg)[0], ids_of(msg)[1], seq, f"msg_type {msg.msg_type} refused")
+            return
+        if msg.to_session_id == 0:
+            conn.bad_pdu(ids_of(msg)[0], ids_of(msg)[1], seq, "to_session_id 0")
+            return
+        db = self.db.pick()
+        if db is None:
+            log.warning("%r: no db_proxy; message not accepted", conn.conn)
+            return
+        msg.from_user_id = conn.user_id  # never trust the client's claim
+        msg.create_time = int(time.time())
+        msg.msg_id = 0
+        msg.attach_data = conn.attach()
+
+        def stored(rsp: Any, exc: BaseException | None) -> None:
+            if exc is not None or rsp.msg_id == 0:
+                # Not stored: no ack, no delivery; the client retries.
+                log.warning("message from %d not stored: %s", msg.from_user_id, exc or "refused")
+                return
+            rsp.ClearField("attach_data")
+            if conn.conn.state is ConnState.CONNECTED:
+                conn.send(
+                    msg_pb.IMMsgDataAck(
+                        user_id=rsp.from_user_id,
+                        session_id=rsp.to_session_id,
+                        msg_id=rsp.msg_id,
+                        session_type=base.SESSION_TYPE_SINGLE,
+                    ),
+                    seq,
+                )
+            self._deliver(rsp, rsp.to_session_id, exclude=conn)
+            self._deliver(rsp, rsp.from_user_id, exclude=conn)
+
+        db.request(msg, stored, timeout_s=self.config.db_timeout_s, response=msg_pb.IMMsgData)
+
+    def _deliver(self, message: Message, user_id: int, exclude: ClientConn | None = None) -> None:
+        conns = self.users.get(user_id)
+        if conns is None:
+            return
+        for c in conns:
+            if c is not exclude:
+                c.send(message)
+
+    def _on_msg_data_ack(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        # Delivery receipts: nothing is queued for redelivery (clients catch up by
+        # pulling unread counts and history), so there is nothing to release.
+        pass
+
+    def _on_read_ack(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        msg.user_id = conn.user_id
+        db = self.db.pick()
+        if db is not None:
+            db.send(msg)
+        notify = msg_pb.IMMsgDataReadNotify(
+            user_id=conn.user_id,
+            session_id=msg.session_id,
+            msg_id=msg.msg_id,
+            session_type=msg.session_type,
+        )
+        self._deliver(notify, conn.user_id, exclude=conn)
+
+    def _on_client_time(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        conn.send(msg_pb.IMClientTimeRsp(server_time=int(time.time())), seq)
+
+    def _on_users_stat(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        rsp = buddy.IMUsersStatRsp(user_id=conn.user_id)
+        for uid in msg.user_id_list:
+            online = uid in self.users
+            rsp.user_stat_list.add(
+                user_id=uid,
+                status=base.USER_STATUS_ONLINE if online else base.USER_STATUS_OFFLINE,
+            )
+        conn.send(rsp, seq)
+
+    def _on_p2p_cmd(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        msg.from_user_id = conn.user_id
+        self._deliver(msg, msg.to_user_id)
+
+    def _on_change_sign_info(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+
+        def changed(rsp: Any) -> None:
+            if rsp.result_code == 0:
+                notify = buddy.IMSignInfoChangedNotify(
+                    changed_user_id=conn.user_id, sign_info=msg.sign_info
+                )
+                for uid in list(self.users):
+                    self._deliver(notify, uid, exclude=conn)
+
+        self._forward(conn, msg, seq, buddy.IMChangeSignInfoRsp, changed)
+
+    # -- forwarding to db_proxy -----------------------------------------------------------
+
+    def _forwarder(self, rsp_cls: type[Message]) -> Any:
+        def handler(conn: ImConnection, msg: Any, seq: int) -> None:
+            assert isinstance(conn, ClientConn)
+            self._forward(conn, msg, seq, rsp_cls)
+
+        return handler
+
+    def _forward(
+        self,
+        conn: ClientConn,
+        msg: Any,
+        seq: int,
+        rsp_cls: type[Message],
+        then: Any = None,
+    ) -> None:
+        db = self.db.pick()
+        if db is None:
+            log.warning("%r: no db_proxy; %s dropped", conn.conn, type(msg).__name__)
+            return
+        msg.user_id = conn.user_id
+        msg.attach_data = conn.attach()
+
+        def answered(rsp: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                log.warning("%s for user %d failed: %s", type(msg).__name__, conn.user_id, exc)
+                return
+            rsp.ClearField("attach_data")
+            if conn.conn.state is ConnState.CONNECTED:
+                conn.send(rsp, seq)
+            if then is not None:
+                then(rsp)
+
+        db.request(msg, answered, timeout_s=self.config.db_timeout_s, response=rsp_cls)
