@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from . import __version__
 
@@ -20,12 +22,22 @@ def _echo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=echo.run)
 
 
-def _login(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from .servers.login import main
+def _server(name: str, module: str, help_: str) -> Callable[[Any], None]:
+    def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        mod = importlib.import_module(f"imreactor.servers.{module}.main")
+        p = sub.add_parser(name, help=help_)
+        mod.add_arguments(p)
+        p.set_defaults(run=mod.run)
 
-    p = sub.add_parser("login-server", help="run login_server alone")
-    main.add_arguments(p)
-    p.set_defaults(run=main.run)
+    return register
+
+
+def _up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .servers import suite
+
+    p = sub.add_parser("up", help="run the whole suite on this machine (SQLite by default)")
+    suite.add_arguments(p)
+    p.set_defaults(run=suite.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in (_echo, _login):
+    for register in (
+        _echo,
+        _server("login-server", "login", "run login_server alone"),
+        _server("msg-server", "msg", "run one msg_server alone"),
+        _server("db-proxy-server", "dbproxy", "run db_proxy_server alone"),
+        _up,
+    ):
         register(sub)
     return ap
 

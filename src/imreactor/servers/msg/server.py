@@ -298,9 +298,11 @@ class MsgServer:
                 self._login_refused(conn, seq, base.REFUSE_REASON_NO_DB_SERVER, "database busy")
                 return
             if rsp.result_code != 0 or not rsp.HasField("user_info"):
-                self._login_refused(
-                    conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, rsp.result_string
-                )
+                # db_proxy says 3 when its database failed: not the user's fault.
+                code = rsp.result_code
+                if code != base.REFUSE_REASON_NO_DB_SERVER:
+                    code = base.REFUSE_REASON_DB_VALIDATE_FAILED
+                self._login_refused(conn, seq, code, rsp.result_string)
                 return
             self._logged_in(conn, seq, rsp.user_info, client_type, online_status)
 

@@ -1,0 +1,1 @@
+"""db_proxy_server: the IM servers' only door to the database."""

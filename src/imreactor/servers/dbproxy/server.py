@@ -1,0 +1,397 @@
+"""db_proxy_server: serves msg_servers' database requests on a worker pool.
+
+Each request PDU from a msg_server is decoded on the loop, run on the
+reactor's :class:`~imreactor.net.WorkerPool` and answered on the loop with the
+request's seq and its ``attach_data`` echoed. Requests that carry the same
+``attach_data`` (the same client connection) run in order on one worker; others
+run in parallel. Message inserts go through a :class:`GroupCommitWriter`, so a
+burst of messages costs few commits, and a message's answer (its ``msg_id``) is
+sent only after its transaction committed.
+
+A storage failure affects only the request that met it: it is logged; a login
+is answered with result 3 (no database), a message with ``msg_id`` 0 (not
+stored: msg_server sends no ack), other queries get no answer (msg_server's
+request times out).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf.message import Message
+
+from ...net import EventLoop, PoolFull, Server, WorkerPool
+from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
+from ...pdu.proto import im_base_define_pb2 as base
+from ...pdu.proto import im_buddy_pb2 as buddy
+from ...pdu.proto import im_group_pb2 as group_pb
+from ...pdu.proto import im_message_pb2 as msg_pb
+from ...pdu.proto import im_server_pb2 as server_pb
+from ...storage import Storage, StorageError, open_storage
+from ...storage.records import GroupType, NewMessage, SessionType, User
+from .config import DbProxyConfig
+from .writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+Work = Callable[[Storage, Any], Message | None]
+
+
+def user_info(user: User) -> base.UserInfo:
+    return base.UserInfo(
+        user_id=user.user_id,
+        user_gender=user.gender,
+        user_nick_name=user.nick,
+        avatar_url=user.avatar_url,
+        department_id=user.department_id,
+        email=user.email,
+        user_real_name=user.real_name,
+        user_tel=user.phone,
+        user_domain=user.domain,
+        status=user.status,
+        sign_info=user.sign_info,
+    )
+
+
+def msg_info(m: Any) -> base.MsgInfo:
+    return base.MsgInfo(
+        msg_id=m.msg_id,
+        from_session_id=m.from_user_id,
+        create_time=m.create_time,
+        msg_type=base.MsgType.ValueType(m.msg_type),
+        msg_data=m.msg_data,
+    )
+
+
+def _session_type(value: int) -> SessionType:
+    return SessionType(value)
+
+
+class DbProxyServer:
+    """The listener for msg_servers, the worker pool, the group-commit writer and the storage."""
+
+    def __init__(
+        self, loop: EventLoop, config: DbProxyConfig, store: Storage | None = None
+    ) -> None:
+        self.loop = loop
+        self.config = config
+        self.store = store if store is not None else open_storage(config.database)
+        self.pool = WorkerPool(loop, config.threads, max_pending=config.max_pending, name="db")
+        self.writer: GroupCommitWriter[NewMessage, Any] = GroupCommitWriter(
+            self.store.insert_messages, config.max_batch
+        )
+        self.keepalive = Keepalive(loop)
+        self.policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
+        self.dispatcher = Dispatcher()
+        self._server: Server | None = None
+        self.requests = 0
+        self.failures = 0
+        handlers: dict[type[Message], Work] = {
+            server_pb.IMValidateReq: self._validate,
+            msg_pb.IMMsgData: self._msg_data,
+            msg_pb.IMMsgDataReadAck: self._read_ack,
+            msg_pb.IMUnreadMsgCntReq: self._unread,
+            msg_pb.IMGetMsgListReq: self._msg_list,
+            msg_pb.IMGetLatestMsgIdReq: self._latest_msg_id,
+            msg_pb.IMGetMsgByIdReq: self._msg_by_id,
+            buddy.IMRecentContactSessionReq: self._recent_sessions,
+            buddy.IMUsersInfoReq: self._users_info,
+            buddy.IMRemoveSessionReq: self._remove_session,
+            buddy.IMAllUserReq: self._all_users,
+            buddy.IMDepartmentReq: self._departments,
+            buddy.IMChangeSignInfoReq: self._change_sign_info,
+            group_pb.IMNormalGroupListReq: self._normal_groups,
+            group_pb.IMGroupInfoListReq: self._group_infos,
+            group_pb.IMGroupCreateReq: self._group_create,
+            group_pb.IMGroupChangeMemberReq: self._group_change_member,
+            group_pb.IMGroupShieldReq: self._group_shield,
+            server_pb.IMGroupGetShieldReq: self._group_get_shield,
+        }
+        for cls, work in handlers.items():
+            self.dispatcher.register(cls, self._runner(work))
+
+    def start(self) -> None:
+        c = self.config
+        self._server = self.loop.listen(
+            c.listen_host,
+            c.port,
+            lambda: ImConnection(self.dispatcher, self.keepalive, self.policy),
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.port
+
+    def close(self) -> None:
+        """Stop listening, finish queued work, then close the storage."""
+        if self._server is not None:
+            self._server.close()
+        self.pool.shutdown(wait=True)
+        self.writer.close()
+        self.store.close()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _runner(self, work: Work) -> Callable[[ImConnection, Any, int], None]:
+        def handle(link: ImConnection, request: Any, seq: int) -> None:
+            self.requests += 1
+            attach = request.attach_data if request.HasField("attach_data") else b""
+
+            def done(response: Message | None, exc: BaseException | None) -> None:
+                if exc is not None:
+                    self.failures += 1
+                    log.error("%s failed: %r", type(request).__name__, exc)
+                    response = self._failure_answer(request)
+                if response is None:
+                    return
+                if attach:
+                    response.attach_data = attach  # type: ignore[attr-defined]
+                link.send(response, seq)
+
+            try:
+                # One key per client connection: its requests run in order.
+                self.pool.submit(work, self.store, request, key=(id(link), attach), callback=done)
+            except PoolFull:
+                self.failures += 1
+                log.warning("worker pool full; %s refused", type(request).__name__)
+                answer = self._failure_answer(request)
+                if answer is not None:
+                    done(answer, None)
+
+        return handle
+
+    def _failure_answer(self, request: Any) -> Message | None:
+        if isinstance(request, server_pb.IMValidateReq):
+            return server_pb.IMValidateRsp(
+                user_name=request.user_name,
+                result_code=base.REFUSE_REASON_NO_DB_SERVER,
+                result_string="database unavailable",
+            )
+        if isinstance(request, msg_pb.IMMsgData):
+            refused = msg_pb.IMMsgData()
+            refused.CopyFrom(request)
+            refused.msg_id = 0
+            return refused
+        return None
+
+    # -- handlers (worker threads) --------------------------------------------------------
+
+    def _validate(self, store: Storage, req: Any) -> Message:
+        user = store.validate_user(req.user_name, req.password)
+        if user is None:
+            return server_pb.IMValidateRsp(
+                user_name=req.user_name,
+                result_code=base.REFUSE_REASON_DB_VALIDATE_FAILED,
+                result_string="unknown user or wrong password",
+            )
+        return server_pb.IMValidateRsp(
+            user_name=req.user_name, result_code=0, user_info=user_info(user)
+        )
+
+    def _msg_data(self, store: Storage, req: Any) -> Message:
+        result = self.writer.store(
+            NewMessage(req.from_user_id, req.to_session_id, req.msg_type, req.msg_data)
+        )
+        rsp = msg_pb.IMMsgData()
+        rsp.CopyFrom(req)
+        rsp.msg_id = result.msg_id if result.ok else 0
+        if result.ok:
+            rsp.create_time = result.create_time
+        else:
+            log.info("message from %d refused: %s", req.from_user_id, result.error)
+        return rsp
+
+    def _read_ack(self, store: Storage, req: Any) -> None:
+        store.read_ack(req.user_id, _session_type(req.session_type), req.session_id, req.msg_id)
+        return None
+
+    def _unread(self, store: Storage, req: Any) -> Message:
+        infos = store.unread_counts(req.user_id)
+        rsp = msg_pb.IMUnreadMsgCntRsp(
+            user_id=req.user_id, total_cnt=sum(i.unread_cnt for i in infos)
+        )
+        for i in infos:
+            rsp.unreadinfo_list.add(
+                session_id=i.session_id,
+                session_type=base.SessionType.ValueType(int(i.session_type)),
+                unread_cnt=i.unread_cnt,
+                latest_msg_id=i.latest_msg_id,
+                latest_msg_data=i.latest_msg_data,
+                latest_msg_type=base.MsgType.ValueType(i.latest_msg_type),
+                latest_msg_from_user_id=i.latest_msg_from_user_id,
+            )
+        return rsp
+
+    def _msg_list(self, store: Storage, req: Any) -> Message:
+        msgs = store.get_msg_list(
+            req.user_id,
+            _session_type(req.session_type),
+            req.session_id,
+            req.msg_id_begin,
+            req.msg_cnt,
+        )
+        return msg_pb.IMGetMsgListRsp(
+            user_id=req.user_id,
+            session_type=req.session_type,
+            session_id=req.session_id,
+            msg_id_begin=req.msg_id_begin,
+            msg_list=[msg_info(m) for m in msgs],
+        )
+
+    def _latest_msg_id(self, store: Storage, req: Any) -> Message:
+        latest = store.latest_msg_id(req.user_id, _session_type(req.session_type), req.session_id)
+        return msg_pb.IMGetLatestMsgIdRsp(
+            user_id=req.user_id,
+            session_type=req.session_type,
+            session_id=req.session_id,
+            latest_msg_id=latest,
+        )
+
+    def _msg_by_id(self, store: Storage, req: Any) -> Message:
+        msgs = store.get_msgs_by_ids(
+            req.user_id, _session_type(req.session_type), req.session_id, list(req.msg_id_list)
+        )
+        return msg_pb.IMGetMsgByIdRsp(
+            user_id=req.user_id,
+            session_type=req.session_type,
+            session_id=req.session_id,
+            msg_list=[msg_info(m) for m in msgs],
+        )
+
+    def _recent_sessions(self, store: Storage, req: Any) -> Message:
+        sessions = store.recent_sessions(req.user_id, req.latest_update_time)
+        rsp = buddy.IMRecentContactSessionRsp(user_id=req.user_id)
+        for s in sessions:
+            rsp.contact_session_list.add(
+                session_id=s.session_id,
+                session_type=base.SessionType.ValueType(int(s.session_type)),
+                session_status=base.SessionStatusType.ValueType(int(s.status)),
+                updated_time=s.updated_time,
+                latest_msg_id=s.latest_msg_id,
+                latest_msg_data=s.latest_msg_data,
+                latest_msg_type=base.MsgType.ValueType(s.latest_msg_type or 1),
+                latest_msg_from_user_id=s.latest_msg_from_user_id,
+            )
+        return rsp
+
+    def _users_info(self, store: Storage, req: Any) -> Message:
+        users = store.get_users(list(req.user_id_list))
+        return buddy.IMUsersInfoRsp(
+            user_id=req.user_id, user_info_list=[user_info(u) for u in users]
+        )
+
+    def _remove_session(self, store: Storage, req: Any) -> Message:
+        ok = store.remove_session(req.user_id, _session_type(req.session_type), req.session_id)
+        return buddy.IMRemoveSessionRsp(
+            user_id=req.user_id,
+            result_code=0 if ok else 1,
+            session_type=req.session_type,
+            session_id=req.session_id,
+        )
+
+    def _all_users(self, store: Storage, req: Any) -> Message:
+        users = store.users_updated_since(req.latest_update_time)
+        latest = max((u.updated for u in users), default=req.latest_update_time)
+        return buddy.IMAllUserRsp(
+            user_id=req.user_id,
+            latest_update_time=latest,
+            user_list=[user_info(u) for u in users],
+        )
+
+    def _departments(self, store: Storage, req: Any) -> Message:
+        depts = store.departments_updated_since(req.latest_update_time)
+        latest = max((d.updated for d in depts), default=req.latest_update_time)
+        rsp = buddy.IMDepartmentRsp(user_id=req.user_id, latest_update_time=latest)
+        for d in depts:
+            rsp.dept_list.add(
+                dept_id=d.dept_id,
+                priority=d.priority,
+                dept_name=d.name,
+                parent_dept_id=d.parent_id,
+                dept_status=base.DepartmentStatusType.ValueType(int(d.status)),
+            )
+        return rsp
+
+    def _change_sign_info(self, store: Storage, req: Any) -> Message:
+        ok = store.change_sign_info(req.user_id, req.sign_info)
+        return buddy.IMChangeSignInfoRsp(
+            user_id=req.user_id, result_code=0 if ok else 1, sign_info=req.sign_info
+        )
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def _normal_groups(self, store: Storage, req: Any) -> Message:
+        groups = store.groups_of_user(req.user_id, GroupType.NORMAL)
+        rsp = group_pb.IMNormalGroupListRsp(user_id=req.user_id)
+        for g in groups:
+            rsp.group_version_list.add(group_id=g.group_id, version=g.version)
+        return rsp
+
+    def _group_infos(self, store: Storage, req: Any) -> Message:
+        wanted = {g.group_id: g.version for g in req.group_version_list}
+        infos = store.group_infos(list(wanted), req.user_id)
+        rsp = group_pb.IMGroupInfoListRsp(user_id=req.user_id)
+        for g in infos:
+            if g.version <= wanted.get(g.group_id, 0):
+                continue  # the client's copy is current
+            rsp.group_info_list.add(
+                group_id=g.group_id,
+                version=g.version,
+                group_name=g.name,
+                group_avatar=g.avatar,
+                group_creator_id=g.creator_id,
+                group_type=base.GroupType.ValueType(int(g.group_type)),
+                shield_status=g.shield_status,
+                group_member_list=list(g.members),
+            )
+        return rsp
+
+    def _group_create(self, store: Storage, req: Any) -> Message:
+        info = store.create_group(
+            req.user_id,
+            req.group_name,
+            group_type=GroupType(req.group_type),
+            avatar=req.group_avatar,
+            member_ids=list(req.member_id_list),
+        )
+        return group_pb.IMGroupCreateRsp(
+            user_id=req.user_id,
+            result_code=0,
+            group_id=info.group_id,
+            group_name=info.name,
+            user_id_list=list(info.members),
+        )
+
+    def _group_change_member(self, store: Storage, req: Any) -> Message:
+        changed = list(req.member_id_list)
+        if req.change_type == base.GROUP_MODIFY_TYPE_ADD:
+            members = store.add_group_members(req.group_id, changed)
+        else:
+            members = store.remove_group_members(req.group_id, changed)
+        return group_pb.IMGroupChangeMemberRsp(
+            user_id=req.user_id,
+            change_type=req.change_type,
+            result_code=0,
+            group_id=req.group_id,
+            cur_user_id_list=members,
+            chg_user_id_list=changed,
+        )
+
+    def _group_shield(self, store: Storage, req: Any) -> Message:
+        ok = store.set_group_shield(req.group_id, req.user_id, req.shield_status)
+        return group_pb.IMGroupShieldRsp(
+            user_id=req.user_id, group_id=req.group_id, result_code=0 if ok else 1
+        )
+
+    def _group_get_shield(self, store: Storage, req: Any) -> Message:
+        statuses = store.group_shield_statuses(req.group_id, list(req.user_id))
+        rsp = server_pb.IMGroupGetShieldRsp(group_id=req.group_id)
+        for uid, status in statuses.items():
+            rsp.shield_status_list.add(user_id=uid, group_id=req.group_id, shield_status=status)
+        return rsp
+
+
+__all__ = ["DbProxyServer", "StorageError"]

@@ -1,0 +1,180 @@
+"""``imreactor up``: the whole suite on one machine, one process per server.
+
+Writes a configuration for every role into the data directory, starts
+db_proxy_server, login_server and msg_server(s) as child processes (each waits
+for the previous one's READY line), creates demo users on first start, prints
+where a client connects, and on Ctrl-C/SIGTERM stops the children in reverse
+order. If a child dies, the others are stopped too and ``up`` exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+DEMO_USERS = [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol"), ("dave", "Dave")]
+DEMO_PASSWORD = "imreactor"
+READY_TIMEOUT_S = 30.0
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--data-dir", default="data", help="where the database and configs live")
+    ap.add_argument("--host", default="127.0.0.1", help="address every server listens on")
+    ap.add_argument("--http-port", type=int, default=8080, help="login_server HTTP port")
+    ap.add_argument("--login-port", type=int, default=8100, help="login_server msg_server port")
+    ap.add_argument("--msg-port", type=int, default=8000, help="first msg_server's client port")
+    ap.add_argument("--db-port", type=int, default=10600, help="db_proxy_server port")
+    ap.add_argument("--database", default=None, help="storage URL (default: SQLite in data dir)")
+    ap.add_argument("--no-demo-users", action="store_true", help="do not create demo users")
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[str]
+    where: str = ""
+    log_file: IO[str] | None = field(default=None, repr=False)
+
+
+def write_config(args: argparse.Namespace, data_dir: Path) -> Path:
+    database = args.database or f"sqlite:///{(data_dir / 'imreactor.db').resolve()}"
+    host = args.host
+    text = f"""# Written by `imreactor up`; edit the flags of `imreactor up` instead.
+[dbproxy]
+listen_host = "{host}"
+port = {args.db_port}
+database = "{database}"
+
+[login]
+listen_host = "{host}"
+http_port = {args.http_port}
+msg_server_port = {args.login_port}
+client_port = 0
+
+[msg]
+listen_host = "{host}"
+port = {args.msg_port}
+ip1 = "{host}"
+ip2 = "{host}"
+login_servers = ["{host}:{args.login_port}"]
+db_proxies = ["{host}:{args.db_port}"]
+reconnect_delays_s = [0.5, 1.0, 2.0, 4.0]
+"""
+    path = data_dir / "suite.toml"
+    path.write_text(text)
+    return path
+
+
+def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
+    log_path = data_dir / f"{name}.log"
+    log_file = open(log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imreactor", role, "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=log_file,
+        text=True,
+        cwd=data_dir,
+    )
+    child = Child(name, proc, log_file=log_file)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            if line.startswith("READY"):
+                child.where = line.split(maxsplit=2)[2].strip() if line.count(" ") >= 2 else ""
+                return child
+            if not line and proc.poll() is not None:
+                break
+        elif proc.poll() is not None:
+            break
+    stop_children([child])
+    raise RuntimeError(f"{name} did not start; see {log_path}")
+
+
+def stop_children(children: list[Child]) -> None:
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    for child in reversed(children):
+        try:
+            child.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait()
+        if child.log_file is not None:
+            child.log_file.close()
+
+
+def create_demo_users(database: str) -> list[str]:
+    from ..client.session import password_digest
+    from ..storage import open_storage
+
+    store = open_storage(database)
+    try:
+        created = []
+        for name, nick in DEMO_USERS:
+            if store.user_by_name(name) is None:
+                store.add_user(name, password_digest(DEMO_PASSWORD), nick=nick)
+                created.append(name)
+        return created
+    finally:
+        store.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = write_config(args, data_dir)
+    database = args.database or f"sqlite:///{(data_dir / 'imreactor.db').resolve()}"
+    if not args.no_demo_users:
+        created = create_demo_users(database)
+        if created:
+            print(f"created demo users {', '.join(created)} (password {DEMO_PASSWORD!r})")
+    stopping = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children: list[Child] = []
+    try:
+        for name, role in (
+            ("db_proxy_server", "db-proxy-server"),
+            ("login_server", "login-server"),
+            ("msg_server", "msg-server"),
+        ):
+            children.append(start_child(name, role, config, data_dir))
+        print(
+            f"imreactor suite is up (logs in {data_dir}/):\n"
+            f"  clients ask  http://{args.host}:{args.http_port}/msg_server\n"
+            f"  msg_server   {args.host}:{args.msg_port}\n"
+            f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stopping:
+            for child in children:
+                if child.proc.poll() is not None:
+                    log.error(
+                        "%s exited with %s; stopping the suite", child.name, child.proc.returncode
+                    )
+                    return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        stop_children(children)
+        print("imreactor suite stopped", flush=True)
