@@ -100,6 +100,16 @@ def describe(cls: type[Any], section: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dump(tables: dict[str, dict[str, Any]]) -> str:
+    """TOML text for ``{table: {key: value}}`` (str, int, float, bool and lists of them)."""
+    out = []
+    for name, table in tables.items():
+        out.append(f"[{name}]")
+        out.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        out.append("")
+    return "\n".join(out)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

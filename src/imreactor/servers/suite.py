@@ -18,7 +18,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from ..config import dump
 
 log = logging.getLogger(__name__)
 
@@ -46,33 +48,97 @@ class Child:
     log_file: IO[str] | None = field(default=None, repr=False)
 
 
-def write_config(args: argparse.Namespace, data_dir: Path) -> Path:
-    database = args.database or f"sqlite:///{(data_dir / 'imreactor.db').resolve()}"
-    host = args.host
-    text = f"""# Written by `imreactor up`; edit the flags of `imreactor up` instead.
-[dbproxy]
-listen_host = "{host}"
-port = {args.db_port}
-database = "{database}"
+@dataclass
+class SuiteLayout:
+    """Where every server of a one-machine suite listens, and what it stores into.
 
-[login]
-listen_host = "{host}"
-http_port = {args.http_port}
-msg_server_port = {args.login_port}
-client_port = 0
+    ``overrides`` adds or replaces keys per role (``{"msg": {"msg_burst": 10}}``).
+    """
 
-[msg]
-listen_host = "{host}"
-port = {args.msg_port}
-ip1 = "{host}"
-ip2 = "{host}"
-login_servers = ["{host}:{args.login_port}"]
-db_proxies = ["{host}:{args.db_port}"]
-reconnect_delays_s = [0.5, 1.0, 2.0, 4.0]
-"""
-    path = data_dir / "suite.toml"
-    path.write_text(text)
-    return path
+    data_dir: Path
+    host: str = "127.0.0.1"
+    http_port: int = 8080
+    login_port: int = 8100
+    msg_ports: list[int] = field(default_factory=lambda: [8000])
+    db_port: int = 10600
+    database: str = ""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{(self.data_dir / 'imreactor.db').resolve()}"
+
+    def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Config file name → its TOML tables."""
+        h = self.host
+        files: dict[str, dict[str, dict[str, Any]]] = {
+            "db_proxy_server": {
+                "dbproxy": {"listen_host": h, "port": self.db_port, "database": self.database_url}
+            },
+            "login_server": {
+                "login": {
+                    "listen_host": h,
+                    "http_port": self.http_port,
+                    "msg_server_port": self.login_port,
+                    "client_port": 0,
+                }
+            },
+        }
+        for i, port in enumerate(self.msg_ports, 1):
+            name = "msg_server" if len(self.msg_ports) == 1 else f"msg_server{i}"
+            files[name] = {
+                "msg": {
+                    "listen_host": h,
+                    "port": port,
+                    "ip1": h,
+                    "ip2": h,
+                    "host_name": name,
+                    "login_servers": [f"{h}:{self.login_port}"],
+                    "db_proxies": [f"{h}:{self.db_port}"],
+                    # Peers on one machine come back fast: retry sooner than across a network.
+                    "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
+                }
+            }
+        for tables in files.values():
+            for role, table in tables.items():
+                table.update(self.overrides.get(role, {}))
+        return files
+
+    def write(self) -> dict[str, Path]:
+        """Write one config file per server into the data directory."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for name, tables in self.tables().items():
+            path = self.data_dir / f"{name}.toml"
+            path.write_text(
+                "# Written by imreactor; change the command line instead.\n" + dump(tables)
+            )
+            paths[name] = path
+        return paths
+
+    def start(self, name: str) -> Child:
+        """Start (or restart) the server ``name`` and wait for its READY line."""
+        role = _ROLES[name.rstrip("0123456789")]
+        return start_child(name, role, self.data_dir / f"{name}.toml", self.data_dir)
+
+    def start_all(self) -> list[Child]:
+        """Write the configs and start every server in dependency order."""
+        names = list(self.write())
+        children: list[Child] = []
+        try:
+            for name in names:
+                children.append(self.start(name))
+        except BaseException:
+            stop_children(children)
+            raise
+        return children
+
+
+_ROLES = {
+    "db_proxy_server": "db-proxy-server",
+    "login_server": "login-server",
+    "msg_server": "msg-server",
+}
 
 
 def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
@@ -134,12 +200,18 @@ def create_demo_users(database: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    config = write_config(args, data_dir)
-    database = args.database or f"sqlite:///{(data_dir / 'imreactor.db').resolve()}"
+    layout = SuiteLayout(
+        data_dir=Path(args.data_dir).resolve(),
+        host=args.host,
+        http_port=args.http_port,
+        login_port=args.login_port,
+        msg_ports=[args.msg_port],
+        db_port=args.db_port,
+        database=args.database or "",
+    )
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_demo_users:
-        created = create_demo_users(database)
+        created = create_demo_users(layout.database_url)
         if created:
             print(f"created demo users {', '.join(created)} (password {DEMO_PASSWORD!r})")
     stopping = False
@@ -152,14 +224,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     children: list[Child] = []
     try:
-        for name, role in (
-            ("db_proxy_server", "db-proxy-server"),
-            ("login_server", "login-server"),
-            ("msg_server", "msg-server"),
-        ):
-            children.append(start_child(name, role, config, data_dir))
+        children = layout.start_all()
         print(
-            f"imreactor suite is up (logs in {data_dir}/):\n"
+            f"imreactor suite is up (logs in {layout.data_dir}/):\n"
             f"  clients ask  http://{args.host}:{args.http_port}/msg_server\n"
             f"  msg_server   {args.host}:{args.msg_port}\n"
             f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}\n"
@@ -169,9 +236,8 @@ def run(args: argparse.Namespace) -> int:
         while not stopping:
             for child in children:
                 if child.proc.poll() is not None:
-                    log.error(
-                        "%s exited with %s; stopping the suite", child.name, child.proc.returncode
-                    )
+                    code = child.proc.returncode
+                    log.error("%s exited with %s; stopping the suite", child.name, code)
                     return 1
             time.sleep(0.2)
         return 0
