@@ -184,6 +184,8 @@ class ImConnection(FrameProtocol):
         self._pending: dict[int, tuple[type[Message] | None, ResponseCallback, Timer | None]] = {}
         #: PDUs refused (undecodable, missing required fields, unknown command).
         self.bad_pdus = 0
+        #: Requests whose handler raised (logged; the connection stays up).
+        self.handler_errors = 0
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -252,11 +254,14 @@ class ImConnection(FrameProtocol):
         Returns the seq used.
         """
         seq = self._allocate_seq()
+        # Sent before it is registered: a message that cannot be serialized raises
+        # here and leaves no pending entry whose callback would also run later.
+        # (A write never delivers input, so no answer can arrive first.)
+        self.send(message, seq)
         timer = None
         if timeout_s is not None:
             timer = self.conn.loop.call_later(timeout_s, self._request_timed_out, seq, timeout_s)
         self._pending[seq] = (response, callback, timer)
-        self.send(message, seq)
         return seq
 
     def _allocate_seq(self) -> int:
@@ -294,8 +299,17 @@ class ImConnection(FrameProtocol):
             self.bad_pdu(service_id, command_id, seq, f"unknown command 0x{command_id:04x}")
             return
         message = self.decode(service_id, command_id, seq, frame)
-        if message is not None:
+        if message is None:
+            return
+        try:
             handler(self, message, seq)
+        except Exception:
+            # One request failed: log it with its command and keep serving the
+            # link (a server-to-server link carries everyone's traffic).
+            self.handler_errors += 1
+            log.exception(
+                "%r: handler for command 0x%04x seq %d failed", self.conn, command_id, seq
+            )
 
     def decode(self, service_id: int, command_id: int, seq: int, frame: Frame) -> Any:
         """Parse the body of ``frame``; None (after :meth:`bad_pdu`) if it is not valid."""

@@ -138,7 +138,9 @@ class DbProxyServer:
     def _runner(self, work: Work) -> Callable[[ImConnection, Any, int], None]:
         def handle(link: ImConnection, request: Any, seq: int) -> None:
             self.requests += 1
-            attach = request.attach_data if request.HasField("attach_data") else b""
+            # Not every request has the field (IMMsgDataReadAck has none).
+            has_attach = "attach_data" in request.DESCRIPTOR.fields_by_name
+            attach = request.attach_data if has_attach and request.HasField("attach_data") else b""
 
             def done(response: Message | None, exc: BaseException | None) -> None:
                 if exc is not None:

@@ -1,0 +1,254 @@
+"""msg_server end to end: real server processes, real sockets, SQLite and PostgreSQL.
+
+Login (ok, bad password, unknown user, duplicate kick), login deadline and
+commands before login, heartbeat timeout, 1:1 delivery online and offline with
+catch-up through unread counts and history, read acks, contiguous ids under
+concurrent senders, bad input from one client not noticed by others, rate limit.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+
+import pytest
+
+from imreactor.client import Client
+from imreactor.pdu.header import encode_pdu
+from imreactor.pdu.proto import im_base_define_pb2 as base
+from imreactor.pdu.proto import im_buddy_pb2 as buddy
+from imreactor.pdu.proto import im_login_pb2 as login_pb
+from imreactor.pdu.proto import im_message_pb2 as msg_pb
+
+from .conftest import RunningSuite, SuiteFactory
+
+
+def test_login_ok_returns_user_info(suite: RunningSuite) -> None:
+    alice = suite.login("alice")
+    assert alice.user_id > 0
+    assert alice.user_info.user_nick_name == "Alice"
+
+
+@pytest.mark.parametrize("name,password", [("alice", "wrong"), ("nobody", "imreactor")])
+def test_login_refused_with_6_and_closed(suite: RunningSuite, name: str, password: str) -> None:
+    suite.login("bob")  # waits until msg_server is linked
+    c = suite.client()
+    res = c.login(name, password, check=False)
+    assert res.result_code == base.REFUSE_REASON_DB_VALIDATE_FAILED
+    assert c.wait_closed(5)
+
+
+def test_duplicate_login_kicks_the_older_connection_of_the_same_class(
+    suite: RunningSuite,
+) -> None:
+    first = suite.login("alice")
+    mobile = suite.login("alice", client_type=base.CLIENT_TYPE_ANDROID)
+    second = suite.login("alice")
+    kick = first.wait_for(login_pb.IMKickUser, 5)
+    assert kick.kick_reason == base.KICK_REASON_DUPLICATE_USER
+    assert first.wait_closed(5)
+    # The mobile connection is another class: it stays, and so does the new desktop one.
+    assert mobile.is_connected and second.is_connected
+    assert second.request(msg_pb.IMClientTimeReq(), msg_pb.IMClientTimeRsp).server_time > 0
+
+
+def test_commands_before_login_close_the_connection(suite: RunningSuite) -> None:
+    bystander = suite.login("bob")
+    c = suite.client()
+    c.send(msg_pb.IMUnreadMsgCntReq(user_id=1))
+    assert c.wait_closed(5)
+    assert "before login" in suite.log_text("msg_server")
+    # Nobody else noticed.
+    assert bystander.request(msg_pb.IMClientTimeReq(), msg_pb.IMClientTimeRsp).server_time > 0
+
+
+def test_garbage_closes_only_that_connection(suite: RunningSuite) -> None:
+    alice, bob = suite.login("alice"), suite.login("bob")
+    bad = suite.login("carol")
+    bad.send_raw(b"\x00\x00\x00\x05garbage that is not a PDU")
+    assert bad.wait_closed(5)
+    ack = alice.send_text(bob.user_id, "still here")
+    got = bob.wait_for(msg_pb.IMMsgData, 5)
+    assert (got.msg_id, got.msg_data) == (ack.msg_id, b"still here")
+
+
+def test_oversized_pdu_is_refused_before_its_body(suite: RunningSuite) -> None:
+    bystander = suite.login("bob")
+    bad = suite.client()
+    header = encode_pdu(3, 0x0301, 1)[:16]
+    bad.send_raw(b"\x7f\xff\xff\xff" + header[4:])  # claims 2 GiB
+    assert bad.wait_closed(5)
+    assert "outside 16.." in suite.log_text("msg_server")
+    assert bystander.is_connected
+
+
+def test_login_deadline_closes_silent_connection(make_suite: SuiteFactory) -> None:
+    suite = make_suite({"msg": {"login_timeout_s": 0.5}})
+    c = suite.client()
+    assert c.wait_closed(5)
+
+
+def test_silent_client_is_closed_after_its_timeout(make_suite: SuiteFactory) -> None:
+    suite = make_suite({"msg": {"client_timeout_s": 1.0}})
+    alice = suite.login("alice")  # the SDK heartbeats every 30 s: too late for 1 s
+    assert alice.wait_closed(6)
+    assert "nothing received" in suite.log_text("msg_server")
+
+
+def test_heartbeat_is_echoed_unchanged(suite: RunningSuite) -> None:
+    # A plain socket: heartbeats are served before login, and the bytes must come back as sent.
+    pdu = bytes.fromhex("00000010 0001 0000 0007 0701 0000 0000".replace(" ", ""))
+    with socket.create_connection(("127.0.0.1", suite.layout.msg_ports[0]), timeout=5) as s:
+        s.sendall(pdu)
+        echoed = b""
+        while len(echoed) < 16:
+            chunk = s.recv(16 - len(echoed))
+            assert chunk, "connection closed instead of echoing"
+            echoed += chunk
+    assert echoed == pdu
+
+
+def test_online_delivery_and_sender_other_device(suite: RunningSuite) -> None:
+    alice = suite.login("alice")
+    alice_phone = suite.login("alice", client_type=base.CLIENT_TYPE_IOS)
+    bob = suite.login("bob")
+    ack = alice.send_text(bob.user_id, "hi bob")
+    assert ack.msg_id == 1 and ack.session_id == bob.user_id
+    for device in (bob, alice_phone):
+        got = device.wait_for(msg_pb.IMMsgData, 5)
+        assert (got.msg_id, got.from_user_id, got.msg_data) == (1, alice.user_id, b"hi bob")
+
+
+def test_sender_id_comes_from_the_session(suite: RunningSuite) -> None:
+    alice, bob = suite.login("alice"), suite.login("bob")
+    forged = msg_pb.IMMsgData(
+        from_user_id=bob.user_id,  # a lie
+        to_session_id=bob.user_id,
+        msg_id=0,
+        create_time=0,
+        msg_type=base.MSG_TYPE_SINGLE_TEXT,
+        msg_data=b"forged",
+    )
+    alice.request(forged, msg_pb.IMMsgDataAck)
+    got = bob.wait_for(msg_pb.IMMsgData, 5)
+    assert got.from_user_id == alice.user_id
+
+
+def test_offline_messages_are_caught_up_by_unread_and_history(suite: RunningSuite) -> None:
+    alice = suite.login("alice")
+    bob_id = suite.login("bob").user_id
+    suite.clients[-1].close()
+    acks = [alice.send_text(bob_id, f"m{i}") for i in range(5)]
+    assert [a.msg_id for a in acks] == [1, 2, 3, 4, 5]
+    bob = suite.login("bob")
+    unread = bob.unread()
+    assert unread.total_cnt == 5
+    (info,) = unread.unreadinfo_list
+    assert (info.session_id, info.unread_cnt, info.latest_msg_id) == (alice.user_id, 5, 5)
+    history = bob.history(alice.user_id, begin=0, count=3)
+    assert [m.msg_id for m in history.msg_list] == [5, 4, 3]
+    older = bob.history(alice.user_id, begin=2, count=10)
+    assert [(m.msg_id, m.msg_data) for m in older.msg_list] == [(2, b"m1"), (1, b"m0")]
+
+
+def test_read_ack_clears_unread_and_notifies_other_devices(suite: RunningSuite) -> None:
+    alice = suite.login("alice")
+    bob = suite.login("bob")
+    bob_phone = suite.login("bob", client_type=base.CLIENT_TYPE_ANDROID)
+    for i in range(3):
+        alice.send_text(bob.user_id, f"n{i}")
+    bob.read_ack(alice.user_id, 3)
+    notify = bob_phone.wait_for(msg_pb.IMMsgDataReadNotify, 5)
+    assert (notify.session_id, notify.msg_id) == (alice.user_id, 3)
+    deadline = time.monotonic() + 5
+    while bob.unread().total_cnt != 0:
+        assert time.monotonic() < deadline, "read ack did not clear the unread count"
+        time.sleep(0.05)
+
+
+def test_ids_are_contiguous_with_concurrent_senders(suite: RunningSuite) -> None:
+    alice, bob = suite.login("alice"), suite.login("bob")
+    per_sender = 40
+    ids: queue.Queue[int] = queue.Queue()
+
+    def send(sender: Client, to: int) -> None:
+        for i in range(per_sender):
+            ids.put(sender.send_text(to, f"{i}").msg_id)
+
+    threads = [
+        threading.Thread(target=send, args=(alice, bob.user_id)),
+        threading.Thread(target=send, args=(bob, alice.user_id)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = sorted(ids.get_nowait() for _ in range(ids.qsize()))
+    assert got == list(range(1, 2 * per_sender + 1))
+    latest = alice.request(
+        msg_pb.IMGetLatestMsgIdReq(
+            user_id=0,
+            session_type=base.SESSION_TYPE_SINGLE,
+            session_id=bob.user_id,
+        ),
+        msg_pb.IMGetLatestMsgIdRsp,
+    )
+    assert latest.latest_msg_id == 2 * per_sender
+
+
+def test_presence_notify_and_users_stat(suite: RunningSuite) -> None:
+    alice = suite.login("alice")
+    bob = suite.login("bob")
+    notify = alice.wait_for(buddy.IMUserStatNotify, 5)
+    assert (notify.user_stat.user_id, notify.user_stat.status) == (
+        bob.user_id,
+        base.USER_STATUS_ONLINE,
+    )
+    stat = alice.request(
+        buddy.IMUsersStatReq(user_id=0, user_id_list=[bob.user_id, 9999]), buddy.IMUsersStatRsp
+    )
+    assert [(s.user_id, s.status) for s in stat.user_stat_list] == [
+        (bob.user_id, base.USER_STATUS_ONLINE),
+        (9999, base.USER_STATUS_OFFLINE),
+    ]
+    bob.close()
+    gone = alice.wait_for(buddy.IMUserStatNotify, 5)
+    assert (gone.user_stat.user_id, gone.user_stat.status) == (
+        bob.user_id,
+        base.USER_STATUS_OFFLINE,
+    )
+
+
+def test_all_users_lists_the_demo_users(suite: RunningSuite) -> None:
+    alice = suite.login("alice")
+    names = sorted(u.user_nick_name for u in alice.all_users().user_list)
+    assert names == ["Alice", "Bob", "Carol", "Dave"]
+
+
+def test_rate_limit_drops_a_flood_without_disturbing_others(make_suite: SuiteFactory) -> None:
+    suite = make_suite({"msg": {"msg_rate_per_s": 1.0, "msg_burst": 3}})
+    alice, bob = suite.login("alice"), suite.login("bob")
+    acked = 0
+    for i in range(6):
+        try:
+            alice.request(
+                msg_pb.IMMsgData(
+                    from_user_id=0,
+                    to_session_id=bob.user_id,
+                    msg_id=0,
+                    create_time=0,
+                    msg_type=base.MSG_TYPE_SINGLE_TEXT,
+                    msg_data=b"x%d" % i,
+                ),
+                msg_pb.IMMsgDataAck,
+                timeout_s=0.5,
+            )
+            acked += 1
+        except Exception:
+            pass
+    assert 3 <= acked < 6
+    assert "rate limit" in suite.log_text("msg_server")
+    carol = suite.login("carol")
+    assert carol.send_text(bob.user_id, "fine").msg_id == 1
