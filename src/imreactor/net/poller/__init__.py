@@ -18,7 +18,7 @@ environment variable.
 from __future__ import annotations
 
 import os
-import select
+import select as _select  # not ``select``: the submodule .select would shadow it
 from typing import Protocol
 
 READABLE = 0x001
@@ -55,11 +55,11 @@ class Poller(Protocol):
 def available() -> list[str]:
     """Names of the backends this OS supports, best first."""
     names = []
-    if hasattr(select, "epoll"):
+    if hasattr(_select, "epoll"):
         names.append("epoll")
-    if hasattr(select, "kqueue"):
+    if hasattr(_select, "kqueue"):
         names.append("kqueue")
-    if hasattr(select, "poll"):
+    if hasattr(_select, "poll"):
         names.append("poll")
     names.append("select")
     return names
