@@ -87,19 +87,25 @@ class _Waker:
         self._sock = sock
 
     def handle_read(self) -> None:
-        # Cleared before draining: a thread that appends after this point sees
-        # False and writes a new byte, so its callback is never left waiting.
-        self._loop._wake_pending = False
-        while True:
-            try:
-                data = self._sock.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                return
-            if not data:
-                return
-            for signum in data:
-                if signum:
-                    self._loop._signal_received(signum)
+        # Cleared after draining, not before: a thread that saw the flag False
+        # could otherwise set it and send its byte in between, the drain would eat
+        # that byte, and the flag would stay True with nothing in the pipe, so
+        # later threads would skip their wakeup while the loop sleeps. A thread
+        # that still sees True appended before the flag is cleared here, so the
+        # ready callbacks of this iteration include its callback.
+        try:
+            while True:
+                try:
+                    data = self._sock.recv(4096)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not data:
+                    return
+                for signum in data:
+                    if signum:
+                        self._loop._signal_received(signum)
+        finally:
+            self._loop._wake_pending = False
 
     def handle_write(self) -> None:
         pass
