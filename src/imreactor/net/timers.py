@@ -27,7 +27,8 @@ class Timer:
 
     A repeating timer (``interval_s`` > 0) is rescheduled after each call from its
     previous deadline, so it does not drift; if the loop fell behind by more than
-    one interval, the missed calls are skipped rather than run in a burst.
+    one interval, the missed calls are skipped rather than run in a burst, and the
+    next call is the next one of the original schedule.
     """
 
     __slots__ = ("_in_heap", "_queue", "args", "callback", "cancelled", "interval_s", "when")
@@ -118,12 +119,16 @@ class TimerQueue:
             if timer.cancelled:  # cancelled by an earlier callback in this batch
                 continue
             if timer.interval_s > 0:
-                when = timer.when + timer.interval_s
+                interval = timer.interval_s
+                when = timer.when + interval
                 if when <= now:
-                    when = now + timer.interval_s
+                    # Missed ticks are skipped; the next one stays on the schedule.
+                    when += ((now - when) // interval + 1) * interval
                 timer.when = when
                 timer._in_heap = True
-                heapq.heappush(heap, (when, next(self._seq), timer))
+                # self._heap, not the local: a callback earlier in this batch may
+                # have cancelled enough timers to compact the heap into a new list.
+                heapq.heappush(self._heap, (when, next(self._seq), timer))
             else:
                 timer.cancelled = True  # fired: a later cancel() is a no-op
             ran += 1
