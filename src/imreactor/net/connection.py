@@ -491,8 +491,10 @@ class Connection:
             self._close_now(None)
             return
         out = self._out
+        # Inside data_received: later writes of that callback must be dropped, not
+        # batched (they would go out after our FIN and fail with EPIPE).
+        self._out = None
         if out:  # replies batched by the data_received that is closing us
-            self._out = None
             data = b"".join(out)
             out.clear()  # handle_read must not send them a second time
             self._send(data)
