@@ -40,6 +40,7 @@ from ...pdu.imconn import (
 )
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
+from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_other_pb2 as other_pb
@@ -48,6 +49,7 @@ from ...pdu.proto import im_switch_service_pb2 as switch_pb
 from ...pdu.registry import ids_of
 from ..links import Link, LinkSet, parse_address
 from .config import MsgConfig
+from .groups import GroupCache, GroupEntry
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ USER_ACTION_DEL = 2
 #: Undecodable or incomplete PDUs tolerated from a logged-in client before it is closed.
 MAX_BAD_PDUS = 10
 _ATTACH = struct.Struct(">III")
+GROUP_MSG_TYPES = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
+SINGLE_MSG_TYPES = frozenset({base.MSG_TYPE_SINGLE_TEXT, base.MSG_TYPE_SINGLE_AUDIO})
 _ATTACH_TYPE_HANDLE = 1
 
 
@@ -166,6 +170,9 @@ FORWARDED: list[tuple[type[Message], type[Message]]] = [
     (buddy.IMRemoveSessionReq, buddy.IMRemoveSessionRsp),
     (buddy.IMAllUserReq, buddy.IMAllUserRsp),
     (buddy.IMDepartmentReq, buddy.IMDepartmentRsp),
+    (group_pb.IMNormalGroupListReq, group_pb.IMNormalGroupListRsp),
+    (group_pb.IMGroupInfoListReq, group_pb.IMGroupInfoListRsp),
+    (group_pb.IMGroupShieldReq, group_pb.IMGroupShieldRsp),
 ]
 
 
@@ -205,6 +212,8 @@ class MsgServer:
         d.register(buddy.IMUsersStatReq, self._on_users_stat)
         d.register(buddy.IMChangeSignInfoReq, self._on_change_sign_info)
         d.register(switch_pb.IMP2PCmdMsg, self._on_p2p_cmd)
+        d.register(group_pb.IMGroupCreateReq, self._on_group_create)
+        d.register(group_pb.IMGroupChangeMemberReq, self._on_group_change_member)
         for req_cls, rsp_cls in FORWARDED:
             d.register(req_cls, self._forwarder(rsp_cls))
 
@@ -225,6 +234,25 @@ class MsgServer:
             backoff_delays_s=delays,
             on_up=self._announce_to_login,
         )
+        route_dispatch = Dispatcher()
+        route_dispatch.register(msg_pb.IMMsgData, self._from_route_msg)
+        route_dispatch.register(msg_pb.IMMsgDataReadNotify, self._from_route_read_notify)
+        route_dispatch.register(switch_pb.IMP2PCmdMsg, self._from_route_p2p)
+        route_dispatch.register(server_pb.IMServerKickUser, self._from_route_kick)
+        route_dispatch.register(buddy.IMUserStatNotify, self._from_route_stat_notify)
+        route_dispatch.register(group_pb.IMGroupChangeMemberNotify, self._from_route_group_change)
+        route_dispatch.register(server_pb.IMRoleSet, self._from_route_role)
+        self.route = LinkSet(
+            loop,
+            "route_server",
+            [parse_address(a, 8200) for a in config.route_servers],
+            route_dispatch,
+            self.keepalive,
+            backoff_delays_s=delays,
+            on_up=self._announce_to_route,
+        )
+        self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
+        self.master = False  #: route_server's IMRoleSet
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -234,6 +262,7 @@ class MsgServer:
         )
         self.db.start()
         self.login.start()
+        self.route.start()
 
     @property
     def port(self) -> int:
@@ -245,6 +274,7 @@ class MsgServer:
             self._server.close()
         self.db.stop()
         self.login.stop()
+        self.route.stop()
         for conn in list(self.clients.values()):
             conn.conn.close()
 
@@ -266,6 +296,33 @@ class MsgServer:
             )
         )
 
+    def _announce_to_route(self, link: Link) -> None:
+        # Every (re)connect: route_server forgot this server's users when the link dropped.
+        info = server_pb.IMOnlineUserInfo()
+        for conns in self.users.values():
+            for c in conns:
+                info.user_stat_list.add(
+                    user_id=c.user_id,
+                    status=base.USER_STATUS_ONLINE,
+                    client_type=base.ClientType.ValueType(c.client_type),
+                )
+        link.send(info)
+
+    def _status_to_route(self, conn: ClientConn, status: int) -> None:
+        self.route.broadcast(
+            server_pb.IMUserStatusUpdate(
+                user_status=status,
+                user_id=conn.user_id,
+                client_type=base.ClientType.ValueType(conn.client_type),
+            )
+        )
+
+    def _to_route(self, message: Message) -> None:
+        """Relay through one live route_server (each message must travel once)."""
+        link = self.route.pick()
+        if link is not None:
+            link.send(message, partial=True)
+
     # -- login ----------------------------------------------------------------------------
 
     def _on_login(self, conn: ImConnection, req: Any, seq: int) -> None:
@@ -279,6 +336,8 @@ class MsgServer:
             refuse = base.REFUSE_REASON_NO_DB_SERVER
         elif self.login.configured and not self.login.live:
             refuse = base.REFUSE_REASON_NO_LOGIN_SERVER
+        elif self.route.configured and not self.route.live:
+            refuse = base.REFUSE_REASON_NO_ROUTE_SERVER
         if refuse or db is None:
             self._login_refused(conn, seq, refuse, "server not ready")
             return
@@ -362,7 +421,17 @@ class MsgServer:
             seq,
         )
         log.info("user %d logged in (%r, client type 0x%x)", user_id, conn.conn, client_type)
-        if not was_online:
+        self._status_to_route(conn, base.USER_STATUS_ONLINE)
+        # The same class of client on another msg_server is kicked there.
+        self._to_route(
+            server_pb.IMServerKickUser(
+                user_id=user_id,
+                client_type=base.ClientType.ValueType(client_type),
+                reason=base.KICK_REASON_DUPLICATE_USER,
+            )
+        )
+        if not was_online and not self.route.configured:
+            # With route_server, presence is cluster-wide: route_server announces it.
             self._notify_status(user_id, base.USER_STATUS_ONLINE)
 
     def _kick(self, older: ClientConn, reason: int) -> None:
@@ -392,6 +461,7 @@ class MsgServer:
         self.login.broadcast(
             server_pb.IMUserCntUpdate(user_action=USER_ACTION_DEL, user_id=conn.user_id)
         )
+        self._status_to_route(conn, base.USER_STATUS_OFFLINE)
         if conns.desktop is None and conns.mobile is None:
             del self.users[conn.user_id]
             return True
@@ -402,7 +472,8 @@ class MsgServer:
         user_id = conn.user_id
         if self._detach(conn):
             log.info("user %d offline", user_id)
-            self._notify_status(user_id, base.USER_STATUS_OFFLINE)
+            if not self.route.configured:
+                self._notify_status(user_id, base.USER_STATUS_OFFLINE)
 
     def _on_logout(self, conn: ImConnection, req: Any, seq: int) -> None:
         assert isinstance(conn, ClientConn)
@@ -429,17 +500,33 @@ class MsgServer:
                 log.warning("%r: keeps flooding; closing", conn.conn)
                 conn.conn.abort()
             return
-        if msg.msg_type not in (base.MSG_TYPE_SINGLE_TEXT, base.MSG_TYPE_SINGLE_AUDIO):
-            conn.bad_pdu(ids_of(msg)[0], ids_of(msg)[1], seq, f"msg_type {msg.msg_type} refused")
-            return
+        sid, cid = ids_of(msg)
         if msg.to_session_id == 0:
-            conn.bad_pdu(ids_of(msg)[0], ids_of(msg)[1], seq, "to_session_id 0")
+            conn.bad_pdu(sid, cid, seq, "to_session_id 0")
             return
+        msg.from_user_id = conn.user_id  # never trust the client's claim
+        if msg.msg_type in SINGLE_MSG_TYPES:
+            self._store_message(conn, msg, seq, None)
+        elif msg.msg_type in GROUP_MSG_TYPES:
+
+            def with_group(entry: GroupEntry | None) -> None:
+                if entry is None or conn.user_id not in entry.members:
+                    conn.bad_pdu(sid, cid, seq, f"not a member of group {msg.to_session_id}")
+                    return
+                self._store_message(conn, msg, seq, entry)
+
+            self.groups.get(msg.to_session_id, with_group)
+        else:
+            conn.bad_pdu(sid, cid, seq, f"msg_type {msg.msg_type} refused")
+
+    def _store_message(
+        self, conn: ClientConn, msg: Any, seq: int, group: GroupEntry | None
+    ) -> None:
+        """Store via db_proxy; only then ack to the sender and deliver everywhere."""
         db = self.db.pick()
         if db is None:
             log.warning("%r: no db_proxy; message not accepted", conn.conn)
             return
-        msg.from_user_id = conn.user_id  # never trust the client's claim
         msg.create_time = int(time.time())
         msg.msg_id = 0
         msg.attach_data = conn.attach()
@@ -456,12 +543,24 @@ class MsgServer:
                         user_id=rsp.from_user_id,
                         session_id=rsp.to_session_id,
                         msg_id=rsp.msg_id,
-                        session_type=base.SESSION_TYPE_SINGLE,
+                        session_type=base.SESSION_TYPE_GROUP
+                        if group is not None
+                        else base.SESSION_TYPE_SINGLE,
                     ),
                     seq,
                 )
-            self._deliver(rsp, rsp.to_session_id, exclude=conn)
-            self._deliver(rsp, rsp.from_user_id, exclude=conn)
+            if group is None:
+                self._deliver(rsp, rsp.to_session_id, exclude=conn)
+                self._deliver(rsp, rsp.from_user_id, exclude=conn)
+                self._to_route(rsp)
+            else:
+                members = sorted(group.members)
+                for uid in members:
+                    self._deliver(rsp, uid, exclude=conn)
+                # route_server needs the members to find their servers; they travel
+                # in attach_data, the field servers own.
+                rsp.attach_data = struct.pack(f">{len(members)}I", *members)
+                self._to_route(rsp)
 
         db.request(msg, stored, timeout_s=self.config.db_timeout_s, response=msg_pb.IMMsgData)
 
@@ -491,12 +590,28 @@ class MsgServer:
             session_type=msg.session_type,
         )
         self._deliver(notify, conn.user_id, exclude=conn)
+        self._to_route(notify)
 
     def _on_client_time(self, conn: ImConnection, msg: Any, seq: int) -> None:
         conn.send(msg_pb.IMClientTimeRsp(server_time=int(time.time())), seq)
 
     def _on_users_stat(self, conn: ImConnection, msg: Any, seq: int) -> None:
         assert isinstance(conn, ClientConn)
+        route = self.route.pick()
+        if route is not None:
+            # Presence is cluster-wide: route_server knows every msg_server's users.
+            msg.user_id = conn.user_id
+            msg.attach_data = conn.attach()
+
+            def answered(rsp: Any, exc: BaseException | None) -> None:
+                if exc is None and conn.conn.state is ConnState.CONNECTED:
+                    rsp.ClearField("attach_data")
+                    conn.send(rsp, seq)
+
+            route.request(
+                msg, answered, timeout_s=self.config.db_timeout_s, response=buddy.IMUsersStatRsp
+            )
+            return
         rsp = buddy.IMUsersStatRsp(user_id=conn.user_id)
         for uid in msg.user_id_list:
             online = uid in self.users
@@ -510,6 +625,7 @@ class MsgServer:
         assert isinstance(conn, ClientConn)
         msg.from_user_id = conn.user_id
         self._deliver(msg, msg.to_user_id)
+        self._to_route(msg)
 
     def _on_change_sign_info(self, conn: ImConnection, msg: Any, seq: int) -> None:
         assert isinstance(conn, ClientConn)
@@ -523,6 +639,128 @@ class MsgServer:
                     self._deliver(notify, uid, exclude=conn)
 
         self._forward(conn, msg, seq, buddy.IMChangeSignInfoRsp, changed)
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def _on_group_create(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        # Clients create temporary groups only; normal groups are made by the admin CLI.
+        msg.group_type = base.GROUP_TYPE_TMP
+
+        def created(rsp: Any) -> None:
+            if rsp.result_code != 0:
+                return
+            members = list(rsp.user_id_list)
+            self.groups.put(rsp.group_id, conn.user_id, base.GROUP_TYPE_TMP, members)
+            self._group_changed(
+                conn,
+                group_pb.IMGroupChangeMemberNotify(
+                    user_id=conn.user_id,
+                    change_type=base.GROUP_MODIFY_TYPE_ADD,
+                    group_id=rsp.group_id,
+                    cur_user_id_list=members,
+                    chg_user_id_list=members,
+                ),
+            )
+
+        self._forward(conn, msg, seq, group_pb.IMGroupCreateRsp, created)
+
+    def _on_group_change_member(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, ClientConn)
+        user_id = conn.user_id
+
+        def refuse(why: str) -> None:
+            log.info("user %d: group %d change refused: %s", user_id, msg.group_id, why)
+            conn.send(
+                group_pb.IMGroupChangeMemberRsp(
+                    user_id=user_id,
+                    change_type=msg.change_type,
+                    result_code=1,
+                    group_id=msg.group_id,
+                ),
+                seq,
+            )
+
+        def with_group(entry: GroupEntry | None) -> None:
+            if entry is None or user_id not in entry.members:
+                refuse("not a member")
+                return
+            removing_others = msg.change_type == base.GROUP_MODIFY_TYPE_DEL and any(
+                uid != user_id for uid in msg.member_id_list
+            )
+            if removing_others and user_id != entry.creator_id:
+                refuse("only the creator removes others")
+                return
+
+            def changed(rsp: Any) -> None:
+                if rsp.result_code != 0:
+                    return
+                self.groups.update_members(msg.group_id, rsp.cur_user_id_list)
+                self._group_changed(
+                    conn,
+                    group_pb.IMGroupChangeMemberNotify(
+                        user_id=user_id,
+                        change_type=msg.change_type,
+                        group_id=msg.group_id,
+                        cur_user_id_list=list(rsp.cur_user_id_list),
+                        chg_user_id_list=list(rsp.chg_user_id_list),
+                    ),
+                )
+
+            self._forward(conn, msg, seq, group_pb.IMGroupChangeMemberRsp, changed)
+
+        self.groups.get(msg.group_id, with_group)
+
+    def _group_changed(self, conn: ClientConn, notify: Any) -> None:
+        """Tell current and removed members here, and the other servers through route."""
+        self._notify_group_members(notify, exclude=conn)
+        self._to_route(notify)
+
+    def _notify_group_members(self, notify: Any, exclude: ClientConn | None = None) -> None:
+        for uid in set(notify.cur_user_id_list) | set(notify.chg_user_id_list):
+            self._deliver(notify, uid, exclude=exclude)
+
+    # -- from route_server ----------------------------------------------------------------
+
+    def _from_route_msg(self, link: ImConnection, msg: Any, seq: int) -> None:
+        if msg.msg_type in GROUP_MSG_TYPES:
+            data = msg.attach_data
+            members = struct.unpack(f">{len(data) // 4}I", data[: len(data) // 4 * 4])
+            msg.ClearField("attach_data")
+            for uid in members:
+                self._deliver(msg, uid)
+        else:
+            msg.ClearField("attach_data")
+            self._deliver(msg, msg.to_session_id)
+            self._deliver(msg, msg.from_user_id)
+
+    def _from_route_read_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
+        self._deliver(msg, msg.user_id)
+
+    def _from_route_p2p(self, link: ImConnection, msg: Any, seq: int) -> None:
+        self._deliver(msg, msg.to_user_id)
+
+    def _from_route_kick(self, link: ImConnection, msg: Any, seq: int) -> None:
+        conns = self.users.get(msg.user_id)
+        if conns is None:
+            return
+        older = conns.mobile if is_mobile(msg.client_type) else conns.desktop
+        if older is not None:
+            self._kick(older, msg.reason or base.KICK_REASON_DUPLICATE_USER)
+
+    def _from_route_stat_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
+        for uid, conns in self.users.items():
+            if uid != msg.user_stat.user_id:
+                for c in conns:
+                    c.send(msg)
+
+    def _from_route_group_change(self, link: ImConnection, msg: Any, seq: int) -> None:
+        self.groups.invalidate(msg.group_id)
+        self._notify_group_members(msg)  # route_server relayed it: nothing goes back
+
+    def _from_route_role(self, link: ImConnection, msg: Any, seq: int) -> None:
+        self.master = bool(msg.master)
+        log.info("route_server: this msg_server is %s", "master" if self.master else "not master")
 
     # -- forwarding to db_proxy -----------------------------------------------------------
 
