@@ -76,22 +76,24 @@ class RunningSuite:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.layout.http_port}"
 
-    def client(self, **kw: Any) -> Client:
-        """A client connected to the (first) msg_server."""
-        c = Client.connect("127.0.0.1", self.layout.msg_ports[0], **kw)
+    def client(self, server: int = 0, **kw: Any) -> Client:
+        """A client connected to msg_server number ``server`` (0 = the first)."""
+        c = Client.connect("127.0.0.1", self.layout.msg_ports[server], **kw)
         self.clients.append(c)
         return c
 
-    def login(self, name: str, password: str = DEMO_PASSWORD, **kw: Any) -> Client:
-        """Log ``name`` in; retries while msg_server is still linking to its peers (3/4)."""
+    def login(
+        self, name: str, password: str = DEMO_PASSWORD, *, server: int = 0, **kw: Any
+    ) -> Client:
+        """Log ``name`` in; retries while msg_server is still linking to its peers (3/4/5)."""
         deadline = time.monotonic() + 10
         while True:
-            c = self.client()
+            c = self.client(server)
             res = c.login(name, password, check=False, **kw)
             if res.result_code == 0:
                 return c
             c.close()
-            if res.result_code not in (3, 4) or time.monotonic() > deadline:
+            if res.result_code not in (3, 4, 5) or time.monotonic() > deadline:
                 raise AssertionError(f"login of {name} refused: {res.result_code}")
             time.sleep(0.1)
 
@@ -116,14 +118,17 @@ def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
     """Build and start a suite; ``overrides`` set config keys per role."""
     started: list[RunningSuite] = []
 
-    def make(overrides: dict[str, dict[str, Any]] | None = None) -> RunningSuite:
-        http, login, msg, db = free_ports(4)
+    def make(
+        overrides: dict[str, dict[str, Any]] | None = None, msg_servers: int = 1
+    ) -> RunningSuite:
+        http, login, db, route, *msg = free_ports(4 + msg_servers)
         layout = SuiteLayout(
             data_dir=tmp_path / f"suite{len(started)}",
             http_port=http,
             login_port=login,
-            msg_ports=[msg],
+            msg_ports=msg,
             db_port=db,
+            route_ports=[route] if msg_servers > 1 else [],
             database=database,
             overrides=overrides or {},
         )

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .connection import DEFAULT_FLOW, Connection, ConnState, FlowControl, Protocol
+from .connection import DEFAULT_FLOW, Connection, ConnState, FlowControl, Protocol, check_port
 from .poller import READABLE
 
 if TYPE_CHECKING:
@@ -104,6 +104,8 @@ class Listener:
                 sock.close()
                 continue
             Connection(loop, sock, protocol, flow)._start_accepted()
+            if self.state is not ConnState.LISTENING:
+                return  # the new connection's protocol closed this listener
 
     def _pause_accepting(self) -> None:
         self.loop.modify_handler(self._fd, 0)
@@ -120,7 +122,7 @@ class Listener:
     def handle_error(self, exc: BaseException) -> None:
         # An unexpected accept error: log it and keep listening; the listener is
         # the server's front door and one bad accept must not close it.
-        log.error("listener %s: unexpected error", self.address, exc_info=exc)
+        log.error("%r: unexpected error", self, exc_info=exc)
 
     def close(self) -> None:
         """Stop listening and close the socket. Accepted connections are unaffected."""
@@ -183,6 +185,7 @@ def bind_sockets(
         hosts = [host]
     else:
         hosts = list(host)
+    check_port(port)
     sockets: list[socket.socket] = []
     seen: set[Any] = set()
     try:

@@ -398,7 +398,9 @@ class Connection:
         """
         out = self._out
         if out is not None:
-            out.append(data)
+            # Batched until data_received returns: a mutable buffer is copied now, so
+            # the caller may reuse it at once (as it may after an immediate send).
+            out.append(data if type(data) is bytes else bytes(data))
             return
         state = self.state
         if state is CONNECTED:
@@ -595,6 +597,12 @@ class Connection:
             self._loop.modify_handler(self._fd, events)
 
 
+def check_port(port: int) -> None:
+    """Refuse a port outside 0..65535 (``getaddrinfo`` would silently wrap it)."""
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is outside 0..65535")
+
+
 def connect(
     loop: EventLoop,
     host: str,
@@ -612,6 +620,7 @@ def connect(
     returns. A host name is resolved here, synchronously (``getaddrinfo``);
     pass an address literal where that must not block.
     """
+    check_port(port)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     family, type_, proto, _, address = infos[0]
     sock = socket.socket(family, type_, proto)

@@ -36,6 +36,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--login-port", type=int, default=8100, help="login_server msg_server port")
     ap.add_argument("--msg-port", type=int, default=8000, help="first msg_server's client port")
     ap.add_argument("--db-port", type=int, default=10600, help="db_proxy_server port")
+    ap.add_argument("--route-port", type=int, default=8200, help="route_server port")
+    ap.add_argument(
+        "--msg-servers",
+        type=int,
+        default=1,
+        help="msg_servers to run (more than 1 adds a route_server; ports from --msg-port up)",
+    )
     ap.add_argument("--database", default=None, help="storage URL (default: SQLite in data dir)")
     ap.add_argument("--no-demo-users", action="store_true", help="do not create demo users")
 
@@ -61,6 +68,7 @@ class SuiteLayout:
     login_port: int = 8100
     msg_ports: list[int] = field(default_factory=lambda: [8000])
     db_port: int = 10600
+    route_ports: list[int] = field(default_factory=list)
     database: str = ""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -74,6 +82,12 @@ class SuiteLayout:
         files: dict[str, dict[str, dict[str, Any]]] = {
             "db_proxy_server": {
                 "dbproxy": {"listen_host": h, "port": self.db_port, "database": self.database_url}
+            },
+            **{
+                ("route_server" if len(self.route_ports) == 1 else f"route_server{i}"): {
+                    "route": {"listen_host": h, "port": port}
+                }
+                for i, port in enumerate(self.route_ports, 1)
             },
             "login_server": {
                 "login": {
@@ -95,6 +109,7 @@ class SuiteLayout:
                     "host_name": name,
                     "login_servers": [f"{h}:{self.login_port}"],
                     "db_proxies": [f"{h}:{self.db_port}"],
+                    "route_servers": [f"{h}:{p}" for p in self.route_ports],
                     # Peers on one machine come back fast: retry sooner than across a network.
                     "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
                 }
@@ -137,6 +152,7 @@ class SuiteLayout:
 _ROLES = {
     "db_proxy_server": "db-proxy-server",
     "login_server": "login-server",
+    "route_server": "route-server",
     "msg_server": "msg-server",
 }
 
@@ -205,8 +221,9 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         http_port=args.http_port,
         login_port=args.login_port,
-        msg_ports=[args.msg_port],
+        msg_ports=[args.msg_port + i for i in range(args.msg_servers)],
         db_port=args.db_port,
+        route_ports=[args.route_port] if args.msg_servers > 1 else [],
         database=args.database or "",
     )
     layout.data_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"imreactor suite is up (logs in {layout.data_dir}/):\n"
             f"  clients ask  http://{args.host}:{args.http_port}/msg_server\n"
-            f"  msg_server   {args.host}:{args.msg_port}\n"
+            f"  msg_servers  {', '.join(f'{args.host}:{p}' for p in layout.msg_ports)}\n"
             f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}\n"
             "Ctrl-C stops everything.",
             flush=True,
