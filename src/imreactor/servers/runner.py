@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import signal
 import sys
 from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
+from ..config import load
 from ..net import EventLoop
 
 log = logging.getLogger(__name__)
@@ -51,3 +54,59 @@ def serve(
         loop.close()
     log.info("%s stopped", name)
     return 0
+
+
+class RoleServer(Protocol):
+    """What every server role offers its ``main``."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=RoleServer)
+
+
+class RoleMain(Generic[S]):
+    """The ``add_arguments``/``run`` pair of ``imreactor <role> -c FILE`` for one server role.
+
+    ``make(loop, config)`` builds the server from the ``[section]`` table of the
+    file (as ``config_cls``); ``describe(server)`` says where it listens, for
+    the READY line.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        section: str,
+        config_cls: type[Any],
+        make: Callable[[EventLoop, Any], S],
+        describe: Callable[[S], str],
+    ) -> None:
+        self.name = name
+        self.section = section
+        self.config_cls = config_cls
+        self.make = make
+        self.describe = describe
+
+    def add_arguments(self, ap: argparse.ArgumentParser) -> None:
+        ap.add_argument(
+            "-c", "--config", help=f"TOML file with a [{self.section}] table (default: defaults)"
+        )
+        ap.add_argument("--poller", default=None, help="epoll, kqueue, poll or select")
+
+    def run(self, args: argparse.Namespace) -> int:
+        config = load(self.config_cls, args.config, self.section)
+        servers: list[S] = []
+
+        def start(loop: EventLoop) -> str:
+            server = self.make(loop, config)
+            server.start()
+            servers.append(server)
+            return self.describe(server)
+
+        def stop() -> None:
+            for server in servers:
+                server.close()
+
+        return serve(self.name, start, stop, args.poller)
