@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         _server("login-server", "login", "run login_server alone"),
         _server("msg-server", "msg", "run one msg_server alone"),
         _server("db-proxy-server", "dbproxy", "run db_proxy_server alone"),
+        _server("route-server", "route", "run route_server alone"),
         _up,
     ):
         register(sub)

@@ -1,0 +1,1 @@
+"""route_server: presence across msg_servers, and relaying between them."""
