@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         _server("db-proxy-server", "dbproxy", "run db_proxy_server alone"),
         _server("route-server", "route", "run route_server alone"),
         _up,
+        importlib.import_module("imreactor.admin").register,
     ):
         register(sub)
     return ap

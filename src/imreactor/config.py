@@ -2,7 +2,7 @@
 
 Each server has one dataclass whose fields are its keys; a field's default is
 the key's default and the ``doc`` in its metadata says what it means
-(``imreactor config --defaults ROLE`` prints them all). A file may hold several
+(``imreactor config defaults [ROLE]`` prints them all). A file may hold several
 roles, one table each (``[login]``, ``[msg]``, ``[route]``, ``[dbproxy]``).
 Unknown keys and wrongly typed values are errors, reported with the key's
 name: a typo must not silently fall back to a default.
@@ -88,15 +88,19 @@ def load(cls: type[T], path: str | Path | None, section: str) -> T:
 
 
 def describe(cls: type[Any], section: str) -> str:
-    """A commented TOML table of every key of ``cls`` with its default."""
+    """A commented TOML table of every key of ``cls`` with its default.
+
+    The text is valid TOML that :func:`load` reads back as ``cls()``; a key whose
+    default is None (no TOML form) appears as a comment.
+    """
     lines = [f"[{section}]"]
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        lines.append(f"# {f.metadata.get('doc', '')}")
+        lines.extend(f"# {line}".rstrip() for line in str(f.metadata.get("doc", "")).splitlines())
         if default is None:
             lines.append(f"# {f.name} = (unset by default)")
         else:
-            lines.append(f"{f.name} = {_toml_value(default)}")
+            lines.append(f"{f.name} = {toml_value(default)}")
     return "\n".join(lines) + "\n"
 
 
@@ -105,16 +109,28 @@ def dump(tables: dict[str, dict[str, Any]]) -> str:
     out = []
     for name, table in tables.items():
         out.append(f"[{name}]")
-        out.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        out.extend(f"{key} = {toml_value(value)}" for key, value in table.items())
         out.append("")
     return "\n".join(out)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """TOML text of one str, int, float, bool or list of them; TypeError for anything else."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + "".join(_TOML_ESCAPES.get(c, c) for c in value) + '"'
     if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, int | float):
+        return repr(value)  # Python's repr of a float (inf and nan included) is TOML too
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+# A TOML basic string may not hold a quote, a backslash or a control character as is.
+_TOML_ESCAPES = {c: f"\\u{ord(c):04x}" for c in (*map(chr, range(0x20)), "\x7f")} | {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\n": "\\n",
+    "\t": "\\t",
+}

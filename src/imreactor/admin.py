@@ -1,0 +1,337 @@
+"""Administration commands: accounts, departments and groups in storage; configuration files.
+
+::
+
+    imreactor user add NAME --password PW [--nick NICK] [--department ID]
+    imreactor user list
+    imreactor user passwd NAME --password PW
+    imreactor dept add NAME [--parent ID] [--priority N]
+    imreactor dept list
+    imreactor group add NAME --creator USER [--members a,b,c]
+    imreactor config defaults [ROLE]
+    imreactor config check FILE [--role ROLE]
+    imreactor config import FILE.conf --role ROLE
+
+The storage commands take ``--data-dir DIR`` (default ``data``, as ``imreactor up``:
+the SQLite database ``DIR/imreactor.db``) or ``--database URL`` (any storage URL).
+They work while the suite runs: each command is a few short transactions, and
+SQLite's WAL journal and busy timeout let them interleave with db_proxy_server's.
+The ``add`` commands create the database if there is none yet (so accounts can be
+prepared before the first ``imreactor up``); the others refuse a SQLite file that
+does not exist, so a mistyped directory is reported instead of read as empty.
+
+Exit status: 0 done, 1 refused or failed (one line on stderr says why), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import ConfigError, describe, from_mapping
+from .servers.confimport import ROLES, import_conf, render
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    from .storage import Storage
+
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+    Command: TypeAlias = Callable[[argparse.Namespace], None]
+
+DEFAULT_DATA_DIR = "data"
+"""The data directory ``imreactor up`` uses by default; the database is ``imreactor.db`` in it."""
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+class AdminError(Exception):
+    """The command cannot do what was asked; the message is the one line to print."""
+
+
+def register(sub: Subparsers) -> None:
+    """Add the ``user``, ``dept``, ``group`` and ``config`` commands to ``sub``."""
+    store = argparse.ArgumentParser(add_help=False)
+    where = store.add_argument_group("storage").add_mutually_exclusive_group()
+    where.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help=f"use the SQLite database DIR/imreactor.db (default: {DEFAULT_DATA_DIR})",
+    )
+    where.add_argument(
+        "--database", metavar="URL", help="storage URL: sqlite:///PATH or postgresql://..."
+    )
+
+    def command(
+        group: tuple[str, Subparsers], name: str, fn: Command, help_: str, storage: bool = True
+    ) -> argparse.ArgumentParser:
+        p = group[1].add_parser(name, help=help_, parents=[store] if storage else [])
+        p.set_defaults(run=_runner(f"{group[0]} {name}", fn))
+        return p
+
+    user = _group(sub, "user", "add, list and change user accounts")
+    p = command(user, "add", _user_add, "create a user")
+    p.add_argument("name", metavar="NAME", help="login name")
+    p.add_argument("--password", required=True, metavar="PW", help="plaintext password")
+    p.add_argument("--nick", metavar="NICK", help="display name (default: NAME)")
+    p.add_argument(
+        "--department", type=int, default=0, metavar="ID", help="department id (default: none)"
+    )
+    command(user, "list", _user_list, "list every user")
+    p = command(user, "passwd", _user_passwd, "set a user's password")
+    p.add_argument("name", metavar="NAME", help="login name")
+    p.add_argument("--password", required=True, metavar="PW", help="new plaintext password")
+
+    dept = _group(sub, "dept", "add and list departments")
+    p = command(dept, "add", _dept_add, "create a department")
+    p.add_argument("name", metavar="NAME", help="department name")
+    p.add_argument(
+        "--parent", type=int, default=0, metavar="ID", help="parent department (default: none)"
+    )
+    p.add_argument("--priority", type=int, default=0, metavar="N", help="sort order (default 0)")
+    command(dept, "list", _dept_list, "list every department")
+
+    group = _group(sub, "group", "add groups")
+    p = command(group, "add", _group_add, "create a NORMAL (permanent) group")
+    p.add_argument("name", metavar="NAME", help="group name")
+    p.add_argument("--creator", required=True, metavar="USER", help="login name of its owner")
+    p.add_argument(
+        "--members",
+        default="",
+        metavar="a,b,c",
+        help="login names of the members, comma-separated (the creator is always one)",
+    )
+
+    config = _group(sub, "config", "print, check and import server configuration")
+    p = command(config, "defaults", _config_defaults, "print every key with its default", False)
+    roles = ", ".join(ROLES)
+    p.add_argument(
+        "role", nargs="?", choices=list(ROLES), metavar="ROLE", help=f"only this table ({roles})"
+    )
+    p = command(config, "check", _config_check, "check a TOML configuration file", False)
+    p.add_argument("file", metavar="FILE", help="TOML file")
+    p.add_argument(
+        "--role", choices=list(ROLES), metavar="ROLE", help=f"a table that must be there ({roles})"
+    )
+    p = command(config, "import", _config_import, "print a TeamTalk .conf file as TOML", False)
+    p.add_argument("file", metavar="FILE", help="msgserver.conf, loginserver.conf, ...")
+    p.add_argument(
+        "--role", required=True, choices=list(ROLES), metavar="ROLE", help=f"its server ({roles})"
+    )
+
+
+def _group(sub: Subparsers, name: str, help_: str) -> tuple[str, Subparsers]:
+    p = sub.add_parser(name, help=help_)
+    return name, p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
+
+def _runner(name: str, fn: Command) -> Callable[[argparse.Namespace], int]:
+    """``fn`` as a ``run`` function: every expected failure becomes one line and status 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .storage import StorageError
+
+        try:
+            fn(args)
+        # ConfigError and ConfImportError are ValueErrors, as is open_storage's bad URL.
+        except (AdminError, StorageError, ValueError) as exc:
+            print(f"imreactor {name}: {_one_line(str(exc))}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"imreactor {name}: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run
+
+
+def _one_line(text: str) -> str:
+    # Driver messages (psycopg's) span lines; the contract is one line per error.
+    return re.sub(r"\s*\n\s*", "; ", text.strip())
+
+
+# -- storage -----------------------------------------------------------------------------
+
+
+def database_url(args: argparse.Namespace) -> str:
+    """The storage URL the options name: ``--database``, else the data dir's SQLite file."""
+    from .servers.suite import SuiteLayout
+
+    if args.database:
+        url: str = args.database
+        return url
+    return SuiteLayout(data_dir=Path(args.data_dir)).database_url
+
+
+@contextmanager
+def opened(args: argparse.Namespace, *, create: bool) -> Iterator[Storage]:
+    """The storage of ``args``, closed on exit. Without ``create``, a SQLite file that
+    does not exist is an AdminError rather than a new, empty database."""
+    from .storage import open_storage
+
+    url = database_url(args)
+    if url.startswith(SQLITE_PREFIX):
+        path = Path(url[len(SQLITE_PREFIX) :])
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            raise AdminError(f"no database at {path} (wrong --data-dir or --database?)")
+    store = open_storage(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _digest(password: str) -> str:
+    from .client.session import password_digest
+
+    if not password:
+        raise AdminError("the password must not be empty")
+    return password_digest(password)
+
+
+def _user_id(store: Storage, name: str) -> int:
+    user = store.user_by_name(name)
+    if user is None:
+        raise AdminError(f"no user {name!r}")
+    return user.user_id
+
+
+def _check_department(store: Storage, dept_id: int) -> None:
+    if dept_id < 0:
+        raise AdminError(f"department id {dept_id} is negative")
+    if dept_id and all(d.dept_id != dept_id for d in store.departments_updated_since(0)):
+        raise AdminError(f"no department {dept_id} (imreactor dept list shows them)")
+
+
+def _user_add(args: argparse.Namespace) -> None:
+    from .storage import ConflictError
+
+    digest = _digest(args.password)
+    with opened(args, create=True) as store:
+        _check_department(store, args.department)
+        try:
+            user = store.add_user(
+                args.name,
+                digest,
+                nick=args.name if args.nick is None else args.nick,
+                department_id=args.department,
+            )
+        except ConflictError:
+            raise AdminError(f"user name {args.name!r} is taken") from None
+    print(f"added user {user.name} (id {user.user_id})")
+
+
+def _user_list(args: argparse.Namespace) -> None:
+    with opened(args, create=False) as store:
+        users = store.list_users()
+    _table(
+        ["ID", "NAME", "NICK", "DEPT"],
+        [[str(u.user_id), u.name, u.nick, str(u.department_id)] for u in users],
+    )
+
+
+def _user_passwd(args: argparse.Namespace) -> None:
+    digest = _digest(args.password)
+    with opened(args, create=False) as store:
+        if not store.change_password(_user_id(store, args.name), digest):
+            raise AdminError(f"no user {args.name!r}")  # deleted between the two calls
+    print(f"changed the password of {args.name}")
+
+
+def _dept_add(args: argparse.Namespace) -> None:
+    if not args.name.strip():
+        raise AdminError("the department name must not be empty")
+    with opened(args, create=True) as store:
+        _check_department(store, args.parent)
+        dept = store.add_department(args.name, priority=args.priority, parent_id=args.parent)
+    print(f"added department {dept.name} (id {dept.dept_id})")
+
+
+def _dept_list(args: argparse.Namespace) -> None:
+    with opened(args, create=False) as store:
+        depts = store.departments_updated_since(0)
+    _table(
+        ["ID", "NAME", "PARENT", "PRIORITY"],
+        [[str(d.dept_id), d.name, str(d.parent_id), str(d.priority)] for d in depts],
+    )
+
+
+def _group_add(args: argparse.Namespace) -> None:
+    from .storage import GroupType
+
+    if not args.name.strip():
+        raise AdminError("the group name must not be empty")
+    names = list(dict.fromkeys(n.strip() for n in args.members.split(",") if n.strip()))
+    with opened(args, create=True) as store:
+        creator = _user_id(store, args.creator)
+        members: list[int] = []
+        unknown: list[str] = []
+        for name in names:
+            user = store.user_by_name(name)
+            if user is None:
+                unknown.append(name)
+            else:
+                members.append(user.user_id)
+        if unknown:
+            noun = "user" if len(unknown) == 1 else "users"
+            raise AdminError(f"no {noun} {', '.join(map(repr, unknown))}")
+        group = store.create_group(
+            creator, args.name, group_type=GroupType.NORMAL, member_ids=members
+        )
+    print(f"added group {group.name} (id {group.group_id}, {len(group.members)} members)")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def _config_defaults(args: argparse.Namespace) -> None:
+    roles = [args.role] if args.role else list(ROLES)
+    print("# Every key may be left out; these are the defaults.")
+    print("\n".join(describe(ROLES[role], role) for role in roles), end="")
+
+
+def _config_check(args: argparse.Namespace) -> None:
+    import tomllib
+
+    try:
+        with open(args.file, "rb") as f:
+            doc = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise AdminError(f"{args.file}: {exc}") from None
+    unknown = sorted(set(doc) - set(ROLES))
+    if unknown:
+        raise AdminError(
+            f"{args.file}: unknown table(s) or key(s) {', '.join(unknown)}"
+            f" (tables are {', '.join(ROLES)})"
+        )
+    if args.role and args.role not in doc:
+        raise AdminError(f"{args.file}: no [{args.role}] table")
+    for role, table in doc.items():
+        if not isinstance(table, dict):
+            raise AdminError(f"{args.file}: {role} must be a table")
+        try:
+            from_mapping(ROLES[role], table, role)
+        except ConfigError as exc:
+            raise AdminError(f"{args.file}: {exc}") from None
+    print(f"{args.file}: ok ({', '.join(f'[{r}]' for r in doc) or 'empty: all defaults'})")
+
+
+def _config_import(args: argparse.Namespace) -> None:
+    with open(args.file, "rb") as f:
+        data = f.read()
+    print(render(import_conf(data, args.role, args.file)), end="")
