@@ -151,7 +151,9 @@ class Keepalive:
                     "%r: nothing received for %.0f s; closing", conn.conn, now - conn._last_recv
                 )
                 self.discard(conn)
-                conn.conn.close()
+                # Abort, not close: a peer silent this long will not answer a FIN
+                # either, and its owner should forget it now, not after a linger.
+                conn.conn.abort(TimeoutError(f"nothing received for {policy.timeout_s:g} s"))
                 continue
             if policy.heartbeat_s is not None and now - conn._last_send >= policy.heartbeat_s:
                 conn.conn.write(HEARTBEAT_PDU)

@@ -54,7 +54,7 @@ import struct
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Final, Generic, TypeVar
 
-from ...net import ConnState, EventLoop, Server
+from ...net import EventLoop, Server
 from ...pdu.framing import Frame
 from ...pdu.header import encode_pdu
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
@@ -177,7 +177,7 @@ class RouteServer:
     def __init__(self, loop: EventLoop, config: RouteConfig) -> None:
         self.loop = loop
         self.config = config
-        self.keepalive: Keepalive = _RouteKeepalive(self)
+        self.keepalive = Keepalive(loop)
         self.presence: Presence[RouteLink] = Presence()
         #: Live links in the order they connected (a dict used as an ordered set).
         self.links: dict[RouteLink, None] = {}
@@ -359,25 +359,6 @@ class RouteServer:
     def _on_group_change(self, link: ImConnection, msg: Any, seq: int) -> None:
         assert isinstance(link, RouteLink)
         self._relay(link, [other for other in self.links if other is not link])
-
-
-class _RouteKeepalive(Keepalive):
-    """:class:`Keepalive` whose verdict on a silent link takes effect at once.
-
-    Keepalive closes a silent link gracefully, and a graceful close ends (``on_closed``)
-    only when the peer closes its side too, or ``close_timeout_s`` later. A msg_server
-    that went silent is presumed dead: its users must be offline now, not then.
-    """
-
-    def __init__(self, server: RouteServer) -> None:
-        super().__init__(server.loop)
-        self.server = server
-
-    def tick(self) -> None:
-        super().tick()
-        for link in tuple(self.server.links):
-            if link.conn.state is not ConnState.CONNECTED:
-                self.server._link_down(link)
 
 
 class RouteLink(ImConnection):
