@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from imreactor.config import ConfigError, describe, dump, load, option, toml_value
 from imreactor.servers.confimport import ROLES
 from imreactor.servers.msg.config import MsgConfig
+from imreactor.servers.suite import SuiteLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "configuration.md"
@@ -182,6 +183,22 @@ def test_config_check_refuses_with_one_line(
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.startswith(f"imreactor config check: {path}: ")
     assert message in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_config_check_accepts_every_file_imreactor_up_writes(tmp_path: Path) -> None:
+    layout = SuiteLayout(data_dir=tmp_path, msg_ports=[9001, 9002], route_ports=[9100])
+    paths = layout.write()
+    assert sorted(paths) == [
+        "db_proxy_server",
+        "login_server",
+        "msg_server1",
+        "msg_server2",
+        "route_server",
+    ]
+    for name, path in paths.items():
+        role = {"db": "dbproxy", "lo": "login", "ms": "msg", "ro": "route"}[name[:2]]
+        res = imreactor("config", "check", str(path), "--role", role)
+        assert (res.returncode, res.stdout) == (0, f"{path}: ok ([{role}])\n"), res.stderr
 
 
 def test_config_check_of_files_that_cannot_be_read(tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def register(sub: Subparsers) -> None:
         "--role", choices=list(ROLES), metavar="ROLE", help=f"a table that must be there ({roles})"
     )
     p = command(config, "import", _config_import, "print a TeamTalk .conf file as TOML", False)
-    p.add_argument("file", metavar="FILE", help="msgserver.conf, loginserver.conf, ...")
+    p.add_argument("file", metavar="FILE", help="loginserver.conf, msgserver.conf, ...")
     p.add_argument(
         "--role", required=True, choices=list(ROLES), metavar="ROLE", help=f"its server ({roles})"
     )

@@ -31,6 +31,7 @@ from imreactor.servers.dbproxy.config import DbProxyConfig
 from imreactor.servers.links import parse_address
 from imreactor.servers.login.config import LoginConfig
 from imreactor.servers.msg.config import MsgConfig
+from imreactor.servers.route.config import RouteConfig
 from imreactor.servers.suite import start_child, stop_children
 
 MSG_CONF = """\
@@ -79,6 +80,12 @@ MsgServerPort=8100
 msfs=http://192.168.226.128:8700/
 
 discovery=http://127.0.0.1/api/discovery?v=1
+"""
+
+ROUTE_CONF = """\
+#========================================================================
+ListenIP=0.0.0.0\t\t\t# Listening IP
+ListenMsgPort=8200\t\t\t# Listening Port for MsgServer
 """
 
 DBPROXY_CONF = """\
@@ -193,6 +200,14 @@ def test_login_server_conf(tmp_path: Path) -> None:
     assert load(LoginConfig, tmp_path / "login.toml", "login").client_port == 8008
 
 
+def test_route_server_conf(tmp_path: Path) -> None:
+    out = import_file(tmp_path, "routeserver.conf", ROUTE_CONF, "route")
+    assert tomllib.loads(out)["route"] == {"listen_host": "0.0.0.0", "port": 8200}
+    assert "Not imported" not in out
+    (tmp_path / "route.toml").write_text(out)
+    assert load(RouteConfig, tmp_path / "route.toml", "route").port == 8200
+
+
 def test_db_proxy_server_conf(tmp_path: Path) -> None:
     out = import_file(tmp_path, "dbproxyserver.conf", DBPROXY_CONF, "dbproxy")
     assert tomllib.loads(out)["dbproxy"] == {
@@ -289,7 +304,7 @@ def test_unknown_keys_are_listed_not_dropped(tmp_path: Path) -> None:
 
 
 def test_render_is_loadable_for_every_role(tmp_path: Path) -> None:
-    samples = {"msg": MSG_CONF, "login": LOGIN_CONF, "dbproxy": DBPROXY_CONF}
+    samples = {"msg": MSG_CONF, "login": LOGIN_CONF, "route": ROUTE_CONF, "dbproxy": DBPROXY_CONF}
     assert set(samples) == set(ROLES)
     for role, text in samples.items():
         path = tmp_path / f"{role}.toml"
@@ -320,6 +335,7 @@ def test_render_is_loadable_for_every_role(tmp_path: Path) -> None:
         (b"ListenIP=\xc4\xe3\n", "msg", "bad.conf:1: not UTF-8 text"),
         (LOGIN_CONF.encode(), "msg", "nothing in it maps to [msg]; is it a msg_server file?"),
         (b"# only comments\n", "dbproxy", "nothing in it maps to [dbproxy]"),
+        (b"ListenIP=0.0.0.0\nListenMsgPort=x\n", "route", "bad.conf:2: ListenMsgPort='x'"),
     ],
 )
 def test_refusals_name_file_and_line(tmp_path: Path, text: bytes, role: str, message: str) -> None:
@@ -334,11 +350,11 @@ def test_refusals_name_file_and_line(tmp_path: Path, text: bytes, role: str, mes
 
 
 def test_unknown_role_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfImportError, match="unknown role 'route'"):
-        import_conf(b"ListenIP=x\n", "route")
+    with pytest.raises(ConfImportError, match="unknown role 'file'"):
+        import_conf(b"ListenIP=x\n", "file")
     (tmp_path / "r.conf").write_text("ListenIP=0.0.0.0\nListenMsgPort=8200\n")
-    res = imreactor("config", "import", "r.conf", "--role", "route", cwd=tmp_path)
-    assert res.returncode == 2 and "invalid choice: 'route'" in res.stderr
+    res = imreactor("config", "import", "r.conf", "--role", "file", cwd=tmp_path)
+    assert res.returncode == 2 and "invalid choice: 'file'" in res.stderr
     res = imreactor("config", "import", "r.conf", cwd=tmp_path)
     assert res.returncode == 2 and "--role" in res.stderr
     res = imreactor("config", "import", "none.conf", "--role", "msg", cwd=tmp_path)

@@ -1,7 +1,8 @@
 """Import the original TeamTalk ``key=value`` .conf files as imreactor TOML.
 
-The original servers read ``loginserver.conf``, ``msgserver.conf`` and
-``dbproxyserver.conf`` (also found as ``login_server.conf`` and so on): one
+The original servers read ``loginserver.conf``, ``msgserver.conf``,
+``routeserver.conf`` and ``dbproxyserver.conf`` (also found as
+``login_server.conf`` and so on): one
 ``key=value`` per line, ``#`` starts a comment anywhere on a line, blanks around
 keys and values do not count, and numbered pairs such as ``DBServerIP1`` /
 ``DBServerPort1``, ``DBServerIP2`` / ``DBServerPort2`` list peer servers, read
@@ -28,11 +29,22 @@ from ..config import ConfigError, dump, from_mapping
 from .dbproxy.config import DbProxyConfig
 from .login.config import LoginConfig
 from .msg.config import MsgConfig
+from .route.config import RouteConfig
 
-ROLES: dict[str, type[Any]] = {"login": LoginConfig, "msg": MsgConfig, "dbproxy": DbProxyConfig}
+ROLES: dict[str, type[Any]] = {
+    "login": LoginConfig,
+    "msg": MsgConfig,
+    "route": RouteConfig,
+    "dbproxy": DbProxyConfig,
+}
 """Every server role with a configuration: role (its TOML table name) → its dataclass."""
 
-ROLE_SERVERS = {"login": "login_server", "msg": "msg_server", "dbproxy": "db_proxy_server"}
+ROLE_SERVERS = {
+    "login": "login_server",
+    "msg": "msg_server",
+    "route": "route_server",
+    "dbproxy": "db_proxy_server",
+}
 """The original server each role's .conf file belongs to."""
 
 MAX_PORT = 65535
@@ -340,6 +352,14 @@ def _msg(conf: _Conf, result: Imported) -> None:
     )
 
 
+def _route(conf: _Conf, result: Imported) -> None:
+    t = result.table
+    if (entry := conf.get("ListenIP")) is not None:
+        t["listen_host"] = _listen_host(conf, entry, result)
+    if (entry := conf.get("ListenMsgPort")) is not None:
+        t["port"] = conf.port(entry)
+
+
 def _dbproxy(conf: _Conf, result: Imported) -> None:
     t = result.table
     if (entry := conf.get("ListenIP")) is not None:
@@ -370,4 +390,4 @@ def _dbproxy(conf: _Conf, result: Imported) -> None:
     )
 
 
-_IMPORTERS = {"login": _login, "msg": _msg, "dbproxy": _dbproxy}
+_IMPORTERS = {"login": _login, "msg": _msg, "route": _route, "dbproxy": _dbproxy}
