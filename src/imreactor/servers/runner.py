@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
-from ..config import load
+from ..config import ConfigError, load
 from ..net import EventLoop
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,11 @@ class RoleMain(Generic[S]):
         ap.add_argument("--poller", default=None, help="epoll, kqueue, poll or select")
 
     def run(self, args: argparse.Namespace) -> int:
-        config = load(self.config_cls, args.config, self.section)
+        try:
+            config = load(self.config_cls, args.config, self.section)
+        except ConfigError as exc:
+            print(f"imreactor {self.name}: {exc}", file=sys.stderr)
+            return 2
         servers: list[S] = []
 
         def start(loop: EventLoop) -> str:

@@ -1,0 +1,81 @@
+"""The database going away: only the requests that meet it fail, and service comes back.
+
+A private PostgreSQL (not the session's shared one) is stopped under a running
+suite: a login gets result 3 (no database), a message is neither acknowledged
+nor delivered, and every client stays connected. When PostgreSQL is back, logins
+and messages work again and nothing acknowledged before the outage is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg import PostgresServer
+
+from imreactor.client import ClientError
+from imreactor.pdu.proto import im_base_define_pb2 as base
+from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout, create_demo_users
+
+from .conftest import RunningSuite, free_ports
+
+
+@pytest.fixture
+def pg_suite(tmp_path: Path) -> Iterator[tuple[RunningSuite, PostgresServer]]:
+    server = PostgresServer()
+    with server:
+        url = server.create_database()
+        http, login, db, msg = free_ports(4)
+        layout = SuiteLayout(
+            data_dir=tmp_path / "suite",
+            http_port=http,
+            login_port=login,
+            msg_ports=[msg],
+            db_port=db,
+            database=url,
+            overrides={"msg": {"db_timeout_s": 2.0}},
+        )
+        create_demo_users(url)
+        suite = RunningSuite(layout)
+        suite.start()
+        try:
+            yield suite, server
+        finally:
+            suite.stop()
+
+
+def test_database_outage_fails_only_its_requests(
+    pg_suite: tuple[RunningSuite, PostgresServer],
+) -> None:
+    suite, pg = pg_suite
+    alice, bob = suite.login("alice"), suite.login("bob")
+    before = alice.send_text(bob.user_id, "before").msg_id
+    pg.stop()
+    try:
+        c = suite.client()
+        res = c.login("carol", DEMO_PASSWORD, check=False)
+        assert res.result_code == base.REFUSE_REASON_NO_DB_SERVER
+        with pytest.raises(ClientError):
+            alice.timeout_s = 3.0
+            alice.send_message(bob.user_id, b"during")
+        assert alice.is_connected and bob.is_connected
+        assert "StorageError" in suite.log_text("db_proxy_server") or "failed" in suite.log_text(
+            "db_proxy_server"
+        )
+    finally:
+        pg.start()
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            after = alice.send_text(bob.user_id, "after").msg_id
+            break
+        except ClientError:
+            assert time.monotonic() < deadline, "service did not come back"
+    assert after > before
+    carol = suite.login("carol")
+    history = bob.history(alice.user_id, count=10)
+    datas = [m.msg_data for m in history.msg_list]
+    assert b"before" in datas and b"after" in datas and b"during" not in datas
+    assert carol.is_connected
