@@ -1,0 +1,1260 @@
+"""``imreactor load``: a load generator that verifies every message it sends.
+
+One process, one :class:`~imreactor.net.EventLoop`, one
+:class:`~imreactor.client.session.ClientSession` per connection. A run has
+four phases:
+
+1. **login**: every connection asks login_server ``GET /msg_server`` where to
+   go (or goes straight to ``--msg-server``), connects there and logs in as
+   ``load<i>`` (at most ``login_concurrency`` logins at a time). "Not ready"
+   answers (no msg_server registered, refusals 3/4/5, refused connects) are
+   retried for ``login_retry_s``; anything else is a failed login.
+2. **send**: users ``load<2p>`` and ``load<2p+1>`` form pair ``p``. The
+   desktop connection of the first (and with ``duplex`` also of the second)
+   sends 1:1 ``IMMsgData`` to the other, keeping ``in_flight`` messages
+   unacknowledged at most, optionally paced to ``rate`` messages/s overall,
+   until ``duration_s`` has passed or ``count`` messages were sent. A body
+   reads ``<run id>:<sending connection>:<sequence number>:`` and padding.
+3. **drain**: once every message is acknowledged or timed out, wait (at most
+   ``drain_s``) until every expected delivery has arrived.
+4. **verify** (see :meth:`LoadRun.report`): every acknowledged message must
+   have arrived exactly once, with the acknowledged ``msg_id``, at every
+   connection of the recipient and at every other connection of the sender
+   (connections logged in when the ack came); on each connection the messages
+   of one conversation must arrive in increasing ``msg_id`` order; the acked
+   ids of a conversation must be distinct and, when every message of it was
+   acked, contiguous; nothing may arrive where it was not sent.
+
+With ``echo`` set, the same connections and senders run against a PDU echo
+server instead (no login; the "ack" is the echoed PDU, checked byte for
+byte): a reference for what the client side and the reactor cost.
+
+Exit status of the command: 0 if the run verified clean, 1 if it did not, 2
+for options that cannot make a run.
+
+The msg_server's per-connection rate limit (``msg_rate_per_s``, 50/s by
+default) drops messages above it without an answer: raise it for benchmarks,
+or the drops show up here as timeouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from ..net import Connection, ConnState, EventLoop, Protocol, Timer
+from ..pdu.imconn import CLIENT_SIDE, Keepalive
+from ..pdu.proto import im_base_define_pb2 as base
+from ..pdu.proto import im_login_pb2 as login_pb
+from ..pdu.proto import im_message_pb2 as msg_pb
+from .session import ClientSession, password_digest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PASSWORD = "imreactor"
+DEFAULT_DURATION_S = 10.0
+#: Pacing tick with ``--rate``, and the most credit a stall may bank (as seconds of rate).
+PACE_TICK_S = 0.005
+PACE_BURST_S = 0.1
+LOGIN_RETRY_DELAY_S = 0.2
+#: Closing at the end waits this long for the servers to close their side.
+SHUTDOWN_WAIT_S = 3.0
+MAX_PROBLEMS = 20
+#: Login results that mean "the server is not ready yet": retried.
+NOT_READY = frozenset(
+    {
+        base.REFUSE_REASON_NO_MSG_SERVER,
+        base.REFUSE_REASON_MSG_SERVER_FULL,
+        base.REFUSE_REASON_NO_DB_SERVER,
+        base.REFUSE_REASON_NO_LOGIN_SERVER,
+        base.REFUSE_REASON_NO_ROUTE_SERVER,
+    }
+)
+
+#: Error counters; any of them non-zero fails the run.
+ERROR_KINDS = (
+    "refused_logins",  # the server said no (e.g. 6: wrong password, unknown user)
+    "login_failures",  # could not reach a server, or no answer in time
+    "timeouts",  # a message got no IMMsgDataAck within ack_timeout_s
+    "unacked_on_close",  # the sender's connection closed before the ack
+    "bad_acks",  # an ack for the wrong user/session, msg_id 0, or a corrupt echo
+    "disconnects",  # a logged-in connection closed during the run
+    "kicks",  # IMKickUser received
+    "losses",  # an acked message missing at a connection that should have it
+    "duplicates",  # extra copies of a message at one connection
+    "reorders",  # a message arrived after a later msg_id of its conversation
+    "wrong_ids",  # delivered with another msg_id than the sender was acked with
+    "misdelivered",  # arrived where it was not sent, or with the wrong sender/recipient
+    "id_conflicts",  # two messages of one conversation acked with the same msg_id
+    "id_gaps",  # msg_ids missing inside a conversation whose messages were all acked
+)
+
+
+@dataclass
+class LoadOptions:
+    """What to run. ``pairs`` defaults to ``users // 2``; without ``duration_s`` and
+    ``count`` a run lasts ``DEFAULT_DURATION_S``. Raises nothing; :meth:`check` does."""
+
+    login_url: str = "http://127.0.0.1:8080"
+    msg_server: str | None = None  # "host:port": skip login_server
+    echo: str | None = None  # "host:port": reference run against a PDU echo server
+    users: int = 200
+    pairs: int | None = None
+    duplex: bool = False
+    devices: int = 1  # 2: every user also logs in as a mobile client
+    in_flight: int = 1
+    rate: float | None = None
+    duration_s: float | None = None
+    count: int | None = None
+    size: int = 64
+    password: str = DEFAULT_PASSWORD
+    user_prefix: str = "load"
+    login_concurrency: int = 64
+    login_retry_s: float = 10.0
+    login_timeout_s: float = 10.0
+    ack_timeout_s: float = 10.0
+    drain_s: float = 5.0
+    receipts: bool = True
+
+    @property
+    def pair_count(self) -> int:
+        return self.users // 2 if self.pairs is None else self.pairs
+
+    def check(self) -> None:
+        """Raise ValueError for options that cannot make a run."""
+        if self.users < 2:
+            raise ValueError("--users must be at least 2")
+        if not 1 <= self.pair_count <= self.users // 2:
+            raise ValueError(f"--pairs must be in 1..{self.users // 2} (users // 2)")
+        if self.devices not in (1, 2):
+            raise ValueError("--devices must be 1 or 2")
+        if not 1 <= self.in_flight <= 60000:
+            raise ValueError("--in-flight must be in 1..60000")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("--rate must be positive")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError("--duration must be positive")
+        if self.count is not None and self.count < 1:
+            raise ValueError("--count must be at least 1")
+        if self.login_concurrency < 1:
+            raise ValueError("--login-concurrency must be at least 1")
+
+    def user_names(self) -> list[str]:
+        return [f"{self.user_prefix}{i}" for i in range(self.users)]
+
+
+@dataclass
+class Latency:
+    """Nearest-rank percentiles of a sample, in milliseconds (None: no sample)."""
+
+    count: int = 0
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+
+    @classmethod
+    def of(cls, samples_s: list[float]) -> Latency:
+        if not samples_s:
+            return cls()
+        s = sorted(samples_s)
+        n = len(s)
+
+        def rank(q: float) -> float:
+            return round(s[max(0, math.ceil(q * n) - 1)] * 1000.0, 3)
+
+        return cls(n, rank(0.50), rank(0.99), round(s[-1] * 1000.0, 3))
+
+    def text(self) -> str:
+        if self.p50_ms is None:
+            return "-"
+        return f"p50 {self.p50_ms:.2f} ms  p99 {self.p99_ms:.2f} ms  max {self.max_ms:.2f} ms"
+
+
+@dataclass
+class LoadReport:
+    """The outcome of a run. ``ok``: something was acked and every error counter is 0."""
+
+    ok: bool
+    mode: str  # "im" or "echo"
+    target: str
+    connections: int
+    users: int
+    senders: int
+    in_flight: int
+    rate: float | None
+    logins_ok: int
+    logins_refused: int
+    logins_failed: int
+    login_retries: int
+    login_s: float
+    logins_per_s: float
+    sent: int
+    acked: int
+    send_s: float
+    msgs_per_s: float
+    expected_deliveries: int
+    deliveries: int
+    ack_latency: Latency
+    delivery_latency: Latency
+    errors: dict[str, int]
+    info: dict[str, int]
+    problems: list[str]
+    loader_cpu_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def text(self) -> str:
+        """A human-readable summary (several lines)."""
+        what = "round trips" if self.mode == "echo" else "messages"
+        login = "connects" if self.mode == "echo" else "logins"
+        rate = f", target {self.rate:g}/s" if self.rate else ""
+        lines = [
+            f"imreactor load ({self.mode} against {self.target}): {self.senders} senders, "
+            f"{self.connections} connections, {self.in_flight} in flight per sender{rate}",
+            f"  {login:<17}{self.logins_ok} ok in {self.login_s:.2f} s "
+            f"({self.logins_per_s:,.1f}/s); refused {self.logins_refused}, "
+            f"failed {self.logins_failed}, retried {self.login_retries}",
+            f"  {what:<17}{self.acked:,} acked of {self.sent:,} sent in {self.send_s:.2f} s: "
+            f"{self.msgs_per_s:,.0f}/s",
+            f"  {'ack latency':<17}{self.ack_latency.text()}",
+        ]
+        if self.mode == "im":
+            lines.append(f"  {'delivery latency':<17}{self.delivery_latency.text()}")
+            lines.append(
+                f"  {'deliveries':<17}{self.deliveries:,} of {self.expected_deliveries:,} expected"
+            )
+        lines.append(f"  {'loader CPU':<17}{self.loader_cpu_s:.2f} s")
+        bad = {k: v for k, v in self.errors.items() if v}
+        if self.ok:
+            lines.append("verification: OK")
+        else:
+            detail = ", ".join(f"{k} {v}" for k, v in bad.items()) or "nothing was acknowledged"
+            lines.append(f"verification: FAILED ({detail})")
+            lines.extend(f"  - {p}" for p in self.problems)
+            if sum(bad.values()) > len(self.problems):
+                lines.append(f"  (the first {len(self.problems)} shown)")
+        return "\n".join(lines)
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+_IDLE, _QUERY, _CONNECTING, _LOGIN, _READY, _FAILED = range(6)
+
+
+class _User:
+    __slots__ = ("endpoints", "index", "name", "user_id")
+
+    def __init__(self, index: int, name: str) -> None:
+        self.index = index
+        self.name = name
+        self.user_id = 0
+        self.endpoints: list[_Endpoint] = []
+
+
+class _Endpoint:
+    """One client connection and what it received.
+
+    ``got``: (sending endpoint, seq) → [copies, msg_id of the first, arrival time];
+    ``last_id``: conversation → highest msg_id received on it.
+    """
+
+    __slots__ = (
+        "client_type",
+        "conn",
+        "first_try",
+        "got",
+        "index",
+        "kicked",
+        "last_id",
+        "session",
+        "state",
+        "user",
+    )
+
+    def __init__(self, index: int, user: _User, client_type: int) -> None:
+        self.index = index
+        self.user = user
+        self.client_type = client_type
+        self.state = _IDLE
+        self.session: ClientSession | None = None
+        self.conn: Connection | None = None
+        self.first_try = 0.0
+        self.kicked = False
+        self.got: dict[tuple[int, int], list[Any]] = {}
+        self.last_id: dict[tuple[int, int], int] = {}
+
+
+class _Sender:
+    __slots__ = ("endpoint", "next_seq", "outstanding", "queued", "recipient")
+
+    def __init__(self, endpoint: _Endpoint, recipient: _User) -> None:
+        self.endpoint = endpoint
+        self.recipient = recipient
+        self.next_seq = 0
+        self.outstanding = 0
+        self.queued = False
+
+
+class _Sent:
+    """One message sent: when, and once acked, its msg_id and who should receive it."""
+
+    __slots__ = ("expected", "msg_id", "t_ack", "t_sent")
+
+    def __init__(self, t_sent: float) -> None:
+        self.t_sent = t_sent
+        self.t_ack = 0.0
+        self.msg_id = 0
+        self.expected: tuple[int, ...] = ()
+
+
+def _address(text: str, default_port: int) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _MsgServerQuery(Protocol):
+    """``GET /msg_server`` on login_server; ``done(answer, error)`` runs exactly once.
+
+    ``answer`` is the decoded JSON object, or None with ``error`` saying why.
+    """
+
+    def __init__(self, host: str, path: str, done: Any) -> None:
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+            "User-Agent: imreactor-load\r\n\r\n"
+        ).encode("latin-1")
+        self._parser = httptools.HttpResponseParser(self)
+        self._body = bytearray()
+        self._done = done
+        self._finished = False
+        self._answer: tuple[dict[str, Any] | None, str] | None = None
+        self.conn: Connection | None = None
+
+    def connection_made(self, conn: Connection) -> None:
+        self.conn = conn
+        conn.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._finish(None, f"bad HTTP answer: {exc}")
+            return
+        # Finished here, not inside the parser's callback: an exception in ``done``
+        # must not be taken for a parse error.
+        if self._answer is not None:
+            self._finish(*self._answer)
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status != 200:
+            self._answer = (None, f"HTTP {status}")
+            return
+        try:
+            answer = json.loads(self._body)
+        except ValueError as exc:
+            self._answer = (None, f"answer is not JSON: {exc}")
+            return
+        if not isinstance(answer, dict):
+            self._answer = (None, "answer is not a JSON object")
+            return
+        self._answer = (answer, "")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._finish(None, f"connection closed before the answer ({exc or 'EOF'})")
+
+    def connection_failed(self, exc: BaseException) -> None:
+        self._finish(None, f"cannot connect: {exc}")
+
+    def _finish(self, answer: dict[str, Any] | None, error: str) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self.conn is not None:
+            self.conn.close()
+        self._done(answer, error)
+
+
+class LoadRun:
+    """One run on ``loop``: logins, sending, draining, then :meth:`report`.
+
+    Loop thread only. :meth:`start` begins; the run calls ``loop.stop()`` when it
+    is finished (or :meth:`interrupt` ends it early). :meth:`shutdown` closes
+    every connection afterwards.
+    """
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        options: LoadOptions,
+        *,
+        progress: IO[str] | None = None,
+    ) -> None:
+        options.check()
+        self.loop = loop
+        self.options = options
+        self.echo = options.echo is not None
+        self._progress_out = progress
+        self._progress_tty = progress is not None and progress.isatty()
+        self._keepalive = Keepalive(loop)
+        self._run_id = os.urandom(4).hex().encode()
+        self.users = [_User(i, name) for i, name in enumerate(options.user_names())]
+        self.endpoints: list[_Endpoint] = []
+        types = [base.CLIENT_TYPE_WINDOWS, base.CLIENT_TYPE_ANDROID][: options.devices]
+        for user in self.users:
+            for client_type in types:
+                ep = _Endpoint(len(self.endpoints), user, client_type)
+                user.endpoints.append(ep)
+                self.endpoints.append(ep)
+        self._http_host = ""
+        if options.echo is not None:
+            self._target = _address(options.echo, 7000)
+            self._target_text = f"echo {options.echo}"
+        elif options.msg_server is not None:
+            self._target = _address(options.msg_server, 8000)
+            self._target_text = f"msg_server {options.msg_server}"
+        else:
+            url = urlsplit(options.login_url)
+            self._target = (url.hostname or "127.0.0.1", url.port or 80)
+            self._http_host = url.netloc
+            self._target_text = options.login_url
+        self.errors = dict.fromkeys(ERROR_KINDS, 0)
+        self.info = {"unacked_delivered": 0, "foreign_messages": 0, "other_pushes": 0}
+        self.problems: list[str] = []
+        self.finished = False
+        self._conns: set[Connection] = set()
+        self._closing = False
+        self._login_queue: deque[_Endpoint] = deque()
+        self._logins_active = 0
+        self._logins_done = 0
+        self.logins_ok = 0
+        self.login_retries = 0
+        self.t_start = self.t_logins_done = 0.0
+        self.t_send_start = self.t_send_end = 0.0
+        self.senders: list[_Sender] = []
+        self._sender_of: dict[int, _Sender] = {}
+        self.sent: dict[tuple[int, int], _Sent] = {}
+        self.sent_total = 0
+        self.acked = 0
+        self.outstanding = 0
+        self._sending = False
+        self._draining = False
+        self._awaiting: set[tuple[int, tuple[int, int]]] = set()
+        self._ack_latency: list[float] = []
+        self._conv_ids: dict[tuple[int, int], list[int]] = {}
+        self._conv_unacked: set[tuple[int, int]] = set()
+        self._ready: deque[_Sender] = deque()
+        self._credit = 0.0
+        self._last_pace = 0.0
+        self._timers: list[Timer] = []
+        self._last_progress = (0.0, 0)
+        self._cpu_start = _cpu_s()
+        self._report: LoadReport | None = None
+
+    # -- problems ------------------------------------------------------------------------
+
+    def _error(self, kind: str, text: str, n: int = 1) -> None:
+        self.errors[kind] += n
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(f"{kind}: {text}")
+
+    # -- phase 1: logins -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin the run (loop thread)."""
+        self.t_start = self.loop.time()
+        self._last_progress = (self.t_start, 0)
+        self._login_queue.extend(self.endpoints)
+        if self._progress_out is not None:
+            self._timers.append(
+                self.loop.call_every(0.5 if self._progress_tty else 5.0, self._progress)
+            )
+        self._start_logins()
+
+    def _start_logins(self) -> None:
+        while self._login_queue and self._logins_active < self.options.login_concurrency:
+            ep = self._login_queue.popleft()
+            self._logins_active += 1
+            ep.first_try = self.loop.time()
+            self._attempt(ep)
+
+    def _attempt(self, ep: _Endpoint) -> None:
+        if self._closing:
+            return
+        if self.echo or self.options.msg_server is not None:
+            self._connect(ep, *self._target)
+            return
+        ep.state = _QUERY
+
+        def answered(answer: dict[str, Any] | None, error: str) -> None:
+            if self._closing:
+                return
+            if answer is None:
+                self._retry(ep, "login_failures", f"login_server: {error}")
+                return
+            code = answer.get("code")
+            if code != 0:
+                self._retry(ep, "login_failures", f"login_server answered {answer}", code=code)
+                return
+            try:
+                host, port = str(answer["priorIP"]), int(answer["port"])
+            except (KeyError, TypeError, ValueError):
+                self._fail(ep, "login_failures", f"login_server answer unusable: {answer}")
+                return
+            self._connect(ep, host, port)
+
+        query = _MsgServerQuery(self._http_host, "/msg_server", answered)
+        try:
+            conn = self.loop.connect(
+                self._target[0], self._target[1], query, timeout_s=self.options.login_timeout_s
+            )
+        except OSError as exc:
+            self._retry(ep, "login_failures", f"login_server: {exc}")
+            return
+        self._track(conn)
+        # An answer that never comes: the abort ends the query through connection_lost.
+        timer = self.loop.call_later(self.options.login_timeout_s, conn.abort)
+        conn.add_close_callback(lambda c, exc: timer.cancel())
+
+    def _connect(self, ep: _Endpoint, host: str, port: int) -> None:
+        ep.state = _CONNECTING
+        session = ClientSession(
+            lambda message, seq: self._push(ep, message),
+            on_connected=lambda: self._connected(ep),
+            keepalive=self._keepalive,
+            policy=CLIENT_SIDE,
+        )
+        try:
+            conn = self.loop.connect(host, port, session, timeout_s=self.options.login_timeout_s)
+        except OSError as exc:
+            self._retry(ep, "login_failures", f"connect to {host}:{port}: {exc}")
+            return
+        ep.session, ep.conn = session, conn
+        self._track(conn)
+        conn.add_close_callback(lambda c, exc: self._closed(ep, c, exc))
+
+    def _track(self, conn: Connection) -> None:
+        self._conns.add(conn)
+        conn.add_close_callback(self._untrack)
+
+    def _untrack(self, conn: Connection, exc: BaseException | None) -> None:
+        self._conns.discard(conn)
+        if self._closing and not self._conns:
+            self.loop.stop()
+
+    def _connected(self, ep: _Endpoint) -> None:
+        if self.echo:
+            ep.user.user_id = ep.user.index + 1
+            self._logged_in(ep)
+            return
+        ep.state = _LOGIN
+        assert ep.session is not None
+        req = login_pb.IMLoginReq(
+            user_name=ep.user.name,
+            password=password_digest(self.options.password),
+            online_status=base.USER_STATUS_ONLINE,
+            client_type=base.ClientType.ValueType(ep.client_type),
+            client_version="imreactor-load",
+        )
+
+        def answered(res: Any, exc: BaseException | None) -> None:
+            if ep.state != _LOGIN:
+                return
+            if exc is not None:
+                self._retry_closing(ep, "login_failures", f"{ep.user.name}: login: {exc}")
+            elif res.result_code == 0:
+                ep.user.user_id = res.user_info.user_id
+                self._logged_in(ep)
+            else:
+                why = f"{ep.user.name}: login refused: {res.result_code} {res.result_string}"
+                self._retry_closing(ep, "refused_logins", why, code=res.result_code)
+
+        ep.session.request(
+            req, answered, timeout_s=self.options.login_timeout_s, response=login_pb.IMLoginRes
+        )
+
+    def _retry_closing(self, ep: _Endpoint, kind: str, why: str, code: int | None = None) -> None:
+        conn = ep.conn
+        ep.state = _IDLE  # its close is no disconnect
+        ep.session = ep.conn = None
+        if conn is not None:
+            conn.close()
+        self._retry(ep, kind, why, code=code)
+
+    def _retry(self, ep: _Endpoint, kind: str, why: str, code: Any = None) -> None:
+        """Try ``ep`` again if the failure may pass and there is time left, else fail it."""
+        transient = kind == "login_failures" or code in NOT_READY
+        if transient and self.loop.time() - ep.first_try < self.options.login_retry_s:
+            self.login_retries += 1
+            ep.state = _IDLE
+            self.loop.call_later(LOGIN_RETRY_DELAY_S, self._attempt, ep)
+            return
+        self._fail(ep, kind, why)
+
+    def _fail(self, ep: _Endpoint, kind: str, why: str) -> None:
+        ep.state = _FAILED
+        self._error(kind, why)
+        self._login_finished()
+
+    def _logged_in(self, ep: _Endpoint) -> None:
+        ep.state = _READY
+        self.logins_ok += 1
+        self._login_finished()
+
+    def _login_finished(self) -> None:
+        self._logins_active -= 1
+        self._logins_done += 1
+        if self._logins_done == len(self.endpoints):
+            self.t_logins_done = self.loop.time()
+            self._start_sending()
+        else:
+            self._start_logins()
+
+    def _closed(self, ep: _Endpoint, conn: Connection, exc: BaseException | None) -> None:
+        if ep.conn is not conn:
+            return  # an earlier attempt, already dealt with
+        state = ep.state
+        ep.session = ep.conn = None
+        if self._closing:
+            return
+        if state == _CONNECTING:
+            self._retry(ep, "login_failures", f"{ep.user.name}: connect: {exc or 'closed'}")
+        elif state == _READY:
+            ep.state = _FAILED
+            if not ep.kicked:
+                self._error("disconnects", f"{ep.user.name}: connection closed ({exc or 'EOF'})")
+            self._check_done()
+        # _LOGIN: the pending login request already failed with ConnectionError.
+
+    # -- phase 2: sending ----------------------------------------------------------------
+
+    def _start_sending(self) -> None:
+        o = self.options
+        for p in range(o.pair_count):
+            a, b = self.users[2 * p], self.users[2 * p + 1]
+            for s, r in [(a, b), (b, a)] if o.duplex else [(a, b)]:
+                ep = s.endpoints[0]
+                if ep.state == _READY and r.user_id:
+                    sender = _Sender(ep, r)
+                    self.senders.append(sender)
+                    self._sender_of[ep.index] = sender
+        self.t_send_start = self._last_pace = self.loop.time()
+        if not self.senders:
+            self._finish()
+            return
+        self._sending = True
+        if o.duration_s is not None or o.count is None:
+            duration = o.duration_s if o.duration_s is not None else DEFAULT_DURATION_S
+            self._timers.append(self.loop.call_later(duration, self._stop_sending))
+        if o.rate is not None:
+            self._ready.extend(self.senders)
+            for sender in self.senders:
+                sender.queued = True
+            self._timers.append(self.loop.call_every(PACE_TICK_S, self._pace, first_s=0.0))
+        else:
+            for sender in self.senders:
+                self._fill(sender)
+
+    def _may_send(self, sender: _Sender) -> bool:
+        # The connection's own state, not only the endpoint's: when a connection
+        # closes, its pending requests fail (and land here) before its close
+        # callback marks the endpoint.
+        conn = sender.endpoint.conn
+        return (
+            self._sending
+            and sender.outstanding < self.options.in_flight
+            and sender.endpoint.state == _READY
+            and conn is not None
+            and conn.state is ConnState.CONNECTED
+        )
+
+    def _fill(self, sender: _Sender) -> None:
+        while self._may_send(sender):
+            self._send_one(sender)
+
+    def _pace(self) -> None:
+        now = self.loop.time()
+        rate = self.options.rate
+        assert rate is not None
+        self._credit = min(
+            self._credit + (now - self._last_pace) * rate, max(1.0, rate * PACE_BURST_S)
+        )
+        self._last_pace = now
+        ready = self._ready
+        while self._credit >= 1.0 and ready:
+            sender = ready.popleft()
+            sender.queued = False
+            if not self._may_send(sender):
+                continue
+            self._credit -= 1.0
+            self._send_one(sender)
+            if self._may_send(sender):
+                ready.append(sender)
+                sender.queued = True
+
+    def _body(self, ep_index: int, seq: int) -> bytes:
+        head = b"%s:%d:%d:" % (self._run_id, ep_index, seq)
+        return head + b"x" * (self.options.size - len(head))
+
+    def _send_one(self, sender: _Sender) -> None:
+        ep = sender.endpoint
+        seq = sender.next_seq
+        sender.next_seq += 1
+        key = (ep.index, seq)
+        msg = msg_pb.IMMsgData(
+            from_user_id=ep.user.user_id,
+            to_session_id=sender.recipient.user_id,
+            msg_id=0,
+            create_time=int(time.time()),
+            msg_type=base.MSG_TYPE_SINGLE_TEXT,
+            msg_data=self._body(ep.index, seq),
+        )
+        record = _Sent(self.loop.time())
+        self.sent[key] = record
+        sender.outstanding += 1
+        self.outstanding += 1
+        self.sent_total += 1
+        if self.options.count is not None and self.sent_total >= self.options.count:
+            self._sending = False
+        assert ep.session is not None
+        ep.session.request(
+            msg,
+            lambda rsp, exc: self._acked(sender, key, record, rsp, exc),
+            timeout_s=self.options.ack_timeout_s,
+            response=msg_pb.IMMsgData if self.echo else msg_pb.IMMsgDataAck,
+        )
+
+    def _conversation(self, a: int, b: int) -> tuple[int, int]:
+        return (a, b) if a <= b else (b, a)
+
+    def _acked(
+        self,
+        sender: _Sender,
+        key: tuple[int, int],
+        record: _Sent,
+        rsp: Any,
+        exc: BaseException | None,
+    ) -> None:
+        sender.outstanding -= 1
+        self.outstanding -= 1
+        if self._closing:
+            return
+        ep = sender.endpoint
+        conv = self._conversation(ep.user.user_id, sender.recipient.user_id)
+        if exc is not None:
+            self._conv_unacked.add(conv)
+            kind = (
+                "timeouts"
+                if isinstance(exc, TimeoutError)
+                else "unacked_on_close"
+                if isinstance(exc, ConnectionError)
+                else "bad_acks"
+            )
+            self._error(kind, f"{ep.user.name} message {key[1]}: {exc}")
+        elif self.echo:
+            if rsp.msg_data != self._body(*key):
+                self._error("bad_acks", f"connection {key[0]} round trip {key[1]}: bytes differ")
+            else:
+                self._ack_ok(record)
+        elif (
+            rsp.msg_id == 0
+            or rsp.user_id != ep.user.user_id
+            or rsp.session_id != sender.recipient.user_id
+            or rsp.session_type != base.SESSION_TYPE_SINGLE
+        ):
+            self._conv_unacked.add(conv)
+            self._error(
+                "bad_acks",
+                f"{ep.user.name} message {key[1]} to {sender.recipient.user_id}: "
+                f"ack user {rsp.user_id} session {rsp.session_id} msg_id {rsp.msg_id}",
+            )
+        else:
+            self._ack_ok(record)
+            record.msg_id = rsp.msg_id
+            self._conv_ids.setdefault(conv, []).append(rsp.msg_id)
+            expected = [e.index for e in sender.recipient.endpoints if e.state == _READY]
+            expected += [e.index for e in ep.user.endpoints if e is not ep and e.state == _READY]
+            record.expected = tuple(expected)
+            for index in expected:
+                if key not in self.endpoints[index].got:
+                    self._awaiting.add((index, key))
+        if self.options.rate is None:
+            self._fill(sender)
+        elif not sender.queued and self._may_send(sender):
+            self._ready.append(sender)
+            sender.queued = True
+        self._check_done()
+
+    def _ack_ok(self, record: _Sent) -> None:
+        now = self.loop.time()
+        record.t_ack = now
+        self.t_send_end = now
+        self.acked += 1
+        self._ack_latency.append(now - record.t_sent)
+
+    def _stop_sending(self) -> None:
+        self._sending = False
+        self._check_done()
+
+    def _push(self, ep: _Endpoint, message: Any) -> None:
+        if isinstance(message, msg_pb.IMMsgData):
+            self._delivered(ep, message)
+        elif isinstance(message, login_pb.IMKickUser):
+            ep.kicked = True
+            self._error("kicks", f"{ep.user.name}: kicked (reason {message.kick_reason})")
+        else:
+            self.info["other_pushes"] += 1
+
+    def _delivered(self, ep: _Endpoint, msg: Any) -> None:
+        now = self.loop.time()
+        parts = msg.msg_data.split(b":", 3)
+        if len(parts) < 4 or parts[0] != self._run_id:
+            self.info["foreign_messages"] += 1
+            return
+        try:
+            key = (int(parts[1]), int(parts[2]))
+        except ValueError:
+            self.info["foreign_messages"] += 1
+            return
+        entry = ep.got.get(key)
+        if entry is not None:
+            entry[0] += 1
+            return
+        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id]
+        conv = self._conversation(msg.from_user_id, msg.to_session_id)
+        last = ep.last_id.get(conv, 0)
+        if msg.msg_id > last:
+            ep.last_id[conv] = msg.msg_id
+        else:
+            self._error(
+                "reorders",
+                f"{ep.user.name} (connection {ep.index}): msg_id {msg.msg_id} of "
+                f"conversation {conv} arrived after {last}",
+            )
+        if self.options.receipts and ep.session is not None:
+            ep.session.send(
+                msg_pb.IMMsgDataAck(
+                    user_id=ep.user.user_id,
+                    session_id=msg.from_user_id,
+                    msg_id=msg.msg_id,
+                    session_type=base.SESSION_TYPE_SINGLE,
+                )
+            )
+        if self._awaiting:
+            self._awaiting.discard((ep.index, key))
+            if self._draining and not self._awaiting:
+                self._finish()
+
+    # -- phase 3: draining ---------------------------------------------------------------
+
+    def _check_done(self) -> None:
+        """Start draining once nothing is in flight and no sender may send any more
+        (time or count is up, or every sender's connection is gone)."""
+        if self.finished or self._draining or self.outstanding or not self.t_send_start:
+            return
+        if self._sending and any(self._may_send(s) for s in self.senders):
+            return
+        self._sending = False
+        if self.t_send_end == 0.0:
+            self.t_send_end = self.loop.time()
+        self._draining = True
+        if not self._awaiting:
+            self._finish()
+        else:
+            self._timers.append(self.loop.call_later(self.options.drain_s, self._finish))
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._sending = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._progress_out is not None and self._progress_tty:
+            self._progress_out.write("\n")
+            self._progress_out.flush()
+        self.loop.stop()
+
+    def interrupt(self) -> None:
+        """Stop sending and finish as soon as the acks are in; a second call finishes now."""
+        if self._sending:
+            self._sending = False
+            self._check_done()
+        else:
+            self._finish()
+
+    def shutdown(self) -> None:
+        """Close every connection; calls ``loop.stop()`` once all are closed (or aborted)."""
+        self._closing = True
+        if not self._conns:
+            self.loop.stop()
+            return
+        for conn in list(self._conns):
+            conn.close()
+
+        def abort_rest() -> None:
+            for conn in list(self._conns):
+                conn.abort()
+            self.loop.stop()
+
+        self.loop.call_later(SHUTDOWN_WAIT_S, abort_rest)
+
+    # -- progress ------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        out = self._progress_out
+        if out is None:
+            return
+        now = self.loop.time()
+        if not self.t_send_start:
+            phase = f"login {self._logins_done}/{len(self.endpoints)}"
+        elif self._draining:
+            phase = f"drain, awaiting {len(self._awaiting)} deliveries"
+        else:
+            phase = f"send {now - self.t_send_start:5.1f} s"
+        last_t, last_acked = self._last_progress
+        rate = (self.acked - last_acked) / max(now - last_t, 1e-9)
+        self._last_progress = (now, self.acked)
+        errors = sum(self.errors.values())
+        line = (
+            f"load: {phase}  acked {self.acked:,} ({rate:,.0f}/s)  in flight {self.outstanding}"
+            f"  errors {errors}"
+        )
+        if self._progress_tty:
+            out.write("\r" + line.ljust(100))
+        else:
+            out.write(line + "\n")
+        out.flush()
+
+    # -- phase 4: verification -----------------------------------------------------------
+
+    def report(self) -> LoadReport:
+        """Verify what was received against what was acked, and sum up. Computed once."""
+        if self._report is not None:
+            return self._report
+        delivery_latency: list[float] = []
+        expected_total = delivered = 0
+        for key, record in self.sent.items():
+            if not record.msg_id:
+                continue
+            src = self.endpoints[key[0]].user.name
+            for index in record.expected:
+                expected_total += 1
+                ep = self.endpoints[index]
+                entry = ep.got.get(key)
+                where = f"{ep.user.name} (connection {index})"
+                if entry is None:
+                    self._error(
+                        "losses",
+                        f"{src} message {key[1]} (msg_id {record.msg_id}) never reached {where}",
+                    )
+                    continue
+                delivered += 1
+                copies, msg_id, t_recv = entry[0], entry[1], entry[2]
+                if copies > 1:
+                    self._error(
+                        "duplicates",
+                        f"{src} message {key[1]} (msg_id {record.msg_id}) "
+                        f"reached {where} {copies} times",
+                        copies - 1,
+                    )
+                if msg_id != record.msg_id:
+                    self._error(
+                        "wrong_ids",
+                        f"{src} message {key[1]} acked as msg_id {record.msg_id}, "
+                        f"delivered to {where} as {msg_id}",
+                    )
+                delivery_latency.append(t_recv - record.t_sent)
+        for ep in self.endpoints:
+            for key, entry in ep.got.items():
+                sent = self.sent.get(key)
+                sender = self._sender_of.get(key[0])
+                where = f"{ep.user.name} (connection {ep.index})"
+                if sent is None or sender is None:
+                    self._error("misdelivered", f"{where} got message {key} nobody sent")
+                    continue
+                sender_ep = sender.endpoint
+                if not sent.msg_id:
+                    self.info["unacked_delivered"] += 1
+                    receivers = [e.index for e in sender.recipient.endpoints]
+                    receivers += [e.index for e in sender_ep.user.endpoints if e is not sender_ep]
+                    if ep.index not in receivers:
+                        self._error("misdelivered", f"{where} got unacked message {key}")
+                elif ep.index not in sent.expected:
+                    self._error("misdelivered", f"{where} got message {key} not meant for it")
+                elif (entry[3], entry[4]) != (sender_ep.user.user_id, sender.recipient.user_id):
+                    self._error(
+                        "misdelivered",
+                        f"{where} got message {key} as from {entry[3]} to {entry[4]}",
+                    )
+        for conv, ids in self._conv_ids.items():
+            distinct = set(ids)
+            if len(distinct) != len(ids):
+                self._error(
+                    "id_conflicts",
+                    f"conversation {conv}: {len(ids) - len(distinct)} msg_ids acked twice",
+                    len(ids) - len(distinct),
+                )
+            if conv not in self._conv_unacked:
+                missing = max(distinct) - min(distinct) + 1 - len(distinct)
+                if missing:
+                    self._error(
+                        "id_gaps",
+                        f"conversation {conv}: {missing} msg_ids missing between "
+                        f"{min(distinct)} and {max(distinct)}",
+                        missing,
+                    )
+        t_end = self.t_logins_done or self.loop.time()
+        login_s = max(t_end - self.t_start, 1e-9)
+        send_s = max(self.t_send_end - self.t_send_start, 0.0) if self.t_send_start else 0.0
+        refused = self.errors["refused_logins"]
+        failed = self.errors["login_failures"]
+        ok = self.acked > 0 and not any(self.errors.values())
+        report = LoadReport(
+            ok=ok,
+            mode="echo" if self.echo else "im",
+            target=self._target_text,
+            connections=len(self.endpoints),
+            users=len(self.users),
+            senders=len(self.senders),
+            in_flight=self.options.in_flight,
+            rate=self.options.rate,
+            logins_ok=self.logins_ok,
+            logins_refused=refused,
+            logins_failed=failed,
+            login_retries=self.login_retries,
+            login_s=round(login_s, 3),
+            logins_per_s=round(self.logins_ok / login_s, 1),
+            sent=self.sent_total,
+            acked=self.acked,
+            send_s=round(send_s, 3),
+            msgs_per_s=round(self.acked / send_s, 1) if send_s > 0 else 0.0,
+            expected_deliveries=expected_total,
+            deliveries=delivered,
+            ack_latency=Latency.of(self._ack_latency),
+            delivery_latency=Latency.of(delivery_latency),
+            errors=dict(self.errors),
+            info=dict(self.info),
+            problems=list(self.problems),
+            loader_cpu_s=round(_cpu_s() - self._cpu_start, 2),
+        )
+        self._report = report
+        return report
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep what we have; a large run may then fail to connect
+    return soft
+
+
+def run_load(options: LoadOptions, *, progress: IO[str] | None = None) -> LoadReport:
+    """Run a whole load test on a new loop in the calling thread; returns its report.
+
+    Raises ValueError for impossible options. SIGINT (in the main thread) stops
+    sending and still verifies; a second SIGINT stops waiting.
+    """
+    options.check()
+    limit = raise_nofile_limit()
+    needed = len(options.user_names()) * options.devices + 64
+    if limit < needed:
+        log.warning("RLIMIT_NOFILE is %d; %d connections need about %d", limit, needed, needed)
+    loop = EventLoop()
+    try:
+        run = LoadRun(loop, options, progress=progress)
+        if threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGINT, run.interrupt)
+        loop.call_soon(run.start)
+        loop.run()
+        report = run.report()
+        run.shutdown()
+        loop.run()
+    finally:
+        loop.close()
+    return report
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+def create_users(
+    database: str, names: Sequence[str], password: str, *, threads: int | None = None
+) -> int:
+    """Create those of ``names`` that do not exist yet (nick = name), with what clients
+    send as the password (:func:`password_digest`); returns how many were created.
+
+    Hashing is slow by design (scrypt), so the work is spread over ``threads``.
+    """
+    from ..storage import ConflictError, open_storage
+
+    store = open_storage(database)
+    digest = password_digest(password)
+
+    def one(name: str) -> bool:
+        if store.user_by_name(name) is not None:
+            return False
+        try:
+            store.add_user(name, digest, nick=name)
+        except ConflictError:
+            return False
+        return True
+
+    try:
+        with ThreadPoolExecutor(threads or os.cpu_count() or 2) as pool:
+            return sum(pool.map(one, names))
+    finally:
+        store.close()
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--login-url",
+        default="http://127.0.0.1:8080",
+        help="login_server; every client asks its /msg_server (default %(default)s)",
+    )
+    ap.add_argument("--msg-server", metavar="HOST:PORT", help="skip login_server; connect here")
+    ap.add_argument(
+        "--echo",
+        metavar="HOST:PORT",
+        help="reference run: the same connections and senders against a PDU echo server",
+    )
+    ap.add_argument("--users", type=int, default=200, help="users load0..loadN-1 (default 200)")
+    ap.add_argument("--user-prefix", default="load", help="user name prefix (default load)")
+    ap.add_argument("--password", default=DEFAULT_PASSWORD, help="every user's password")
+    ap.add_argument(
+        "--pairs", type=int, default=None, help="sending pairs (default users // 2; rest idle)"
+    )
+    ap.add_argument("--duplex", action="store_true", help="both users of a pair send")
+    ap.add_argument(
+        "--devices",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: every user also logs in as a mobile client (receives copies)",
+    )
+    ap.add_argument(
+        "--in-flight",
+        type=int,
+        default=1,
+        help="unacknowledged messages per sender (1: send the next once acked)",
+    )
+    ap.add_argument("--rate", type=float, default=None, help="target messages/s overall")
+    ap.add_argument("--duration", type=float, default=None, help="seconds of sending")
+    ap.add_argument("--count", type=int, default=None, help="messages to send overall")
+    ap.add_argument("--size", type=int, default=64, help="msg_data bytes (default 64)")
+    ap.add_argument("--login-concurrency", type=int, default=64, help="logins at a time")
+    ap.add_argument("--login-retry", type=float, default=10.0, help="retry 'not ready' for (s)")
+    ap.add_argument("--login-timeout", type=float, default=10.0, help="seconds per login try")
+    ap.add_argument("--ack-timeout", type=float, default=10.0, help="seconds to wait for an ack")
+    ap.add_argument("--drain", type=float, default=5.0, help="seconds to wait for deliveries")
+    ap.add_argument(
+        "--no-receipts",
+        action="store_true",
+        help="do not answer deliveries with IMMsgDataAck (clients do)",
+    )
+    ap.add_argument("--create-users", action="store_true", help="create the users first")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--database", help="storage URL for --create-users")
+    where.add_argument("--data-dir", help="an 'imreactor up' data dir, for --create-users")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``imreactor load`` to the CLI's subcommands."""
+    p = sub.add_parser("load", help="verifying load generator (1:1 messages)")
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def options_from(args: argparse.Namespace) -> LoadOptions:
+    return LoadOptions(
+        login_url=args.login_url,
+        msg_server=args.msg_server,
+        echo=args.echo,
+        users=args.users,
+        pairs=args.pairs,
+        duplex=args.duplex,
+        devices=args.devices,
+        in_flight=args.in_flight,
+        rate=args.rate,
+        duration_s=args.duration,
+        count=args.count,
+        size=args.size,
+        password=args.password,
+        user_prefix=args.user_prefix,
+        login_concurrency=args.login_concurrency,
+        login_retry_s=args.login_retry,
+        login_timeout_s=args.login_timeout,
+        ack_timeout_s=args.ack_timeout,
+        drain_s=args.drain,
+        receipts=not args.no_receipts,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 if the run verified clean, 1 if not, 2 for unusable options."""
+    try:
+        options = options_from(args)
+        options.check()
+    except ValueError as exc:
+        print(f"imreactor load: {exc}", file=sys.stderr)
+        return 2
+    if args.create_users:
+        if args.database:
+            database = args.database
+        elif args.data_dir:
+            from ..servers.suite import SuiteLayout
+
+            database = SuiteLayout(data_dir=Path(args.data_dir)).database_url
+        else:
+            print("imreactor load: --create-users needs --database or --data-dir", file=sys.stderr)
+            return 2
+        started = time.monotonic()
+        created = create_users(database, options.user_names(), options.password)
+        print(f"created {created} users in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    report = run_load(options, progress=None if args.no_progress else sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.text())
+    return 0 if report.ok else 1
