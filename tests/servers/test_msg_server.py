@@ -252,3 +252,28 @@ def test_rate_limit_drops_a_flood_without_disturbing_others(make_suite: SuiteFac
     assert "rate limit" in suite.log_text("msg_server")
     carol = suite.login("carol")
     assert carol.send_text(bob.user_id, "fine").msg_id == 1
+
+
+def test_two_senders_in_one_conversation_deliver_in_msg_id_order(
+    make_suite: SuiteFactory,
+) -> None:
+    # Both users of each pair send at once and each user has a second device: every
+    # connection must see each conversation's messages once and in msg_id order,
+    # although their stores commit together and their workers wake in any order.
+    from imreactor.client.load import LoadOptions, create_users, run_load
+
+    suite = make_suite({"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}})
+    create_users(suite.layout.database_url, [f"load{i}" for i in range(8)], "pw")
+    report = run_load(
+        LoadOptions(
+            login_url=suite.http_url,
+            users=8,
+            password="pw",
+            duplex=True,
+            devices=2,
+            in_flight=4,
+            count=800,
+        )
+    )
+    assert report.ok, report.text()
+    assert report.errors.get("reorders", 0) == 0

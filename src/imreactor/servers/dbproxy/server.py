@@ -90,7 +90,6 @@ class DbProxyServer:
         self.failures = 0
         handlers: dict[type[Message], Work] = {
             server_pb.IMValidateReq: self._validate,
-            msg_pb.IMMsgData: self._msg_data,
             msg_pb.IMMsgDataReadAck: self._read_ack,
             msg_pb.IMUnreadMsgCntReq: self._unread,
             msg_pb.IMGetMsgListReq: self._msg_list,
@@ -111,6 +110,7 @@ class DbProxyServer:
         }
         for cls, work in handlers.items():
             self.dispatcher.register(cls, self._runner(work))
+        self.dispatcher.register(msg_pb.IMMsgData, self._on_msg_data)
 
     def start(self) -> None:
         c = self.config
@@ -193,18 +193,47 @@ class DbProxyServer:
             user_name=req.user_name, result_code=0, user_info=user_info(user)
         )
 
-    def _msg_data(self, store: Storage, req: Any) -> Message:
-        result = self.writer.store(
-            NewMessage(req.from_user_id, req.to_session_id, req.msg_type, req.msg_data)
-        )
-        rsp = msg_pb.IMMsgData()
-        rsp.CopyFrom(req)
-        rsp.msg_id = result.msg_id if result.ok else 0
-        if result.ok:
-            rsp.create_time = result.create_time
-        else:
-            log.info("message from %d refused: %s", req.from_user_id, result.error)
-        return rsp
+    def _on_msg_data(self, link: ImConnection, req: Any, seq: int) -> None:
+        """Store a message; answer from the commit itself, so answers leave in msg_id order.
+
+        The worker (keyed by client connection, like every request) hands the
+        message to the group-commit writer and waits, which keeps the client's
+        later requests behind it; the answer is queued to the loop by the writer
+        thread in commit order.
+        """
+        self.requests += 1
+        attach = req.attach_data
+
+        def committed(result: Any) -> None:  # writer thread
+            rsp = msg_pb.IMMsgData()
+            rsp.CopyFrom(req)
+            rsp.msg_id = result.msg_id if result.ok else 0
+            if result.ok:
+                rsp.create_time = result.create_time
+            else:
+                log.info("message from %d refused: %s", req.from_user_id, result.error)
+            self.loop.call_soon_threadsafe(link.send, rsp, seq)
+
+        def work(store: Storage, request: Any) -> None:  # worker thread
+            new = NewMessage(
+                request.from_user_id, request.to_session_id, request.msg_type, request.msg_data
+            )
+            self.writer.store(new, committed)
+
+        def failed(result: Any, exc: BaseException | None) -> None:  # loop thread
+            if exc is not None:
+                self.failures += 1
+                log.error("IMMsgData failed: %r", exc)
+                answer = self._failure_answer(req)
+                if answer is not None:
+                    link.send(answer, seq)
+
+        try:
+            self.pool.submit(work, self.store, req, key=(id(link), attach), callback=failed)
+        except PoolFull:
+            self.failures += 1
+            log.warning("worker pool full; IMMsgData refused")
+            failed(None, PoolFull("worker pool full"))
 
     def _read_ack(self, store: Storage, req: Any) -> None:
         store.read_ack(req.user_id, _session_type(req.session_type), req.session_id, req.msg_id)

@@ -9,6 +9,12 @@ stored before its transaction committed.
 
 If a batch fails, its messages are retried one by one, so one bad message
 (or a transient error) does not fail the others with it.
+
+Order: each item's ``on_commit`` hook runs on the writer thread, in batch order,
+batch after batch. Within a conversation that is ``msg_id`` order, so a caller
+that hands results to the event loop from the hook (a FIFO) answers in id
+order; results handed over by the waiting threads would arrive in whatever
+order those threads happen to wake.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +52,24 @@ class GroupCommitWriter(Generic[In, Out]):
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, item: In) -> Future[Out]:
-        """Queue ``item``; the future completes once it is committed (or failed)."""
+    def submit(self, item: In, on_commit: Callable[[Out], Any] | None = None) -> Future[Out]:
+        """Queue ``item``; the future completes once it is committed (or failed).
+
+        ``on_commit(result)`` runs on the writer thread after the commit, before
+        the future completes, in commit order; it is not called if the item failed.
+        """
         fut: Future[Out] = Future()
-        self._queue.put((item, fut))
+        self._queue.put((item, fut, on_commit))
         return fut
 
-    def store(self, item: In, timeout_s: float | None = None) -> Out:
+    def store(
+        self,
+        item: In,
+        on_commit: Callable[[Out], Any] | None = None,
+        timeout_s: float | None = None,
+    ) -> Out:
         """Submit and wait: for worker threads."""
-        return self.submit(item).result(timeout_s)
+        return self.submit(item, on_commit).result(timeout_s)
 
     def _run(self) -> None:
         q = self._queue
@@ -77,8 +92,8 @@ class GroupCommitWriter(Generic[In, Out]):
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[In, Future[Out]]]) -> None:
-        items = [item for item, _ in batch]
+    def _commit(self, batch: list[tuple[In, Future[Out], Callable[[Out], Any] | None]]) -> None:
+        items = [item for item, _, _ in batch]
         try:
             results = self._store_batch(items)
         except Exception as exc:
@@ -91,7 +106,12 @@ class GroupCommitWriter(Generic[In, Out]):
             return
         self.batches += 1
         self.items += len(batch)
-        for (_, fut), result in zip(batch, results, strict=True):
+        for (_, fut, on_commit), result in zip(batch, results, strict=True):
+            if on_commit is not None:
+                try:
+                    on_commit(result)
+                except Exception:
+                    log.exception("on_commit hook failed")
             fut.set_result(result)
 
     def close(self) -> None:
