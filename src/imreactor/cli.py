@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         _up,
         importlib.import_module("imreactor.admin").register,
         importlib.import_module("imreactor.client.load").register,
+        importlib.import_module("imreactor.client.chat").register,
     ):
         register(sub)
     return ap

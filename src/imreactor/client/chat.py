@@ -1,0 +1,641 @@
+"""``imreactor chat``: a terminal IM client; ``imreactor send`` / ``history`` for scripts.
+
+::
+
+    imreactor chat --user NAME [--password PW] [--login-url URL] [--aes-key KEY]
+    imreactor send --user NAME [--password PW] (--to PEER | --group ID) TEXT
+    imreactor history --user NAME [--password PW] (--with PEER | --group ID) [--count N]
+
+``chat`` logs in through login_server (and reconnects the same way, catching up
+on what it missed), shows contacts and recent sessions with presence and unread
+counts, and then reads lines: text goes to the current conversation, slash
+commands (``/help`` lists them) pick conversations, show history, list people
+and groups. Incoming messages, presence changes and connection status print
+above the prompt (prompt_toolkit's ``patch_stdout``), so typing is never
+interrupted.
+
+``send`` prints the stored message's ``msg_id``; ``history`` prints the newest
+``--count`` messages, oldest first, one per line: ``#ID TIME SENDER: TEXT``.
+
+A peer is named by its numeric user id, or by its domain, nick or real name
+(case-insensitive; the wire's ``UserInfo`` has no login name). Without
+``--password`` the password comes from ``$IMREACTOR_PASSWORD``, else it is asked
+for on the terminal. ``--aes-key`` (or ``$IMREACTOR_AES_KEY``) encodes texts the
+way the original clients do; received texts that do not decode under it are
+shown as plain UTF-8.
+
+Exit status: 0 done; 1 refused or failed (login refused, no such user or group,
+login_server or msg_server unreachable, kicked), with one line on stderr; 2 bad
+usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..pdu.proto import im_base_define_pb2 as base
+from ..pdu.proto import im_buddy_pb2 as buddy
+from ..pdu.proto import im_group_pb2 as group_pb
+from ..pdu.proto import im_message_pb2 as msg_pb
+from .blocking import Client, ClientError, ClientStatus
+
+if TYPE_CHECKING:
+    from prompt_toolkit import PromptSession
+
+DEFAULT_LOGIN_URL = "http://127.0.0.1:8080"
+HISTORY_ON_SWITCH = 10
+DEFAULT_HISTORY = 20
+
+
+class ChatError(Exception):
+    """What the user asked cannot be done; the message is the one line to print."""
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``chat``, ``send`` and ``history`` to the CLI's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--user", required=True, metavar="NAME", help="login name")
+    common.add_argument(
+        "--password",
+        metavar="PW",
+        help="plaintext password (default: $IMREACTOR_PASSWORD, else asked for)",
+    )
+    common.add_argument(
+        "--login-url",
+        default=DEFAULT_LOGIN_URL,
+        metavar="URL",
+        help=f"login_server's HTTP address (default {DEFAULT_LOGIN_URL})",
+    )
+    common.add_argument(
+        "--aes-key",
+        default=os.environ.get("IMREACTOR_AES_KEY"),
+        metavar="KEY",
+        help="32-byte key: encode texts as the original clients do ($IMREACTOR_AES_KEY)",
+    )
+    common.add_argument(
+        "--timeout", type=float, default=10.0, metavar="S", help="request timeout (default 10)"
+    )
+
+    p = sub.add_parser("chat", parents=[common], help="interactive terminal chat")
+    p.set_defaults(run=_runner("chat", run_chat))
+
+    p = sub.add_parser("send", parents=[common], help="send one text and print its msg_id")
+    to = p.add_mutually_exclusive_group(required=True)
+    to.add_argument("--to", metavar="PEER", help="user: id, domain, nick or real name")
+    to.add_argument("--group", type=int, metavar="ID", help="group id")
+    p.add_argument("text", metavar="TEXT", help="the message")
+    p.set_defaults(run=_runner("send", run_send))
+
+    p = sub.add_parser("history", parents=[common], help="print a conversation's history")
+    with_ = p.add_mutually_exclusive_group(required=True)
+    with_.add_argument("--with", dest="peer", metavar="PEER", help="user: id or name")
+    with_.add_argument("--group", type=int, metavar="ID", help="group id")
+    p.add_argument(
+        "--count", type=int, default=DEFAULT_HISTORY, metavar="N", help="messages (default 20)"
+    )
+    p.set_defaults(run=_runner("history", run_history))
+
+
+def _runner(name: str, fn: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    """``fn`` as a ``run`` function: every expected failure is one line on stderr and 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (ChatError, ClientError, TimeoutError, ValueError) as exc:
+            print(f"imreactor {name}: {_one_line(exc)}", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+    return run
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer from the server ({str(exc) or 'timed out'})"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password is not None:
+        return str(args.password)
+    env = os.environ.get("IMREACTOR_PASSWORD")
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise ChatError("no password: give --password or set IMREACTOR_PASSWORD")
+    return getpass.getpass(f"password for {args.user}: ")
+
+
+def _login(args: argparse.Namespace, **kw: Any) -> Client:
+    """Connect through login_server and log in; ClientError (one line) if anything fails."""
+    password = _password(args)
+    client = Client.via_login_server(
+        args.login_url, timeout_s=args.timeout, aes_key=args.aes_key or None, **kw
+    )
+    try:
+        client.login(args.user, password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+# -- names and texts ---------------------------------------------------------------------------
+
+
+def display_name(user: Any) -> str:
+    """What to call a user on screen: nick, else real name, else domain, else the id."""
+    return str(
+        user.user_nick_name or user.user_real_name or user.user_domain or f"user {user.user_id}"
+    )
+
+
+def resolve_user(users: Iterable[Any], name: str) -> Any:
+    """The ``UserInfo`` that ``name`` means: a numeric id, or a domain, nick or real name.
+
+    Names match case-insensitively, tried in that order; ChatError if nothing or
+    more than one user matches.
+    """
+    users = list(users)
+    if name.isdigit():
+        for u in users:
+            if u.user_id == int(name):
+                return u
+        raise ChatError(f"no user with id {name}")
+    wanted = name.casefold()
+    for field in ("user_domain", "user_nick_name", "user_real_name"):
+        found = [u for u in users if getattr(u, field) and getattr(u, field).casefold() == wanted]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            ids = ", ".join(str(u.user_id) for u in found)
+            raise ChatError(f"{name!r} is ambiguous (users {ids}): use the id")
+    raise ChatError(f"no user named {name!r}")
+
+
+def text_of(client: Client, data: bytes) -> str:
+    """The text of ``msg_data``: decoded as the client's encoding, else as plain UTF-8."""
+    try:
+        return client.decode_text(data)
+    except ValueError:
+        return data.decode("utf-8", errors="replace")
+
+
+def _clock(ts: int, with_date: bool = False) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M", time.localtime(ts))
+
+
+# -- one-shot commands -------------------------------------------------------------------------
+
+
+def run_send(args: argparse.Namespace) -> int:
+    with _login(args) as client:
+        if args.group is not None:
+            _check_group(client, args.group)
+            ack = client.send_group_text(args.group, args.text)
+        else:
+            peer = resolve_user(client.all_users().user_list, args.to)
+            ack = client.send_text(peer.user_id, args.text)
+        print(ack.msg_id, flush=True)
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise ChatError("--count must be at least 1")
+    with _login(args) as client:
+        users = {u.user_id: u for u in client.all_users().user_list}
+        if args.group is not None:
+            _check_group(client, args.group)
+            session_id, session_type = args.group, base.SESSION_TYPE_GROUP
+        else:
+            session_id = resolve_user(users.values(), args.peer).user_id
+            session_type = base.SESSION_TYPE_SINGLE
+        msgs = newest_messages(client, session_id, session_type, args.count)
+        for line in history_lines(client, users, msgs, with_date=True):
+            print(line)
+        sys.stdout.flush()
+    return 0
+
+
+def _check_group(client: Client, group_id: int) -> Any:
+    for g in client.groups():
+        if g.group_id == group_id:
+            return g
+    raise ChatError(f"no group {group_id} with you in it")
+
+
+def newest_messages(client: Client, session_id: int, session_type: int, count: int) -> list[Any]:
+    """The newest ``count`` messages (``MsgInfo``) of a session, oldest first."""
+    return list(reversed(client.history(session_id, 0, count, session_type).msg_list))
+
+
+def history_lines(
+    client: Client, users: dict[int, Any], msgs: Iterable[Any], with_date: bool = False
+) -> list[str]:
+    """Messages (``MsgInfo``) as ``#ID TIME SENDER: TEXT`` lines."""
+    lines = []
+    for m in msgs:
+        if m.from_session_id == client.user_id:
+            who = "you"
+        elif m.from_session_id in users:
+            who = display_name(users[m.from_session_id])
+        else:
+            who = f"user {m.from_session_id}"
+        stamp = _clock(m.create_time, with_date)
+        lines.append(f"#{m.msg_id} {stamp} {who}: {text_of(client, m.msg_data)}")
+    return lines
+
+
+# -- the interactive chat ----------------------------------------------------------------------
+
+
+HELP = """\
+commands:
+  /to NAME        talk to a user (id, domain, nick or real name); shows recent history
+  /group ID       talk in a group you are a member of
+  /groups         your groups
+  /newgroup NAME PEER[,PEER...]   create a group with these members and switch to it
+  /history [N]    the last N messages here (default 20)
+  /who            contacts with presence and unread counts
+  /recent         recent sessions with unread counts
+  /help           this list
+  /quit           leave (also Ctrl-D)
+anything else is sent to the current conversation."""
+
+
+class Chat:
+    """The state of one interactive session; output goes through ``out`` (thread-safe).
+
+    Commands run on the prompt's thread; server pushes arrive on the client's
+    callback thread. ``_lock`` guards the shared state (users, groups, presence,
+    the current conversation).
+    """
+
+    def __init__(self, client: Client, out: Callable[[str], None]) -> None:
+        self.client = client
+        self.out = out
+        self._lock = threading.Lock()
+        self.users: dict[int, Any] = {}
+        self.groups: dict[int, Any] = {}
+        self.presence: dict[int, int] = {}
+        #: ``(session_type, session_id)`` of the conversation typed text goes to.
+        self.current: tuple[int, int] | None = None
+        self.ended: str | None = None  # why the chat must stop (kicked, refused)
+        self.on_end: Callable[[], None] = lambda: None
+
+    # -- start ----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Fetch users, presence and groups."""
+        users = {u.user_id: u for u in self.client.all_users().user_list}
+        others = [uid for uid in users if uid != self.client.user_id]
+        stats = self.client.users_status(others).user_stat_list if others else []
+        groups = {g.group_id: g for g in self.client.groups()}
+        with self._lock:
+            self.users = users
+            self.presence = {s.user_id: s.status for s in stats}
+            self.groups = groups
+
+    def greet(self) -> None:
+        me = self.client.user_info
+        self.out(
+            f"logged in as {display_name(me)} (id {me.user_id}) at "
+            f"{self.client.host}:{self.client.port}; /help lists the commands"
+        )
+        self.cmd_who("")
+        self.cmd_recent("")
+
+    # -- names ----------------------------------------------------------------------------
+
+    def name(self, user_id: int) -> str:
+        if user_id == self.client.user_id:
+            return "you"
+        with self._lock:
+            user = self.users.get(user_id)
+        return display_name(user) if user is not None else f"user {user_id}"
+
+    def session_label(self, session_type: int, session_id: int) -> str:
+        if session_type == base.SESSION_TYPE_GROUP:
+            with self._lock:
+                g = self.groups.get(session_id)
+            return f"#{session_id} {g.group_name}" if g is not None else f"#{session_id}"
+        return self.name(session_id)
+
+    def prompt(self) -> str:
+        me = display_name(self.client.user_info)
+        if self.current is None:
+            return f"{me}> "
+        return f"{me} → {self.session_label(*self.current)}> "
+
+    # -- input ----------------------------------------------------------------------------
+
+    def handle(self, line: str) -> bool:
+        """Run one input line; False when the chat should end."""
+        line = line.strip()
+        if not line:
+            return True
+        if not line.startswith("/"):
+            self.send(line)
+            return True
+        cmd, _, rest = line[1:].partition(" ")
+        if cmd in ("quit", "exit"):
+            return False
+        handler = getattr(self, f"cmd_{cmd}", None) if cmd.isidentifier() else None
+        if handler is None:
+            self.out(f"unknown command /{cmd} (try /help)")
+            return True
+        try:
+            handler(rest.strip())
+        except ChatError as exc:
+            self.out(str(exc))
+        except (ClientError, TimeoutError) as exc:
+            self.out(f"failed: {_one_line(exc)}")
+        return True
+
+    def send(self, text: str) -> None:
+        if self.current is None:
+            self.out("no conversation yet: /to NAME or /group ID first")
+            return
+        session_type, session_id = self.current
+        try:
+            if session_type == base.SESSION_TYPE_GROUP:
+                self.client.send_group_text(session_id, text)
+            else:
+                self.client.send_text(session_id, text)
+        except (ClientError, TimeoutError) as exc:
+            self.out(f"not sent: {_one_line(exc)}")
+
+    # -- commands -------------------------------------------------------------------------
+
+    def cmd_help(self, rest: str) -> None:
+        self.out(HELP)
+
+    def cmd_to(self, rest: str) -> None:
+        if not rest:
+            raise ChatError("usage: /to NAME")
+        with self._lock:
+            users = list(self.users.values())
+        user = resolve_user(users, rest)
+        if user.user_id == self.client.user_id:
+            raise ChatError("that is you")
+        self._switch(base.SESSION_TYPE_SINGLE, user.user_id)
+
+    def cmd_group(self, rest: str) -> None:
+        if not rest.isdigit():
+            raise ChatError("usage: /group ID (see /groups)")
+        gid = int(rest)
+        with self._lock:
+            known = gid in self.groups
+        if not known:
+            self._refresh_groups()
+            with self._lock:
+                known = gid in self.groups
+        if not known:
+            raise ChatError(f"no group {gid} with you in it (see /groups)")
+        self._switch(base.SESSION_TYPE_GROUP, gid)
+
+    def cmd_groups(self, rest: str) -> None:
+        self._refresh_groups()
+        with self._lock:
+            groups = list(self.groups.values())
+        if not groups:
+            self.out("no groups (/newgroup NAME PEER,PEER creates one)")
+        for g in groups:
+            members = ", ".join(self.name(uid) for uid in g.group_member_list)
+            self.out(f"  #{g.group_id} {g.group_name}: {members}")
+
+    def cmd_newgroup(self, rest: str) -> None:
+        name, _, peers = rest.partition(" ")
+        if not name or not peers.strip():
+            raise ChatError("usage: /newgroup NAME PEER[,PEER...]")
+        with self._lock:
+            users = list(self.users.values())
+        ids = [resolve_user(users, p.strip()).user_id for p in peers.split(",") if p.strip()]
+        rsp = self.client.create_group(name, ids)
+        self._refresh_groups()
+        self.out(f"created group #{rsp.group_id} {name}")
+        self._switch(base.SESSION_TYPE_GROUP, rsp.group_id)
+
+    def cmd_history(self, rest: str) -> None:
+        if self.current is None:
+            raise ChatError("no conversation yet: /to NAME or /group ID first")
+        if rest and not rest.isdigit():
+            raise ChatError("usage: /history [N]")
+        self._show_history(int(rest) if rest else DEFAULT_HISTORY)
+
+    def cmd_who(self, rest: str) -> None:
+        unread = self._unread_by_session()
+        with self._lock:
+            users = sorted(self.users.values(), key=lambda u: display_name(u).casefold())
+            presence = dict(self.presence)
+        parts = []
+        for u in users:
+            if u.user_id == self.client.user_id:
+                continue
+            state = "online" if presence.get(u.user_id) == base.USER_STATUS_ONLINE else "offline"
+            n = unread.get((base.SESSION_TYPE_SINGLE, u.user_id), 0)
+            parts.append(f"{display_name(u)} ({state}{f', {n} unread' if n else ''})")
+        self.out("contacts: " + (", ".join(parts) if parts else "none"))
+
+    def cmd_recent(self, rest: str) -> None:
+        unread = self._unread_by_session()
+        sessions = self.client.recent_sessions().contact_session_list
+        if not sessions:
+            self.out("recent: none")
+            return
+        self.out("recent:")
+        for s in sessions:
+            label = self.session_label(s.session_type, s.session_id)
+            n = unread.get((s.session_type, s.session_id), 0)
+            last = text_of(self.client, s.latest_msg_data) if s.latest_msg_id else ""
+            who = self.name(s.latest_msg_from_user_id) if s.latest_msg_id else ""
+            tail = f" — {who}: {last}" if last else ""
+            self.out(f"  {label}{f' ({n} unread)' if n else ''}{tail}")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _unread_by_session(self) -> dict[tuple[int, int], int]:
+        rsp = self.client.unread()
+        return {(u.session_type, u.session_id): u.unread_cnt for u in rsp.unreadinfo_list}
+
+    def _refresh_groups(self) -> None:
+        groups = {g.group_id: g for g in self.client.groups()}
+        with self._lock:
+            self.groups = groups
+
+    def _switch(self, session_type: int, session_id: int) -> None:
+        with self._lock:
+            self.current = (session_type, session_id)
+        self.out(f"--- {self.session_label(session_type, session_id)} ---")
+        self._show_history(HISTORY_ON_SWITCH)
+
+    def _show_history(self, count: int) -> None:
+        assert self.current is not None
+        session_type, session_id = self.current
+        with self._lock:
+            users = dict(self.users)
+        msgs = newest_messages(self.client, session_id, session_type, count)
+        for line in history_lines(self.client, users, msgs) or ["(no messages yet)"]:
+            self.out(line)
+        if msgs:
+            self.client.read_ack(session_id, msgs[-1].msg_id, session_type)
+
+    # -- pushes (the client's callback thread) --------------------------------------------
+
+    def on_push(self, message: Any, seq: int) -> None:
+        if isinstance(message, msg_pb.IMMsgData):
+            self._incoming(message)
+        elif isinstance(message, buddy.IMUserStatNotify):
+            stat = message.user_stat
+            with self._lock:
+                before = self.presence.get(stat.user_id)
+                self.presence[stat.user_id] = stat.status
+            if before != stat.status:
+                state = "online" if stat.status == base.USER_STATUS_ONLINE else "offline"
+                self.out(f"* {self.name(stat.user_id)} is {state}")
+        elif isinstance(message, group_pb.IMGroupChangeMemberNotify):
+            self._refresh_groups()
+            verb = "joined" if message.change_type == base.GROUP_MODIFY_TYPE_ADD else "left"
+            who = ", ".join(self.name(uid) for uid in message.chg_user_id_list)
+            self.out(
+                f"* {self.session_label(base.SESSION_TYPE_GROUP, message.group_id)}: {who} {verb}"
+            )
+
+    def _incoming(self, m: Any) -> None:
+        group = m.msg_type in (base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO)
+        if group:
+            key = (base.SESSION_TYPE_GROUP, m.to_session_id)
+            with self._lock:
+                unknown = m.to_session_id not in self.groups
+            if unknown:
+                self._refresh_groups()
+        elif m.from_user_id == self.client.user_id:
+            key = (base.SESSION_TYPE_SINGLE, m.to_session_id)
+        else:
+            key = (base.SESSION_TYPE_SINGLE, m.from_user_id)
+        if m.from_user_id not in self.users:
+            self._learn_user(m.from_user_id)
+        text = text_of(self.client, m.msg_data)
+        sender = self.name(m.from_user_id)
+        stamp = _clock(m.create_time)
+        if key == self.current:
+            self.out(f"[{stamp}] {sender}: {text}")
+            if m.from_user_id != self.client.user_id:
+                try:
+                    self.client.read_ack(key[1], m.msg_id, key[0])
+                except ClientError:
+                    pass  # offline: the read mark is sent with the next one
+        elif group:
+            self.out(f"[{stamp}] {self.session_label(*key)} | {sender}: {text}")
+        elif m.from_user_id == self.client.user_id:
+            self.out(f"[{stamp}] you → {self.name(key[1])}: {text}")
+        else:
+            self.out(f"[{stamp}] {sender} → you: {text}   (/to {sender} to reply)")
+
+    def _learn_user(self, user_id: int) -> None:
+        try:
+            infos = self.client.users_info([user_id]).user_info_list
+        except (ClientError, TimeoutError):
+            return
+        with self._lock:
+            for u in infos:
+                self.users[u.user_id] = u
+
+    def on_status(self, status: ClientStatus) -> None:
+        if status is ClientStatus.OFFLINE:
+            self.out("* connection lost; reconnecting...")
+        elif status is ClientStatus.ONLINE and self.client.reconnects:
+            self.out("* back online")
+        elif status is ClientStatus.KICKED:
+            self.end("kicked: this user logged in elsewhere")
+        elif status is ClientStatus.FAILED:
+            self.end(f"cannot log in again: {self.client.closed_with}")
+
+    def end(self, why: str) -> None:
+        self.ended = why
+        self.out(f"* {why}")
+        self.on_end()
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    import logging
+
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.patch_stdout import patch_stdout
+
+    # Log lines would scribble over the prompt: the chat reports connection changes itself.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))
+    # Pushes that arrive before the chat is set up wait here (callback thread vs. main).
+    ready = threading.Lock()
+    early: list[Callable[[Chat], None]] = []
+    holder: list[Chat] = []
+
+    def dispatch(event: Callable[[Chat], None]) -> None:
+        with ready:
+            if not holder:
+                early.append(event)
+                return
+        event(holder[0])
+
+    def on_push(message: Any, seq: int) -> None:
+        dispatch(lambda chat: chat.on_push(message, seq))
+
+    def on_status(status: ClientStatus) -> None:
+        dispatch(lambda chat: chat.on_status(status))
+
+    client = _login(
+        args,
+        reconnect=True,
+        login_url=args.login_url,
+        on_push=on_push,
+        on_status=on_status,
+        queue_pushes=False,
+    )
+    session: PromptSession[str] = PromptSession()
+    with client, patch_stdout(raw=True):
+        chat = Chat(client, lambda text: print(text, flush=True))
+        chat.load()
+        chat.on_end = lambda: _interrupt(session)
+        chat.greet()
+        with ready:  # flushed before any later push is shown
+            for event in early:
+                event(chat)
+            holder.append(chat)
+
+        def stop_if_ended() -> None:
+            if chat.ended is not None:  # ended between two prompts
+                session.app.exit(exception=EOFError())
+
+        while chat.ended is None:
+            try:
+                line = session.prompt(chat.prompt, pre_run=stop_if_ended)
+            except KeyboardInterrupt:
+                continue
+            except EOFError:
+                break
+            if chat.ended is not None or not chat.handle(line):
+                break
+    if chat.ended is not None:
+        print(f"imreactor chat: {chat.ended}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _interrupt(session: PromptSession[str]) -> None:
+    """Make a running ``session.prompt()`` return (from any thread)."""
+    app = session.app
+    if app.is_running and app.loop is not None:
+        app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
