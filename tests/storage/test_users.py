@@ -37,6 +37,12 @@ def test_add_user_round_trips_every_field(store: Storage, clock: FakeClock) -> N
     assert store.user_by_name("nobody") is None
 
 
+def test_domain_defaults_to_the_login_name(store: Storage) -> None:
+    # Clients show user_domain as the account name; UserInfo has no other field for it.
+    assert store.add_user("bob", md5_hex("pw")).domain == "bob"
+    assert store.add_user("carol", md5_hex("pw"), domain="c.l").domain == "c.l"
+
+
 def test_get_users_skips_unknown_ids_and_sorts(store: Storage) -> None:
     a, _, c = add_users(store, "a", "b", "c")
     got = store.get_users([c, 999_999, a, c])

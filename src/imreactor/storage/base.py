@@ -67,7 +67,8 @@ class Storage(Protocol):
         status: int = 0,
     ) -> User:
         """Create a user. ``password_md5_hex`` is what clients send (hex MD5 of the
-        plaintext); only a salted scrypt hash of it is stored. Raises ConflictError if
+        plaintext); only a salted scrypt hash of it is stored. ``domain`` (UserInfo's
+        ``user_domain``, which clients show as the account name) defaults to ``name``. Raises ConflictError if
         ``name`` is taken, ValueError if the password is not a hex MD5."""
         ...
 

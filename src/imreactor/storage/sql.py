@@ -174,6 +174,9 @@ class SqlStorage:
     ) -> User:
         if not name:
             raise ValueError("user name must not be empty")
+        # UserInfo has no login-name field; TeamTalk clients show user_domain as the
+        # account name, so it defaults to the login name.
+        domain = domain or name
         # Hash before the transaction: scrypt is slow and must not hold a connection.
         password_hash = self._hasher.hash(password_md5_hex)
         now = self._clock()
