@@ -400,7 +400,7 @@ class Connection:
         if out is not None:
             # Batched until data_received returns: a mutable buffer is copied now, so
             # the caller may reuse it at once (as it may after an immediate send).
-            out.append(data if type(data) is bytes else bytes(data))
+            out.append(data if data.__class__ is bytes else bytes(data))
             return
         state = self.state
         if state is CONNECTED:
