@@ -1,0 +1,164 @@
+"""``imreactor up`` as a user runs it: one process that starts the suite, serves, and stops.
+
+Demo users on first start (not twice), a client logs in through login_server
+and chats, ``--msg-servers 2`` adds a route_server, SIGINT stops every child
+and exits 0; a port already taken fails the start with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imreactor.client import Client
+from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.servers.suite import DEMO_PASSWORD
+
+from .conftest import free_ports
+
+
+def start_up(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], list[int], str]:
+    http, login, db, route, msg = free_ports(5)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "imreactor",
+            "up",
+            "--data-dir",
+            str(data_dir),
+            "--http-port",
+            str(http),
+            "--login-port",
+            str(login),
+            "--db-port",
+            str(db),
+            "--route-port",
+            str(route),
+            "--msg-port",
+            str(msg),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    out = ""
+    deadline = time.monotonic() + 60
+    while "Ctrl-C stops everything" not in out:
+        assert time.monotonic() < deadline and proc.poll() is None, out
+        # os.read, not readline: a buffered reader would hide lines from select().
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            out += os.read(fd, 65536).decode()
+    return proc, [http, msg], out
+
+
+def stop_up(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    return rest
+
+
+def login(http: int, name: str) -> Client:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            c = Client.via_login_server(f"http://127.0.0.1:{http}")
+        except Exception:
+            c = None
+        if c is not None:
+            if c.login(name, DEMO_PASSWORD, check=False).result_code == 0:
+                return c
+            c.close()
+        assert time.monotonic() < deadline, f"{name} could not log in"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("msg_servers", [1, 2])
+def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) -> None:
+    proc, (http, _msg), out = start_up(tmp_path, "--msg-servers", str(msg_servers))
+    try:
+        assert "created demo users alice, bob, carol, dave" in out
+        assert f"http://127.0.0.1:{http}/msg_server" in out
+        alice, bob = login(http, "alice"), login(http, "bob")
+        ack = alice.send_text(bob.user_id, "over the suite")
+        got = bob.wait_for(msg_pb.IMMsgData, 10)
+        assert (got.msg_id, got.msg_data) == (ack.msg_id, b"over the suite")
+        alice.close()
+        bob.close()
+        if msg_servers == 2:
+            assert (tmp_path / "route_server.toml").exists()
+            assert "route_server" in (tmp_path / "msg_server1.toml").read_text() or (
+                "route_servers" in (tmp_path / "msg_server1.toml").read_text()
+            )
+    finally:
+        rest = stop_up(proc)
+    assert "imreactor suite stopped" in rest
+    # Every child is gone: the ports are free again.
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", http))
+    s.close()
+
+
+def test_second_start_keeps_the_data_and_creates_no_users(tmp_path: Path) -> None:
+    proc, (http, _), _out = start_up(tmp_path)
+    alice, bob = login(http, "alice"), login(http, "bob")
+    first = alice.send_text(bob.user_id, "kept").msg_id
+    alice_id = alice.user_id
+    alice.close()
+    bob.close()
+    stop_up(proc)
+    proc, (http, _), out = start_up(tmp_path)
+    try:
+        assert "created demo users" not in out
+        bob = login(http, "bob")
+        assert [m.msg_id for m in bob.history(alice_id).msg_list] == [first]
+        bob.close()
+    finally:
+        stop_up(proc)
+
+
+def test_port_in_use_fails_the_start_clearly(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "imreactor",
+                "up",
+                "--data-dir",
+                str(tmp_path),
+                "--http-port",
+                str(port),
+                "--login-port",
+                str(free_ports(1)[0]),
+                "--db-port",
+                str(free_ports(1)[0]),
+                "--msg-port",
+                str(free_ports(1)[0]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        taken.close()
+    assert proc.returncode != 0
+    assert "login_server did not start" in proc.stdout + proc.stderr
