@@ -142,8 +142,13 @@ def _pg_sql(sql: str) -> str:
 
 
 class _PgTx:
-    def __init__(self, cur: psycopg.Cursor[TupleRow]) -> None:
+    """One transaction's statements; ``pipeline`` is set when they run in pipeline mode."""
+
+    def __init__(
+        self, cur: psycopg.Cursor[TupleRow], pipeline: psycopg.Pipeline | None = None
+    ) -> None:
         self._cur = cur
+        self._pipeline = pipeline
 
     def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         return self._cur.execute(_pg_sql(sql), params).fetchone()
@@ -152,7 +157,10 @@ class _PgTx:
         return self._cur.execute(_pg_sql(sql), params).fetchall()
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._cur.execute(_pg_sql(sql), params).rowcount
+        cur = self._cur.execute(_pg_sql(sql), params)
+        if self._pipeline is not None:
+            self._pipeline.sync()  # the row count is known only once the server answered
+        return cur.rowcount
 
     def many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
@@ -308,8 +316,17 @@ class PostgresStorage(SqlStorage):
                         "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
                     )
                     began = True
-                    result = fn(_PgTx(cur))
-                    cur.execute("COMMIT")
+                    if write:
+                        # Pipeline mode: statements whose results nobody reads (the inserts
+                        # of a batch) go out without a round trip each; a fetch or the
+                        # COMMIT at the end syncs. A batch of messages then costs a few
+                        # round trips per conversation instead of one per statement.
+                        with conn.pipeline() as pipeline:
+                            result = fn(_PgTx(cur, pipeline))
+                            cur.execute("COMMIT")
+                    else:
+                        result = fn(_PgTx(cur))
+                        cur.execute("COMMIT")
                     return result
                 except BaseException:
                     _rollback(conn)

@@ -15,7 +15,11 @@ class DbProxyConfig:
         "sqlite:///data/imreactor.db",
         "storage URL: sqlite:///PATH (relative to the working directory) or postgresql://...",
     )
-    threads: int = option(8, "worker threads running database requests")
+    threads: int = option(
+        64,
+        "worker threads; a thread waits while its message commits, so this also caps the messages"
+        " sharing one commit",
+    )
     max_pending: int = option(10000, "requests queued or running before new ones are refused")
     max_batch: int = option(256, "messages stored in one transaction at most")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
