@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from servers.conftest import free_ports
 
 from imreactor.client import Client, ClientError
 from imreactor.client.session import password_digest
@@ -231,18 +232,6 @@ def test_unusable_databases(tmp_path: Path) -> None:
 
 
 # -- with the suite running ------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture

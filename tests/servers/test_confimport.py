@@ -9,7 +9,6 @@ output and logs a client in through them.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,8 @@ from imreactor.servers.login.config import LoginConfig
 from imreactor.servers.msg.config import MsgConfig
 from imreactor.servers.route.config import RouteConfig
 from imreactor.servers.suite import start_child, stop_children
+
+from .conftest import free_ports
 
 MSG_CONF = """\
 ListenIP=0.0.0.0
@@ -365,18 +366,6 @@ def test_unknown_role_and_missing_file(tmp_path: Path) -> None:
 
 
 # -- servers run on imported files ------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def test_servers_start_from_imported_files_and_a_client_logs_in(tmp_path: Path) -> None:

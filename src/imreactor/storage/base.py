@@ -68,8 +68,9 @@ class Storage(Protocol):
     ) -> User:
         """Create a user. ``password_md5_hex`` is what clients send (hex MD5 of the
         plaintext); only a salted scrypt hash of it is stored. ``domain`` (UserInfo's
-        ``user_domain``, which clients show as the account name) defaults to ``name``. Raises ConflictError if
-        ``name`` is taken, ValueError if the password is not a hex MD5."""
+        ``user_domain``, which clients show as the account name) defaults to ``name``.
+        Raises ConflictError if ``name`` is taken, ValueError if the password is not a
+        hex MD5."""
         ...
 
     def validate_user(self, name: str, password_md5_hex: str) -> User | None:

@@ -40,7 +40,7 @@ from psycopg.rows import TupleRow
 
 from .errors import ConflictError, StorageError
 from .passwords import PasswordHasher
-from .sql import Clock, Row, SqlStorage, Tx
+from .sql import Clock, Row, SqlStorage, Tx, apply_migrations
 
 T = TypeVar("T")
 PgConnection = psycopg.Connection[TupleRow]
@@ -360,24 +360,7 @@ class PostgresStorage(SqlStorage):
         def work(tx: Tx) -> None:
             # Serialises concurrent openers; released at commit.
             tx.one("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK_KEY,))
-            tx.run(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " version INTEGER PRIMARY KEY, applied BIGINT NOT NULL)"
-            )
-            row = tx.one("SELECT max(version) FROM schema_version")
-            current = int(row[0]) if row and row[0] is not None else 0
-            if current > len(MIGRATIONS):
-                raise StorageError(
-                    f"postgresql {self.where}: schema version {current} is newer than this"
-                    f" program knows ({len(MIGRATIONS)})"
-                )
-            for version in range(current + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    tx.run(statement)
-                tx.run(
-                    "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
-                    (version, self._clock()),
-                )
+            apply_migrations(tx, MIGRATIONS, "BIGINT", f"postgresql {self.where}", self._clock())
 
         self._write(work)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .base import MAX_MSG_LIST, MAX_RECENT_SESSIONS
-from .errors import ConflictError, NotFoundError
+from .errors import ConflictError, NotFoundError, StorageError
 from .passwords import PasswordHasher
 from .records import (
     ContactSession,
@@ -120,6 +120,35 @@ def _message(row: Row) -> Message:
 
 def _default_type(session_type: SessionType) -> int:
     return int(MsgType.GROUP_TEXT if session_type == SessionType.GROUP else MsgType.SINGLE_TEXT)
+
+
+def apply_migrations(
+    tx: Tx,
+    migrations: Sequence[Sequence[str]],
+    applied_type: str,
+    where: str,
+    now: int,
+) -> None:
+    """Bring the schema up to ``len(migrations)`` inside ``tx``; record each version applied.
+
+    ``applied_type`` is the backend's integer type for the timestamp column; ``where``
+    names the database in the error for a schema newer than this program.
+    """
+    tx.run(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        f" version INTEGER PRIMARY KEY, applied {applied_type} NOT NULL)"
+    )
+    row = tx.one("SELECT max(version) FROM schema_version")
+    current = int(row[0]) if row and row[0] is not None else 0
+    if current > len(migrations):
+        raise StorageError(
+            f"{where}: schema version {current} is newer than this program knows"
+            f" ({len(migrations)})"
+        )
+    for version in range(current + 1, len(migrations) + 1):
+        for statement in migrations[version - 1]:
+            tx.run(statement)
+        tx.run("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, now))
 
 
 class SqlStorage:

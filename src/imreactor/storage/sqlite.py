@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from .errors import ConflictError, StorageError
 from .passwords import PasswordHasher
-from .sql import Clock, Row, SqlStorage, Tx
+from .sql import Clock, Row, SqlStorage, Tx, apply_migrations
 
 T = TypeVar("T")
 
@@ -229,24 +229,7 @@ class SQLiteStorage(SqlStorage):
 
     def _migrate(self) -> None:
         def work(tx: Tx) -> None:
-            tx.run(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)"
-            )
-            row = tx.one("SELECT max(version) FROM schema_version")
-            current = int(row[0]) if row and row[0] is not None else 0
-            if current > len(MIGRATIONS):
-                raise StorageError(
-                    f"sqlite {self.path}: schema version {current} is newer than this"
-                    f" program knows ({len(MIGRATIONS)})"
-                )
-            for version in range(current + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    tx.run(statement)
-                tx.run(
-                    "INSERT INTO schema_version (version, applied) VALUES (?, ?)",
-                    (version, self._clock()),
-                )
+            apply_migrations(tx, MIGRATIONS, "INTEGER", f"sqlite {self.path}", self._clock())
 
         # One write transaction for all pending migrations: BEGIN IMMEDIATE makes a
         # second process opening the same file wait, then see them applied.
