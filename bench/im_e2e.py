@@ -14,7 +14,17 @@ and in-flight count runs against ``imreactor echo`` (IMMsgData-sized PDUs
 echoed back): round trips/s of the client side and the reactor with no
 server work. The ratio IM/echo is steadier across machines than either number.
 
+With ``--cluster`` it measures, in the same run and on SQLite, one msg_server
+against ``--cluster-servers`` (3) msg_servers behind a route_server: P pairs
+of 1:1 senders (each pair's two users pinned to different msg_servers with
+``--msg-servers``, so every message crosses route_server), then a group of
+``--group-size`` (100) members spread over the msg_servers the same way, with
+``--group-senders`` (1) of them sending; each load with every in-flight count.
+It prints acked messages/s and deliveries/s for both layouts and the ratios
+cluster/single.
+
 usage: .venv/bin/python bench/im_e2e.py [--postgres] [--pairs 100] [--duration 10]
+       .venv/bin/python bench/im_e2e.py --cluster [--cluster-servers 3] [--group-size 100]
 """
 
 from __future__ import annotations
@@ -136,6 +146,126 @@ def run_backend(
     return rows
 
 
+def cluster_side(
+    label: str, servers: int, data_dir: Path, opts: argparse.Namespace
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Start a SQLite suite with ``servers`` msg_servers (and a route_server if more
+    than one), run every cluster load against it; (load, in flight) → report."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    http, login, db, route, *msg = free_ports(4 + servers)
+    layout = SuiteLayout(
+        data_dir=data_dir,
+        http_port=http,
+        login_port=login,
+        msg_ports=msg,
+        db_port=db,
+        route_ports=[route] if servers > 1 else [],
+        overrides=UNLIMITED,
+    )
+    users = max(2 * opts.pairs, opts.group_size)
+    started = time.monotonic()
+    create_users(layout.database_url, [f"load{i}" for i in range(users)], "imreactor")
+    print(f"[{label}] created {users} users in {time.monotonic() - started:.1f} s", flush=True)
+    children = layout.start_all()
+    targets = ",".join(f"127.0.0.1:{port}" for port in msg)
+    loads = {
+        "pairs": ["--users", str(2 * opts.pairs), "--pairs", str(opts.pairs)],
+        "group": ["--group-size", str(opts.group_size), "--senders", str(opts.group_senders)],
+    }
+    reports: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        for load, load_args in loads.items():
+            for in_flight in opts.in_flight:
+                report, cmd = loader(
+                    [
+                        "--msg-servers",
+                        targets,
+                        *load_args,
+                        "--in-flight",
+                        str(in_flight),
+                        "--duration",
+                        str(opts.duration),
+                    ],
+                    opts.duration + 300,
+                )
+                reports[(load, in_flight)] = report
+                print(
+                    f"[{label}] {load}, {in_flight} in flight: "
+                    f"{report['msgs_per_s']:,.0f} msgs/s, "
+                    f"{report['deliveries_per_s']:,.0f} deliveries/s "
+                    f"(verified: {report['ok']}, loader CPU {report['loader_cpu_s']:.1f} s)\n"
+                    f"    $ {cmd}",
+                    flush=True,
+                )
+    finally:
+        stop_children(children)
+    return reports
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def cluster_table(
+    single: dict[tuple[str, int], dict[str, Any]],
+    cluster: dict[tuple[str, int], dict[str, Any]],
+    opts: argparse.Namespace,
+) -> str:
+    n = opts.cluster_servers
+    lines = [
+        f"IM cluster: 1 msg_server vs {n} msg_servers + route_server, SQLite, "
+        f"{opts.duration:g} s per run, {os.cpu_count()} CPUs; users pinned round-robin "
+        "with --msg-servers (a pair's users, and neighbouring group members, on different "
+        "msg_servers)",
+        "",
+        f"| load | in flight | acked msgs/s, 1 | acked msgs/s, {n} | {n} / 1 "
+        f"| deliveries/s, 1 | deliveries/s, {n} | {n} / 1 "
+        f"| ack p50 / p99 ms, 1 | ack p50 / p99 ms, {n} | verified |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    names = {
+        "pairs": f"1:1, {opts.pairs} pairs",
+        "group": f"group of {opts.group_size}, {opts.group_senders} sender"
+        + ("s" if opts.group_senders != 1 else ""),
+    }
+    for key in single:
+        one, many = single[key], cluster[key]
+        bad = []
+        for label, report in (("1", one), (str(n), many)):
+            if not report["ok"]:
+                errors = {k: v for k, v in report["errors"].items() if v}
+                detail = ", ".join(f"{k} {v}" for k, v in errors.items()) or "nothing acked"
+                bad.append(f"NO ({label}: {detail})")
+        lines.append(
+            f"| {names[key[0]]} | {key[1]} "
+            f"| {one['msgs_per_s']:,.0f} | {many['msgs_per_s']:,.0f} "
+            f"| {ratio(many['msgs_per_s'], one['msgs_per_s'])} "
+            f"| {one['deliveries_per_s']:,.0f} | {many['deliveries_per_s']:,.0f} "
+            f"| {ratio(many['deliveries_per_s'], one['deliveries_per_s'])} "
+            f"| {ms(one['ack_latency']['p50_ms'])} / {ms(one['ack_latency']['p99_ms'])} "
+            f"| {ms(many['ack_latency']['p50_ms'])} / {ms(many['ack_latency']['p99_ms'])} "
+            f"| {'; '.join(bad) or 'yes'} |"
+        )
+    return "\n".join(lines)
+
+
+def run_cluster(opts: argparse.Namespace, work: Path) -> int:
+    single = cluster_side("1 msg_server", 1, work / "single", opts)
+    cluster = cluster_side(
+        f"{opts.cluster_servers} msg_servers", opts.cluster_servers, work / "cluster", opts
+    )
+    if opts.out:
+        with open(opts.out, "a") as f:
+            for layout, side in (("single", single), ("cluster", cluster)):
+                for (load, in_flight), report in side.items():
+                    row = {"layout": layout, "load": load, "in_flight": in_flight, "im": report}
+                    f.write(json.dumps(row) + "\n")
+    print()
+    print(cluster_table(single, cluster, opts))
+    every = [*single.values(), *cluster.values()]
+    return 0 if all(report["ok"] for report in every) else 1
+
+
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -178,9 +308,34 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
     ap.add_argument("--out", help="also write the raw reports as JSON lines here")
     ap.add_argument("--keep", action="store_true", help="keep the data directory (logs)")
+    cluster = ap.add_argument_group("--cluster: one msg_server against several (SQLite)")
+    cluster.add_argument(
+        "--cluster", action="store_true", help="1:1 and group loads on 1 and on N msg_servers"
+    )
+    cluster.add_argument(
+        "--cluster-servers", type=int, default=3, help="msg_servers of the cluster (default 3)"
+    )
+    cluster.add_argument(
+        "--group-size", type=int, default=100, help="members of the group (default 100)"
+    )
+    cluster.add_argument(
+        "--group-senders", type=int, default=1, help="members that send (default 1)"
+    )
     opts = ap.parse_args()
+    if opts.cluster and opts.postgres:
+        ap.error("--cluster measures on SQLite only; leave out --postgres")
+    if opts.cluster and opts.cluster_servers < 2:
+        ap.error("--cluster-servers must be at least 2")
 
     work = Path(tempfile.mkdtemp(prefix="imreactor-bench-"))
+    if opts.cluster:
+        try:
+            return run_cluster(opts, work)
+        finally:
+            if opts.keep:
+                print(f"data and logs kept in {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
     rows: list[dict[str, Any]] = []
     try:
         with echo_server() as echo_port:

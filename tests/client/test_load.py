@@ -1,15 +1,19 @@
 """The load generator: clean runs against a real suite, and its verifier against faults.
 
 A real suite (server processes on SQLite) must verify clean, from the API and
-from the command line. A deliberately faulty stand-in msg_server (acks every
-message, then drops, duplicates, reorders, renumbers or misroutes exactly one
-delivery, or withholds one ack, or refuses one login) must make the verifier
-report exactly that fault and the command exit non-zero.
+from the command line, for 1:1 and group messages; so must a cluster of two
+msg_servers and a route_server with every pair of users split across the two.
+A deliberately faulty stand-in msg_server (acks every message, then drops,
+duplicates, reorders, renumbers or misroutes exactly one delivery, or delivers
+one group message twice to one member, or withholds one ack, or refuses one
+login, or creates the group without one member) must make the verifier report
+exactly that fault and the command exit non-zero.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -26,12 +30,18 @@ from imreactor.http import HttpProtocol, Router
 from imreactor.net import EventLoop, Server
 from imreactor.pdu.imconn import SERVER_SIDE_CLIENT, Dispatcher, ImConnection
 from imreactor.pdu.proto import im_base_define_pb2 as base
+from imreactor.pdu.proto import im_group_pb2 as group_pb
 from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.echo import EchoProtocol
 from imreactor.servers.suite import SuiteLayout
+from imreactor.storage import open_storage
 
 PASSWORD = "imreactor"
+#: Users load0..load<LOAD_USERS-1> exist in the real suites.
+LOAD_USERS = 12
+#: No per-connection rate limit in the way of the loads.
+UNLIMITED = {"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}
 
 
 def clean(report: LoadReport, **expected: int) -> bool:
@@ -42,26 +52,72 @@ def clean(report: LoadReport, **expected: int) -> bool:
 # -- a real suite ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    """One SQLite suite for the module, users load0..load7 created; no rate limit in the way."""
-    http, login, msg, db = free_ports(4)
-    layout = SuiteLayout(
-        data_dir=tmp_path_factory.mktemp("suite"),
-        http_port=http,
-        login_port=login,
-        msg_ports=[msg],
-        db_port=db,
-        overrides={"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}},
-    )
+def start_suite(layout: SuiteLayout) -> Iterator[RunningSuite]:
+    """Create users load0..load<LOAD_USERS-1>, start the suite, stop it when done."""
     layout.data_dir.mkdir(parents=True, exist_ok=True)
-    create_users(layout.database_url, [f"load{i}" for i in range(8)], PASSWORD)
+    create_users(layout.database_url, [f"load{i}" for i in range(LOAD_USERS)], PASSWORD)
     running = RunningSuite(layout)
     try:
         running.start()
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
+    """One SQLite suite with one msg_server for the module."""
+    http, login, msg, db = free_ports(4)
+    yield from start_suite(
+        SuiteLayout(
+            data_dir=tmp_path_factory.mktemp("suite"),
+            http_port=http,
+            login_port=login,
+            msg_ports=[msg],
+            db_port=db,
+            overrides=UNLIMITED,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def load_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
+    """One SQLite suite with two msg_servers and a route_server for the module."""
+    http, login, db, route, msg1, msg2 = free_ports(6)
+    yield from start_suite(
+        SuiteLayout(
+            data_dir=tmp_path_factory.mktemp("cluster"),
+            http_port=http,
+            login_port=login,
+            msg_ports=[msg1, msg2],
+            db_port=db,
+            route_ports=[route],
+            overrides=UNLIMITED,
+        )
+    )
+
+
+def msg_servers(suite: RunningSuite) -> list[str]:
+    return [f"127.0.0.1:{port}" for port in suite.layout.msg_ports]
+
+
+def logged_in_at(suite: RunningSuite) -> dict[str, set[int]]:
+    """msg_server name → ids of the users its log says logged in there."""
+    names = [f"msg_server{i}" for i in range(1, len(suite.layout.msg_ports) + 1)]
+    return {
+        name: {int(m) for m in re.findall(r"user (\d+) logged in", suite.log_text(name))}
+        for name in names
+    }
+
+
+def user_ids(suite: RunningSuite, names: list[str]) -> list[int]:
+    store = open_storage(suite.layout.database_url)
+    try:
+        found = [store.user_by_name(name) for name in names]
+    finally:
+        store.close()
+    assert all(found)
+    return [user.user_id for user in found if user is not None]
 
 
 def test_real_suite_run_verifies_clean(load_suite: RunningSuite) -> None:
@@ -75,6 +131,60 @@ def test_real_suite_run_verifies_clean(load_suite: RunningSuite) -> None:
     assert report.expected_deliveries == report.deliveries == 400 * 3
     assert report.msgs_per_s > 0 and report.ack_latency.p99_ms is not None
     assert report.delivery_latency.count == 1200
+
+
+def test_real_group_run_verifies_clean(load_suite: RunningSuite) -> None:
+    # Ten members with two devices each, two of them sending: every message must reach
+    # the 19 other connections (the senders' phones included) once, in msg_id order.
+    report = run_load(
+        LoadOptions(
+            msg_server=msg_servers(load_suite)[0],
+            group_size=10,
+            senders=2,
+            devices=2,
+            in_flight=4,
+            count=400,
+        )
+    )
+    assert report.ok, report.text()
+    assert (report.users, report.group_size, report.senders, report.acked) == (10, 10, 2, 400)
+    assert report.group_id > 0
+    assert report.expected_deliveries == report.deliveries == 400 * 19
+    assert report.deliveries_per_s > report.msgs_per_s > 0
+
+
+def test_cluster_one_to_one_across_servers_verifies_clean(load_cluster: RunningSuite) -> None:
+    # Both devices of a user log in on its server; each pair's users are on different
+    # servers, so every message and every copy to the recipient crosses route_server.
+    report = run_load(
+        LoadOptions(
+            msg_servers=msg_servers(load_cluster), users=8, devices=2, in_flight=4, count=400
+        )
+    )
+    assert report.ok, report.text()
+    assert report.expected_deliveries == report.deliveries == 400 * 3
+    where = logged_in_at(load_cluster)
+    ids = user_ids(load_cluster, [f"load{i}" for i in range(8)])
+    assert set(ids[0::2]) <= where["msg_server1"] and set(ids[1::2]) <= where["msg_server2"]
+    assert not set(ids[0::2]) & where["msg_server2"], "a pair was not split"
+    assert not set(ids[1::2]) & where["msg_server1"], "a pair was not split"
+
+
+def test_cluster_group_across_servers_verifies_clean(load_cluster: RunningSuite) -> None:
+    # Members alternate between the two servers; the sender's phone is on its server,
+    # every other member's connections get the message through both paths.
+    report = run_load(
+        LoadOptions(
+            msg_servers=msg_servers(load_cluster),
+            group_size=LOAD_USERS,
+            devices=2,
+            in_flight=8,
+            count=300,
+        )
+    )
+    assert report.ok, report.text()
+    assert report.senders == 1 and report.acked == 300
+    assert report.expected_deliveries == report.deliveries == 300 * (2 * LOAD_USERS - 1)
 
 
 def test_cli_creates_users_and_prints_json(load_suite: RunningSuite) -> None:
@@ -125,21 +235,29 @@ def test_wrong_password_is_a_refused_login_and_fails(load_suite: RunningSuite) -
 
 # -- a faulty stand-in msg_server ----------------------------------------------------------------
 
+#: The id of the fake's group.
+GROUP_ID = 77
+
 
 class FakeMsgServer:
     """A msg_server stand-in with one injected fault, plus login_server's HTTP answer.
 
     Logs anyone in (user id = 1000 + the number at the end of the name; ``refuse``
-    names a user refused with 6), acks every ``IMMsgData`` with a msg_id per
-    conversation counting from 1, and delivers it to every connection of the
-    recipient. The ``fault_at``-th message (from 1) meets ``fault``:
+    names a user refused with 6), creates group ``GROUP_ID`` of the creator and the
+    members asked for, acks every ``IMMsgData`` with a msg_id per conversation
+    counting from 1, and delivers it to every connection of the recipient and the
+    sender but the sending one (of every member, for a group message). The
+    ``fault_at``-th message (from 1) meets ``fault``:
 
     - ``drop``: acked, never delivered;     - ``duplicate``: delivered twice;
     - ``reorder``: delivered after the next message;
     - ``wrong_id``: delivered with another msg_id than acked;
     - ``misroute``: also delivered to user 1002 (a bystander);
     - ``no_ack``: delivered, never acked;
-    - ``close``: the sender's connection is closed instead of an answer.
+    - ``close``: the sender's connection is closed instead of an answer;
+    - ``twice_to_one``: delivered twice to one connection (the last one it goes to).
+
+    ``fault="lose_member"`` instead creates the group without its last member.
 
     Runs its own loop on a thread; :meth:`close` stops it.
     """
@@ -153,11 +271,13 @@ class FakeMsgServer:
         self.messages = 0
         self.conns: dict[int, list[ImConnection]] = {}
         self.next_id: dict[tuple[int, int], int] = {}
+        self.members: list[int] = []
         self.held: tuple[ImConnection, Any] | None = None
         self.loop = EventLoop()
         d = Dispatcher(default=lambda conn, msg, seq: None)
         d.register(login_pb.IMLoginReq, self._login)
         d.register(msg_pb.IMMsgData, self._msg)
+        d.register(group_pb.IMGroupCreateReq, self._group_create)
         self.dispatch = d
         self.server: Server = self.loop.listen("127.0.0.1", 0, self._conn)
         router = Router()
@@ -204,6 +324,20 @@ class FakeMsgServer:
             self.conns.setdefault(user_id, []).append(conn)
         conn.send(res, seq)
 
+    def _group_create(self, conn: ImConnection, req: Any, seq: int) -> None:
+        creator: int = conn.user_id  # type: ignore[attr-defined]
+        self.members = [creator, *(m for m in req.member_id_list if m != creator)]
+        if self.fault == "lose_member":
+            self.members.pop()
+        rsp = group_pb.IMGroupCreateRsp(
+            user_id=creator,
+            result_code=0,
+            group_id=GROUP_ID,
+            group_name=req.group_name,
+            user_id_list=self.members,
+        )
+        conn.send(rsp, seq)
+
     def _msg(self, conn: ImConnection, msg: Any, seq: int) -> None:
         self.messages += 1
         faulty = self.messages == self.fault_at
@@ -212,18 +346,21 @@ class FakeMsgServer:
             return
         sender: int = conn.user_id  # type: ignore[attr-defined]
         peer = msg.to_session_id
-        conv = (min(sender, peer), max(sender, peer))
+        group = msg.msg_type == base.MSG_TYPE_GROUP_TEXT
+        conv = (0, peer) if group else (min(sender, peer), max(sender, peer))
         msg_id = self.next_id[conv] = self.next_id.get(conv, 0) + 1
         if not (faulty and self.fault == "no_ack"):
             ack = msg_pb.IMMsgDataAck(
                 user_id=sender,
                 session_id=peer,
                 msg_id=msg_id,
-                session_type=base.SESSION_TYPE_SINGLE,
+                session_type=base.SESSION_TYPE_GROUP if group else base.SESSION_TYPE_SINGLE,
             )
             conn.send(ack, seq)
         msg.from_user_id, msg.msg_id = sender, msg_id
-        copies, targets = 1, list(self.conns.get(peer, []))
+        receivers = self.members if group else [peer, sender]
+        targets = [c for uid in receivers for c in self.conns.get(uid, []) if c is not conn]
+        copies = 1
         if faulty:
             if self.fault == "drop":
                 copies = 0
@@ -233,6 +370,8 @@ class FakeMsgServer:
                 msg.msg_id = msg_id + 1000
             elif self.fault == "misroute":
                 targets += self.conns.get(1002, [])
+            elif self.fault == "twice_to_one":
+                targets.append(targets[-1])
         for target in targets:
             if faulty and self.fault == "reorder":
                 self.held = (target, msg)
@@ -313,6 +452,38 @@ def test_verifier_catches_the_injected_fault(
     assert report.problems, "the fault is described"
 
 
+@pytest.mark.parametrize(
+    "fault,expected",
+    [
+        (None, {}),  # the control: the same run is clean without a fault
+        ("twice_to_one", {"duplicates": 1}),
+        ("drop", {"losses": 7}),  # every other connection of the group misses it
+        ("lose_member", {"group_failures": 1}),
+    ],
+)
+def test_verifier_checks_group_fan_out(
+    fake: FakeFactory, fault: str | None, expected: dict[str, int]
+) -> None:
+    server = fake(fault=fault, fault_at=5)
+    report = run_load(
+        LoadOptions(
+            login_url=server.login_url,
+            group_size=4,
+            senders=2,
+            devices=2,
+            count=20,
+            ack_timeout_s=0.5,
+            drain_s=0.5,
+        )
+    )
+    assert clean(report, **expected), report.text()
+    if fault is None:
+        assert report.ok and report.group_id == GROUP_ID
+        assert report.expected_deliveries == report.deliveries == 20 * 7
+    else:
+        assert not report.ok and report.problems
+
+
 def test_refused_login_fails_the_run_but_other_pairs_still_run(fake: FakeFactory) -> None:
     server = fake(refuse="load1")
     report = run_load(LoadOptions(login_url=server.login_url, users=4, count=10))
@@ -330,6 +501,20 @@ def test_cli_exits_non_zero_on_a_lost_message(
     assert code == 1
     report = json.loads(capsys.readouterr().out)
     assert report["errors"]["losses"] == 1 and not report["ok"]
+    assert cli_main([*argv, "--count", "10", "--no-progress"]) == 0  # the fault was one-off
+
+
+def test_cli_group_run_on_pinned_servers(
+    fake: FakeFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = fake(fault="twice_to_one", fault_at=4)
+    where = f"127.0.0.1:{server.server.port}"
+    argv = ["load", "--msg-servers", f"{where},{where}", "--group-size", "3", "--senders", "2"]
+    code = cli_main([*argv, "--count", "10", "--drain", "0.5", "--json", "--no-progress"])
+    assert code == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"]["duplicates"] == 1 and report["group_id"] == GROUP_ID
+    assert report["target"].startswith(f"msg_servers {where},{where}")
     assert cli_main([*argv, "--count", "10", "--no-progress"]) == 0  # the fault was one-off
 
 
@@ -367,4 +552,15 @@ def test_echo_reference_run(fake: FakeFactory) -> None:
 def test_impossible_options_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         run_load(LoadOptions(users=4, pairs=3))
+    for options in (
+        LoadOptions(group_size=4, senders=5),
+        LoadOptions(group_size=1),
+        LoadOptions(group_size=4, pairs=1),
+        LoadOptions(senders=2),
+        LoadOptions(msg_servers=[]),
+        LoadOptions(msg_servers=["127.0.0.1:x"]),
+    ):
+        with pytest.raises(ValueError):
+            options.check()
     assert cli_main(["load", "--users", "1", "--no-progress"]) == 2
+    assert cli_main(["load", "--group-size", "3", "--duplex", "--no-progress"]) == 2

@@ -5,25 +5,40 @@ One process, one :class:`~imreactor.net.EventLoop`, one
 four phases:
 
 1. **login**: every connection asks login_server ``GET /msg_server`` where to
-   go (or goes straight to ``--msg-server``), connects there and logs in as
-   ``load<i>`` (at most ``login_concurrency`` logins at a time). "Not ready"
-   answers (no msg_server registered, refusals 3/4/5, refused connects) are
-   retried for ``login_retry_s``; anything else is a failed login.
+   go, connects there and logs in as ``load<i>`` (at most
+   ``login_concurrency`` logins at a time). ``--msg-server`` sends everyone to
+   one msg_server instead; ``--msg-servers A,B,...`` pins user ``i`` to entry
+   ``i mod n`` (all of its connections), so with two or more entries the two
+   users of a pair are always on different servers. "Not ready" answers (no
+   msg_server registered, refusals 3/4/5, refused connects) are retried for
+   ``login_retry_s``; anything else is a failed login.
 2. **send**: users ``load<2p>`` and ``load<2p+1>`` form pair ``p``. The
    desktop connection of the first (and with ``duplex`` also of the second)
    sends 1:1 ``IMMsgData`` to the other, keeping ``in_flight`` messages
    unacknowledged at most, optionally paced to ``rate`` messages/s overall,
    until ``duration_s`` has passed or ``count`` messages were sent. A body
    reads ``<run id>:<sending connection>:<sequence number>:`` and padding.
+
+   With ``group_size`` M the users are ``load0..load<M-1>`` instead, and no
+   pairs: once all are logged in, ``load0`` creates a temporary group of all
+   of them (``IMGroupCreateReq``; the answer must list exactly them), then the
+   desktop connections of the first ``senders`` members send group messages
+   (``msg_type`` 0x11) to it, with the same in-flight, rate, duration and
+   count rules.
 3. **drain**: once every message is acknowledged or timed out, wait (at most
    ``drain_s``) until every expected delivery has arrived.
 4. **verify** (see :meth:`LoadRun.report`): every acknowledged message must
    have arrived exactly once, with the acknowledged ``msg_id``, at every
-   connection of the recipient and at every other connection of the sender
-   (connections logged in when the ack came); on each connection the messages
-   of one conversation must arrive in increasing ``msg_id`` order; the acked
-   ids of a conversation must be distinct and, when every message of it was
-   acked, contiguous; nothing may arrive where it was not sent.
+   connection of the recipient (of every member, for a group message) and at
+   every other connection of the sender (connections logged in when the ack
+   came; never the sending connection); on each connection the messages of
+   one conversation (a pair of users, or the group) must arrive in increasing
+   ``msg_id`` order; the acked ids of a conversation must be distinct and,
+   when every message of it was acked, contiguous; nothing may arrive where it
+   was not sent.
+
+The report gives acked messages/s over the sending time and deliveries/s:
+verified deliveries over the time from the first send to the last of them.
 
 With ``echo`` set, the same connections and senders run against a PDU echo
 server instead (no login; the "ack" is the echoed PDU, checked byte for
@@ -62,6 +77,7 @@ import httptools
 from ..net import Connection, ConnState, EventLoop, Protocol, Timer
 from ..pdu.imconn import CLIENT_SIDE, Keepalive
 from ..pdu.proto import im_base_define_pb2 as base
+from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .session import ClientSession, password_digest
@@ -77,6 +93,8 @@ LOGIN_RETRY_DELAY_S = 0.2
 #: Closing at the end waits this long for the servers to close their side.
 SHUTDOWN_WAIT_S = 3.0
 MAX_PROBLEMS = 20
+#: msg_type values of group messages (their to_session_id is the group id).
+GROUP_MSG_TYPES = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
 #: Login results that mean "the server is not ready yet": retried.
 NOT_READY = frozenset(
     {
@@ -92,6 +110,7 @@ NOT_READY = frozenset(
 ERROR_KINDS = (
     "refused_logins",  # the server said no (e.g. 6: wrong password, unknown user)
     "login_failures",  # could not reach a server, or no answer in time
+    "group_failures",  # the group was not created, or not with exactly the users asked
     "timeouts",  # a message got no IMMsgDataAck within ack_timeout_s
     "unacked_on_close",  # the sender's connection closed before the ack
     "bad_acks",  # an ack for the wrong user/session, msg_id 0, or a corrupt echo
@@ -114,9 +133,12 @@ class LoadOptions:
 
     login_url: str = "http://127.0.0.1:8080"
     msg_server: str | None = None  # "host:port": skip login_server
+    msg_servers: list[str] | None = None  # ["host:port", ...]: user i to entry i mod n
     echo: str | None = None  # "host:port": reference run against a PDU echo server
-    users: int = 200
+    users: int = 200  # ignored with group_size
     pairs: int | None = None
+    group_size: int | None = None  # M: one group of load0..load<M-1>, no pairs
+    senders: int | None = None  # group members that send (the first ones; default 1)
     duplex: bool = False
     devices: int = 1  # 2: every user also logs in as a mobile client
     in_flight: int = 1
@@ -135,14 +157,46 @@ class LoadOptions:
 
     @property
     def pair_count(self) -> int:
+        """Sending pairs (0 in a group run)."""
+        if self.group_size is not None:
+            return 0
         return self.users // 2 if self.pairs is None else self.pairs
+
+    @property
+    def user_count(self) -> int:
+        """Users logged in: ``group_size`` in a group run, else ``users``."""
+        return self.users if self.group_size is None else self.group_size
+
+    @property
+    def group_senders(self) -> int:
+        """Members that send in a group run."""
+        return 1 if self.senders is None else self.senders
 
     def check(self) -> None:
         """Raise ValueError for options that cannot make a run."""
-        if self.users < 2:
-            raise ValueError("--users must be at least 2")
-        if not 1 <= self.pair_count <= self.users // 2:
-            raise ValueError(f"--pairs must be in 1..{self.users // 2} (users // 2)")
+        if self.group_size is not None:
+            if self.group_size < 2:
+                raise ValueError("--group-size must be at least 2")
+            if self.pairs is not None or self.duplex:
+                raise ValueError("--pairs and --duplex are for 1:1 runs, not --group-size")
+            if self.echo is not None:
+                raise ValueError("--echo has no groups")
+            if not 1 <= self.group_senders <= self.group_size:
+                raise ValueError(f"--senders must be in 1..{self.group_size} (group size)")
+        else:
+            if self.senders is not None:
+                raise ValueError("--senders needs --group-size (1:1 runs use --pairs)")
+            if self.users < 2:
+                raise ValueError("--users must be at least 2")
+            if not 1 <= self.pair_count <= self.users // 2:
+                raise ValueError(f"--pairs must be in 1..{self.users // 2} (users // 2)")
+        if self.msg_servers is not None:
+            if not self.msg_servers:
+                raise ValueError("--msg-servers needs at least one host:port")
+            if self.msg_server is not None or self.echo is not None:
+                raise ValueError("--msg-servers excludes --msg-server and --echo")
+            for entry in self.msg_servers:
+                _address(entry, 8000)
         if self.devices not in (1, 2):
             raise ValueError("--devices must be 1 or 2")
         if not 1 <= self.in_flight <= 60000:
@@ -157,7 +211,7 @@ class LoadOptions:
             raise ValueError("--login-concurrency must be at least 1")
 
     def user_names(self) -> list[str]:
-        return [f"{self.user_prefix}{i}" for i in range(self.users)]
+        return [f"{self.user_prefix}{i}" for i in range(self.user_count)]
 
 
 @dataclass
@@ -189,13 +243,20 @@ class Latency:
 
 @dataclass
 class LoadReport:
-    """The outcome of a run. ``ok``: something was acked and every error counter is 0."""
+    """The outcome of a run. ``ok``: something was acked and every error counter is 0.
+
+    ``msgs_per_s``: acked messages over ``send_s`` (first send to last ack);
+    ``deliveries_per_s``: verified deliveries over ``delivery_s`` (first send to the
+    last of them). ``group_size``/``group_id`` are 0 in a 1:1 run.
+    """
 
     ok: bool
     mode: str  # "im" or "echo"
     target: str
     connections: int
     users: int
+    group_size: int
+    group_id: int
     senders: int
     in_flight: int
     rate: float | None
@@ -211,6 +272,8 @@ class LoadReport:
     msgs_per_s: float
     expected_deliveries: int
     deliveries: int
+    delivery_s: float
+    deliveries_per_s: float
     ack_latency: Latency
     delivery_latency: Latency
     errors: dict[str, int]
@@ -226,9 +289,10 @@ class LoadReport:
         what = "round trips" if self.mode == "echo" else "messages"
         login = "connects" if self.mode == "echo" else "logins"
         rate = f", target {self.rate:g}/s" if self.rate else ""
+        group = f", group {self.group_id} of {self.group_size}" if self.group_size else ""
         lines = [
             f"imreactor load ({self.mode} against {self.target}): {self.senders} senders, "
-            f"{self.connections} connections, {self.in_flight} in flight per sender{rate}",
+            f"{self.connections} connections{group}, {self.in_flight} in flight per sender{rate}",
             f"  {login:<17}{self.logins_ok} ok in {self.login_s:.2f} s "
             f"({self.logins_per_s:,.1f}/s); refused {self.logins_refused}, "
             f"failed {self.logins_failed}, retried {self.login_retries}",
@@ -240,6 +304,7 @@ class LoadReport:
             lines.append(f"  {'delivery latency':<17}{self.delivery_latency.text()}")
             lines.append(
                 f"  {'deliveries':<17}{self.deliveries:,} of {self.expected_deliveries:,} expected"
+                f" in {self.delivery_s:.2f} s: {self.deliveries_per_s:,.0f}/s"
             )
         lines.append(f"  {'loader CPU':<17}{self.loader_cpu_s:.2f} s")
         bad = {k: v for k, v in self.errors.items() if v}
@@ -272,7 +337,8 @@ class _User:
 class _Endpoint:
     """One client connection and what it received.
 
-    ``got``: (sending endpoint, seq) → [copies, msg_id of the first, arrival time];
+    ``got``: (sending endpoint, seq) → [copies, and of the first copy: msg_id, arrival
+    time, from_user_id, to_session_id, msg_type];
     ``last_id``: conversation → highest msg_id received on it.
     """
 
@@ -303,14 +369,52 @@ class _Endpoint:
 
 
 class _Sender:
-    __slots__ = ("endpoint", "next_seq", "outstanding", "queued", "recipient")
+    """One sending connection and where its messages go.
 
-    def __init__(self, endpoint: _Endpoint, recipient: _User) -> None:
+    ``session_id``: the recipient's user id (1:1) or the group id; ``receivers``:
+    the users whose connections, except this one, get each message (the
+    recipient and the sender; every member of a group); ``conv``: the
+    conversation's key (see :func:`_conversation`).
+    """
+
+    __slots__ = (
+        "conv",
+        "endpoint",
+        "msg_type",
+        "next_seq",
+        "outstanding",
+        "queued",
+        "receivers",
+        "session_id",
+        "session_type",
+    )
+
+    def __init__(
+        self, endpoint: _Endpoint, session_id: int, receivers: list[_User], group: bool
+    ) -> None:
         self.endpoint = endpoint
-        self.recipient = recipient
+        self.session_id = session_id
+        self.receivers = receivers
+        if group:
+            self.msg_type = base.MSG_TYPE_GROUP_TEXT
+            self.session_type = base.SESSION_TYPE_GROUP
+        else:
+            self.msg_type = base.MSG_TYPE_SINGLE_TEXT
+            self.session_type = base.SESSION_TYPE_SINGLE
+        self.conv = _conversation(endpoint.user.user_id, session_id, self.msg_type)
         self.next_seq = 0
         self.outstanding = 0
         self.queued = False
+
+
+def _conversation(from_user_id: int, to_session_id: int, msg_type: int) -> tuple[int, int]:
+    """A conversation's key: (smaller, larger) user id for 1:1, (0, group id) for a group
+    (user ids start at 1, so no pair of users has this key)."""
+    if msg_type in GROUP_MSG_TYPES:
+        return (0, to_session_id)
+    if from_user_id <= to_session_id:
+        return (from_user_id, to_session_id)
+    return (to_session_id, from_user_id)
 
 
 class _Sent:
@@ -430,12 +534,18 @@ class LoadRun:
                 user.endpoints.append(ep)
                 self.endpoints.append(ep)
         self._http_host = ""
+        #: Where connections go without asking login_server: user i to entry i mod n.
+        self._direct: list[tuple[str, int]] = []
+        self._target = ("", 0)
         if options.echo is not None:
-            self._target = _address(options.echo, 7000)
+            self._direct = [_address(options.echo, 7000)]
             self._target_text = f"echo {options.echo}"
         elif options.msg_server is not None:
-            self._target = _address(options.msg_server, 8000)
+            self._direct = [_address(options.msg_server, 8000)]
             self._target_text = f"msg_server {options.msg_server}"
+        elif options.msg_servers is not None:
+            self._direct = [_address(entry, 8000) for entry in options.msg_servers]
+            self._target_text = f"msg_servers {','.join(options.msg_servers)} (round-robin)"
         else:
             url = urlsplit(options.login_url)
             self._target = (url.hostname or "127.0.0.1", url.port or 80)
@@ -454,6 +564,8 @@ class LoadRun:
         self.login_retries = 0
         self.t_start = self.t_logins_done = 0.0
         self.t_send_start = self.t_send_end = 0.0
+        self.group_id = 0
+        self.group_members: list[_User] = []
         self.senders: list[_Sender] = []
         self._sender_of: dict[int, _Sender] = {}
         self.sent: dict[tuple[int, int], _Sent] = {}
@@ -504,8 +616,8 @@ class LoadRun:
     def _attempt(self, ep: _Endpoint) -> None:
         if self._closing:
             return
-        if self.echo or self.options.msg_server is not None:
-            self._connect(ep, *self._target)
+        if self._direct:
+            self._connect(ep, *self._direct[ep.user.index % len(self._direct)])
             return
         ep.state = _QUERY
 
@@ -629,7 +741,10 @@ class LoadRun:
         self._logins_done += 1
         if self._logins_done == len(self.endpoints):
             self.t_logins_done = self.loop.time()
-            self._start_sending()
+            if self.options.group_size is not None:
+                self._create_group()
+            else:
+                self._start_sending()
         else:
             self._start_logins()
 
@@ -651,16 +766,68 @@ class LoadRun:
 
     # -- phase 2: sending ----------------------------------------------------------------
 
+    def _create_group(self) -> None:
+        """Have the first user create the group of every user logged in; then send."""
+        creator = self.users[0].endpoints[0]
+        members = [u for u in self.users if u.user_id]
+        session = creator.session
+        if creator.state != _READY or session is None:
+            self._error("group_failures", f"{creator.user.name} is not logged in: no group")
+            self._finish()
+            return
+        wanted = sorted(u.user_id for u in members)
+        req = group_pb.IMGroupCreateReq(
+            user_id=creator.user.user_id,
+            group_type=base.GROUP_TYPE_TMP,
+            group_name=f"load-{self._run_id.decode()}",
+            group_avatar="",
+            member_id_list=[u.user_id for u in members if u is not creator.user],
+        )
+
+        def answered(rsp: Any, exc: BaseException | None) -> None:
+            if self._closing or self.finished:
+                return
+            if exc is not None:
+                self._error("group_failures", f"{creator.user.name}: group create: {exc}")
+            elif rsp.result_code != 0 or rsp.group_id == 0:
+                self._error(
+                    "group_failures",
+                    f"group create refused: result {rsp.result_code}, group {rsp.group_id}",
+                )
+            elif sorted(rsp.user_id_list) != wanted:
+                self._error(
+                    "group_failures",
+                    f"group {rsp.group_id} has members {sorted(rsp.user_id_list)}, "
+                    f"asked for {wanted}",
+                )
+            else:
+                self.group_id = rsp.group_id
+                self.group_members = members
+                self._start_sending()
+                return
+            self._finish()
+
+        session.request(
+            req, answered, timeout_s=self.options.ack_timeout_s, response=group_pb.IMGroupCreateRsp
+        )
+
+    def _add_sender(self, sender: _Sender) -> None:
+        self.senders.append(sender)
+        self._sender_of[sender.endpoint.index] = sender
+
     def _start_sending(self) -> None:
         o = self.options
+        if self.group_id:
+            for user in self.users[: o.group_senders]:
+                ep = user.endpoints[0]
+                if ep.state == _READY:
+                    self._add_sender(_Sender(ep, self.group_id, self.group_members, True))
         for p in range(o.pair_count):
             a, b = self.users[2 * p], self.users[2 * p + 1]
             for s, r in [(a, b), (b, a)] if o.duplex else [(a, b)]:
                 ep = s.endpoints[0]
                 if ep.state == _READY and r.user_id:
-                    sender = _Sender(ep, r)
-                    self.senders.append(sender)
-                    self._sender_of[ep.index] = sender
+                    self._add_sender(_Sender(ep, r.user_id, [r, s], False))
         self.t_send_start = self._last_pace = self.loop.time()
         if not self.senders:
             self._finish()
@@ -726,10 +893,10 @@ class LoadRun:
         key = (ep.index, seq)
         msg = msg_pb.IMMsgData(
             from_user_id=ep.user.user_id,
-            to_session_id=sender.recipient.user_id,
+            to_session_id=sender.session_id,
             msg_id=0,
             create_time=int(time.time()),
-            msg_type=base.MSG_TYPE_SINGLE_TEXT,
+            msg_type=sender.msg_type,
             msg_data=self._body(ep.index, seq),
         )
         record = _Sent(self.loop.time())
@@ -747,9 +914,6 @@ class LoadRun:
             response=msg_pb.IMMsgData if self.echo else msg_pb.IMMsgDataAck,
         )
 
-    def _conversation(self, a: int, b: int) -> tuple[int, int]:
-        return (a, b) if a <= b else (b, a)
-
     def _acked(
         self,
         sender: _Sender,
@@ -763,7 +927,7 @@ class LoadRun:
         if self._closing:
             return
         ep = sender.endpoint
-        conv = self._conversation(ep.user.user_id, sender.recipient.user_id)
+        conv = sender.conv
         if exc is not None:
             self._conv_unacked.add(conv)
             kind = (
@@ -782,23 +946,27 @@ class LoadRun:
         elif (
             rsp.msg_id == 0
             or rsp.user_id != ep.user.user_id
-            or rsp.session_id != sender.recipient.user_id
-            or rsp.session_type != base.SESSION_TYPE_SINGLE
+            or rsp.session_id != sender.session_id
+            or rsp.session_type != sender.session_type
         ):
             self._conv_unacked.add(conv)
             self._error(
                 "bad_acks",
-                f"{ep.user.name} message {key[1]} to {sender.recipient.user_id}: "
-                f"ack user {rsp.user_id} session {rsp.session_id} msg_id {rsp.msg_id}",
+                f"{ep.user.name} message {key[1]} to {sender.session_id}: ack user "
+                f"{rsp.user_id} session {rsp.session_id} type {rsp.session_type} "
+                f"msg_id {rsp.msg_id}",
             )
         else:
             self._ack_ok(record)
             record.msg_id = rsp.msg_id
             self._conv_ids.setdefault(conv, []).append(rsp.msg_id)
-            expected = [e.index for e in sender.recipient.endpoints if e.state == _READY]
-            expected += [e.index for e in ep.user.endpoints if e is not ep and e.state == _READY]
-            record.expected = tuple(expected)
-            for index in expected:
+            record.expected = tuple(
+                e.index
+                for user in sender.receivers
+                for e in user.endpoints
+                if e is not ep and e.state == _READY
+            )
+            for index in record.expected:
                 if key not in self.endpoints[index].got:
                     self._awaiting.add((index, key))
         if self.options.rate is None:
@@ -843,8 +1011,8 @@ class LoadRun:
         if entry is not None:
             entry[0] += 1
             return
-        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id]
-        conv = self._conversation(msg.from_user_id, msg.to_session_id)
+        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id, msg.msg_type]
+        conv = _conversation(msg.from_user_id, msg.to_session_id, msg.msg_type)
         last = ep.last_id.get(conv, 0)
         if msg.msg_id > last:
             ep.last_id[conv] = msg.msg_id
@@ -855,12 +1023,13 @@ class LoadRun:
                 f"conversation {conv} arrived after {last}",
             )
         if self.options.receipts and ep.session is not None:
+            group = msg.msg_type in GROUP_MSG_TYPES
             ep.session.send(
                 msg_pb.IMMsgDataAck(
                     user_id=ep.user.user_id,
-                    session_id=msg.from_user_id,
+                    session_id=msg.to_session_id if group else msg.from_user_id,
                     msg_id=msg.msg_id,
-                    session_type=base.SESSION_TYPE_SINGLE,
+                    session_type=base.SESSION_TYPE_GROUP if group else base.SESSION_TYPE_SINGLE,
                 )
             )
         if self._awaiting:
@@ -930,7 +1099,9 @@ class LoadRun:
         if out is None:
             return
         now = self.loop.time()
-        if not self.t_send_start:
+        if self.t_logins_done and not self.t_send_start:
+            phase = "creating the group"
+        elif not self.t_send_start:
             phase = f"login {self._logins_done}/{len(self.endpoints)}"
         elif self._draining:
             phase = f"drain, awaiting {len(self._awaiting)} deliveries"
@@ -958,6 +1129,7 @@ class LoadRun:
             return self._report
         delivery_latency: list[float] = []
         expected_total = delivered = 0
+        t_last_delivery = 0.0
         for key, record in self.sent.items():
             if not record.msg_id:
                 continue
@@ -975,6 +1147,7 @@ class LoadRun:
                     continue
                 delivered += 1
                 copies, msg_id, t_recv = entry[0], entry[1], entry[2]
+                t_last_delivery = max(t_last_delivery, t_recv)
                 if copies > 1:
                     self._error(
                         "duplicates",
@@ -1000,16 +1173,19 @@ class LoadRun:
                 sender_ep = sender.endpoint
                 if not sent.msg_id:
                     self.info["unacked_delivered"] += 1
-                    receivers = [e.index for e in sender.recipient.endpoints]
-                    receivers += [e.index for e in sender_ep.user.endpoints if e is not sender_ep]
-                    if ep.index not in receivers:
+                    if ep is sender_ep or ep.user not in sender.receivers:
                         self._error("misdelivered", f"{where} got unacked message {key}")
                 elif ep.index not in sent.expected:
                     self._error("misdelivered", f"{where} got message {key} not meant for it")
-                elif (entry[3], entry[4]) != (sender_ep.user.user_id, sender.recipient.user_id):
+                elif (entry[3], entry[4], entry[5]) != (
+                    sender_ep.user.user_id,
+                    sender.session_id,
+                    sender.msg_type,
+                ):
                     self._error(
                         "misdelivered",
-                        f"{where} got message {key} as from {entry[3]} to {entry[4]}",
+                        f"{where} got message {key} as from {entry[3]} to {entry[4]} "
+                        f"(msg_type {entry[5]:#x})",
                     )
         for conv, ids in self._conv_ids.items():
             distinct = set(ids)
@@ -1031,6 +1207,7 @@ class LoadRun:
         t_end = self.t_logins_done or self.loop.time()
         login_s = max(t_end - self.t_start, 1e-9)
         send_s = max(self.t_send_end - self.t_send_start, 0.0) if self.t_send_start else 0.0
+        delivery_s = max(t_last_delivery - self.t_send_start, 0.0) if delivered else 0.0
         refused = self.errors["refused_logins"]
         failed = self.errors["login_failures"]
         ok = self.acked > 0 and not any(self.errors.values())
@@ -1040,6 +1217,8 @@ class LoadRun:
             target=self._target_text,
             connections=len(self.endpoints),
             users=len(self.users),
+            group_size=self.options.group_size or 0,
+            group_id=self.group_id,
             senders=len(self.senders),
             in_flight=self.options.in_flight,
             rate=self.options.rate,
@@ -1055,6 +1234,8 @@ class LoadRun:
             msgs_per_s=round(self.acked / send_s, 1) if send_s > 0 else 0.0,
             expected_deliveries=expected_total,
             deliveries=delivered,
+            delivery_s=round(delivery_s, 3),
+            deliveries_per_s=round(delivered / delivery_s, 1) if delivery_s > 0 else 0.0,
             ack_latency=Latency.of(self._ack_latency),
             delivery_latency=Latency.of(delivery_latency),
             errors=dict(self.errors),
@@ -1151,19 +1332,46 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         default="http://127.0.0.1:8080",
         help="login_server; every client asks its /msg_server (default %(default)s)",
     )
-    ap.add_argument("--msg-server", metavar="HOST:PORT", help="skip login_server; connect here")
-    ap.add_argument(
+    target = ap.add_mutually_exclusive_group()
+    target.add_argument("--msg-server", metavar="HOST:PORT", help="skip login_server; connect here")
+    target.add_argument(
+        "--msg-servers",
+        metavar="HOST:PORT,...",
+        type=lambda text: [entry.strip() for entry in text.split(",") if entry.strip()],
+        help="skip login_server; user i logs in at entry i mod n (a pair's two users, and "
+        "consecutive group members, on different servers)",
+    )
+    target.add_argument(
         "--echo",
         metavar="HOST:PORT",
         help="reference run: the same connections and senders against a PDU echo server",
     )
-    ap.add_argument("--users", type=int, default=200, help="users load0..loadN-1 (default 200)")
+    ap.add_argument(
+        "--users",
+        type=int,
+        default=200,
+        help="users load0..loadN-1 (default 200; ignored with --group-size)",
+    )
     ap.add_argument("--user-prefix", default="load", help="user name prefix (default load)")
     ap.add_argument("--password", default=DEFAULT_PASSWORD, help="every user's password")
     ap.add_argument(
         "--pairs", type=int, default=None, help="sending pairs (default users // 2; rest idle)"
     )
     ap.add_argument("--duplex", action="store_true", help="both users of a pair send")
+    ap.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        metavar="M",
+        help="group run: users load0..loadM-1, a temporary group of them all (no pairs)",
+    )
+    ap.add_argument(
+        "--senders",
+        type=int,
+        default=None,
+        metavar="K",
+        help="group run: the first K members send group messages (default 1)",
+    )
     ap.add_argument(
         "--devices",
         type=int,
@@ -1201,7 +1409,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``imreactor load`` to the CLI's subcommands."""
-    p = sub.add_parser("load", help="verifying load generator (1:1 messages)")
+    p = sub.add_parser("load", help="verifying load generator (1:1 and group messages)")
     add_arguments(p)
     p.set_defaults(run=run)
 
@@ -1210,9 +1418,12 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
     return LoadOptions(
         login_url=args.login_url,
         msg_server=args.msg_server,
+        msg_servers=args.msg_servers,
         echo=args.echo,
         users=args.users,
         pairs=args.pairs,
+        group_size=args.group_size,
+        senders=args.senders,
         duplex=args.duplex,
         devices=args.devices,
         in_flight=args.in_flight,
