@@ -167,3 +167,39 @@ def test_restarted_route_server_gets_users_again(cluster: RunningSuite) -> None:
         buddy.IMUsersStatReq(user_id=0, user_id_list=[bob.user_id]), buddy.IMUsersStatRsp
     )
     assert stat.user_stat_list[0].status == base.USER_STATUS_ONLINE
+
+
+@pytest.mark.parametrize("group", [False, True])
+def test_concurrent_senders_across_servers_stay_in_msg_id_order(
+    make_suite: SuiteFactory, group: bool
+) -> None:
+    # Senders of one conversation on different msg_servers store through different
+    # db_proxy links and reach others by different paths; every connection must
+    # still see the conversation (messages and its own acks) in msg_id order.
+    from imreactor.client.load import LoadOptions, create_users, run_load
+
+    suite = make_suite({"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}, msg_servers=3)
+    create_users(suite.layout.database_url, [f"load{i}" for i in range(12)], "pw")
+    servers = [f"127.0.0.1:{p}" for p in suite.layout.msg_ports]
+    if group:
+        options = LoadOptions(
+            msg_servers=servers,
+            password="pw",
+            group_size=12,
+            senders=4,
+            devices=2,
+            in_flight=4,
+            count=400,
+        )
+    else:
+        options = LoadOptions(
+            msg_servers=servers,
+            users=12,
+            password="pw",
+            duplex=True,
+            devices=2,
+            in_flight=4,
+            count=600,
+        )
+    report = run_load(options)
+    assert report.ok, report.text()

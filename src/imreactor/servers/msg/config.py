@@ -21,6 +21,11 @@ class MsgConfig:
     login_timeout_s: float = option(15.0, "close a connection not logged in after this long")
     client_timeout_s: float = option(120.0, "close a desktop client silent for this long")
     mobile_timeout_s: float = option(300.0, "close a mobile client silent for this long")
+    reorder_wait_s: float = option(
+        0.5,
+        "with route_servers: how long a relayed message may wait for a smaller msg_id of its"
+        " conversation before it is delivered anyway",
+    )
     group_cache_ttl_s: float = option(300.0, "refetch a cached group member list after this long")
     db_timeout_s: float = option(10.0, "give up on a db_proxy request after this long")
     msg_rate_per_s: float = option(50.0, "messages a connection may send per second (sustained)")

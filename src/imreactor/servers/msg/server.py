@@ -50,6 +50,7 @@ from ...pdu.registry import ids_of
 from ..links import Link, LinkSet, parse_address
 from .config import MsgConfig
 from .groups import GroupCache, GroupEntry
+from .ordering import Sequencer
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ class ClientConn(ImConnection):
         self._tokens = float(server.config.msg_burst)
         self._tokens_at = 0.0
         self._dropped = 0
+        #: Orders relayed messages; only with several msg_servers (one server is in order).
+        self.sequencer: Sequencer | None = (
+            Sequencer(server.loop, self.send, server.config.reorder_wait_s)
+            if server.config.route_servers
+            else None
+        )
 
     @property
     def logged_in(self) -> bool:
@@ -105,6 +112,8 @@ class ClientConn(ImConnection):
             self.conn.close()
 
     def on_closed(self, exc: BaseException | None) -> None:
+        if self.sequencer is not None:
+            self.sequencer.close()
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
@@ -538,31 +547,47 @@ class MsgServer:
                 return
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:
-                conn.send(
-                    msg_pb.IMMsgDataAck(
-                        user_id=rsp.from_user_id,
-                        session_id=rsp.to_session_id,
-                        msg_id=rsp.msg_id,
-                        session_type=base.SESSION_TYPE_GROUP
-                        if group is not None
-                        else base.SESSION_TYPE_SINGLE,
-                    ),
-                    seq,
+                ack = msg_pb.IMMsgDataAck(
+                    user_id=rsp.from_user_id,
+                    session_id=rsp.to_session_id,
+                    msg_id=rsp.msg_id,
+                    session_type=base.SESSION_TYPE_GROUP
+                    if group is not None
+                    else base.SESSION_TYPE_SINGLE,
                 )
+                if conn.sequencer is not None:
+                    conn.sequencer.acked(rsp, rsp.msg_id, lambda: conn.send(ack, seq))
+                else:
+                    conn.send(ack, seq)
             if group is None:
-                self._deliver(rsp, rsp.to_session_id, exclude=conn)
-                self._deliver(rsp, rsp.from_user_id, exclude=conn)
+                self._deliver_msg(rsp, rsp.to_session_id, exclude=conn)
+                self._deliver_msg(rsp, rsp.from_user_id, exclude=conn)
                 self._to_route(rsp)
             else:
                 members = sorted(group.members)
                 for uid in members:
-                    self._deliver(rsp, uid, exclude=conn)
+                    self._deliver_msg(rsp, uid, exclude=conn)
                 # route_server needs the members to find their servers; they travel
                 # in attach_data, the field servers own.
-                rsp.attach_data = struct.pack(f">{len(members)}I", *members)
-                self._to_route(rsp)
+                # A copy: ``rsp`` may still be waiting in a connection's sequencer.
+                relay = msg_pb.IMMsgData()
+                relay.CopyFrom(rsp)
+                relay.attach_data = struct.pack(f">{len(members)}I", *members)
+                self._to_route(relay)
 
         db.request(msg, stored, timeout_s=self.config.db_timeout_s, response=msg_pb.IMMsgData)
+
+    def _deliver_msg(self, msg: Any, user_id: int, exclude: ClientConn | None = None) -> None:
+        """Deliver an ``IMMsgData`` to the user's connections, in msg_id order per conversation."""
+        conns = self.users.get(user_id)
+        if conns is None:
+            return
+        for c in conns:
+            if c is not exclude:
+                if c.sequencer is not None:
+                    c.sequencer.deliver(msg)
+                else:
+                    c.send(msg)
 
     def _deliver(self, message: Message, user_id: int, exclude: ClientConn | None = None) -> None:
         conns = self.users.get(user_id)
@@ -728,11 +753,11 @@ class MsgServer:
             members = struct.unpack(f">{len(data) // 4}I", data[: len(data) // 4 * 4])
             msg.ClearField("attach_data")
             for uid in members:
-                self._deliver(msg, uid)
+                self._deliver_msg(msg, uid)
         else:
             msg.ClearField("attach_data")
-            self._deliver(msg, msg.to_session_id)
-            self._deliver(msg, msg.from_user_id)
+            self._deliver_msg(msg, msg.to_session_id)
+            self._deliver_msg(msg, msg.from_user_id)
 
     def _from_route_read_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
         self._deliver(msg, msg.user_id)
