@@ -41,6 +41,7 @@ from google.protobuf.message import Message
 
 from ..net import Backoff, Connection, EventLoop
 from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy
+from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_buddy_pb2 as buddy
 from ..pdu.proto import im_group_pb2 as group_pb
@@ -61,17 +62,6 @@ DEFAULT_RECONNECT_DELAYS_S: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 
 CATCH_UP_MAX_PER_SESSION = 1000
 #: Messages one history request asks for (the server's cap is 200).
 HISTORY_PAGE = 200
-#: Login results that mean "a server is not ready yet": reconnecting retries them.
-NOT_READY = frozenset(
-    {
-        base.REFUSE_REASON_NO_MSG_SERVER,
-        base.REFUSE_REASON_MSG_SERVER_FULL,
-        base.REFUSE_REASON_NO_DB_SERVER,
-        base.REFUSE_REASON_NO_LOGIN_SERVER,
-        base.REFUSE_REASON_NO_ROUTE_SERVER,
-    }
-)
-GROUP_MSG_TYPES = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
 
 SessionKey = tuple[int, int]
 """``(session_type, session_id)``: a peer user id for 1:1 sessions, a group id for groups."""

@@ -76,6 +76,7 @@ import httptools
 
 from ..net import Connection, ConnState, EventLoop, Protocol, Timer
 from ..pdu.imconn import CLIENT_SIDE, Keepalive
+from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
@@ -93,18 +94,6 @@ LOGIN_RETRY_DELAY_S = 0.2
 #: Closing at the end waits this long for the servers to close their side.
 SHUTDOWN_WAIT_S = 3.0
 MAX_PROBLEMS = 20
-#: msg_type values of group messages (their to_session_id is the group id).
-GROUP_MSG_TYPES = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
-#: Login results that mean "the server is not ready yet": retried.
-NOT_READY = frozenset(
-    {
-        base.REFUSE_REASON_NO_MSG_SERVER,
-        base.REFUSE_REASON_MSG_SERVER_FULL,
-        base.REFUSE_REASON_NO_DB_SERVER,
-        base.REFUSE_REASON_NO_LOGIN_SERVER,
-        base.REFUSE_REASON_NO_ROUTE_SERVER,
-    }
-)
 
 #: Error counters; any of them non-zero fails the run.
 ERROR_KINDS = (

@@ -21,18 +21,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ...pdu.kinds import GROUP_MSG_TYPES
+
 if TYPE_CHECKING:
     from ...net import EventLoop, Timer
 
 ConvKey = tuple[int, int, int]
 SINGLE = 1
 GROUP = 2
-_GROUP_TYPES = frozenset({0x11, 0x12})
 
 
 def conversation_of(msg: Any) -> ConvKey:
     """(kind, a, b): a 1:1 conversation is its two users in order, a group its id."""
-    if msg.msg_type in _GROUP_TYPES:
+    if msg.msg_type in GROUP_MSG_TYPES:
         return (GROUP, msg.to_session_id, 0)
     a, b = msg.from_user_id, msg.to_session_id
     return (SINGLE, a, b) if a < b else (SINGLE, b, a)

@@ -38,6 +38,7 @@ from ...pdu.imconn import (
     Keepalive,
     LinkPolicy,
 )
+from ...pdu.kinds import GROUP_MSG_TYPES, SINGLE_MSG_TYPES, is_mobile
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
 from ...pdu.proto import im_group_pb2 as group_pb
@@ -59,13 +60,7 @@ USER_ACTION_DEL = 2
 #: Undecodable or incomplete PDUs tolerated from a logged-in client before it is closed.
 MAX_BAD_PDUS = 10
 _ATTACH = struct.Struct(">III")
-GROUP_MSG_TYPES = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
-SINGLE_MSG_TYPES = frozenset({base.MSG_TYPE_SINGLE_TEXT, base.MSG_TYPE_SINGLE_AUDIO})
 _ATTACH_TYPE_HANDLE = 1
-
-
-def is_mobile(client_type: int) -> bool:
-    return bool(client_type & 0x10)
 
 
 class ClientConn(ImConnection):

@@ -58,6 +58,7 @@ from ...net import EventLoop, Server
 from ...pdu.framing import Frame
 from ...pdu.header import encode_pdu
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
+from ...pdu.kinds import GROUP_MSG_TYPES, is_mobile
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy_pb
 from ...pdu.proto import im_group_pb2 as group_pb
@@ -69,7 +70,6 @@ from .config import RouteConfig
 
 log = logging.getLogger(__name__)
 
-GROUP_MSG_TYPES: Final = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
 MOBILE_CLIENT_BIT: Final = 0x10
 _STAT_NOTIFY_IDS: Final = ids_of(buddy_pb.IMUserStatNotify)
 _SEQ_OFFSET: Final = 12  # where the header's u16 seq_num lives
@@ -77,11 +77,6 @@ _SEQ_OFFSET: Final = 12  # where the header's u16 seq_num lives
 L = TypeVar("L", bound=Hashable)
 
 _NO_HOSTS: Final[Mapping[Any, set[int]]] = {}
-
-
-def is_mobile(client_type: int) -> bool:
-    """The class of a client: mobile (0x1X) or desktop (below 0x10)."""
-    return bool(client_type & MOBILE_CLIENT_BIT)
 
 
 class Presence(Generic[L]):

@@ -1,0 +1,26 @@
+"""Facts about TeamTalk ids that several layers test: message kinds, client classes, refusals."""
+
+from __future__ import annotations
+
+from .proto import im_base_define_pb2 as base
+
+#: msg_type values of 1:1 messages (to_session_id is the peer's user id).
+SINGLE_MSG_TYPES = frozenset({base.MSG_TYPE_SINGLE_TEXT, base.MSG_TYPE_SINGLE_AUDIO})
+#: msg_type values of group messages (to_session_id is the group id).
+GROUP_MSG_TYPES = frozenset({base.MSG_TYPE_GROUP_TEXT, base.MSG_TYPE_GROUP_AUDIO})
+
+#: Login results that mean "a server is not ready yet" (worth retrying), not "refused".
+NOT_READY = frozenset(
+    {
+        base.REFUSE_REASON_NO_MSG_SERVER,
+        base.REFUSE_REASON_MSG_SERVER_FULL,
+        base.REFUSE_REASON_NO_DB_SERVER,
+        base.REFUSE_REASON_NO_LOGIN_SERVER,
+        base.REFUSE_REASON_NO_ROUTE_SERVER,
+    }
+)
+
+
+def is_mobile(client_type: int) -> bool:
+    """Mobile clients have bit 0x10 set; a user holds one desktop and one mobile connection."""
+    return bool(client_type & 0x10)
