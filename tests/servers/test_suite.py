@@ -162,3 +162,22 @@ def test_port_in_use_fails_the_start_clearly(tmp_path: Path) -> None:
         taken.close()
     assert proc.returncode != 0
     assert "login_server did not start" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["--msg-servers", "0"], "give 1..64"),
+        (["--http-port", "70000"], "is not a port"),
+        (["--db-port", "x"], "invalid"),
+    ],
+)
+def test_bad_options_are_refused(tmp_path: Path, args: list[str], expect: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imreactor", "up", "--data-dir", str(tmp_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+    assert not (tmp_path / "imreactor.db").exists()  # nothing was started or created

@@ -29,17 +29,31 @@ DEMO_PASSWORD = "imreactor"
 READY_TIMEOUT_S = 30.0
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1..65535)")
+    return port
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"{text}: give 1..64")
+    return n
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-dir", default="data", help="where the database and configs live")
     ap.add_argument("--host", default="127.0.0.1", help="address every server listens on")
-    ap.add_argument("--http-port", type=int, default=8080, help="login_server HTTP port")
-    ap.add_argument("--login-port", type=int, default=8100, help="login_server msg_server port")
-    ap.add_argument("--msg-port", type=int, default=8000, help="first msg_server's client port")
-    ap.add_argument("--db-port", type=int, default=10600, help="db_proxy_server port")
-    ap.add_argument("--route-port", type=int, default=8200, help="route_server port")
+    ap.add_argument("--http-port", type=_port, default=8080, help="login_server HTTP port")
+    ap.add_argument("--login-port", type=_port, default=8100, help="login_server msg_server port")
+    ap.add_argument("--msg-port", type=_port, default=8000, help="first msg_server's client port")
+    ap.add_argument("--db-port", type=_port, default=10600, help="db_proxy_server port")
+    ap.add_argument("--route-port", type=_port, default=8200, help="route_server port")
     ap.add_argument(
         "--msg-servers",
-        type=int,
+        type=_count,
         default=1,
         help="msg_servers to run (more than 1 adds a route_server; ports from --msg-port up)",
     )
