@@ -153,3 +153,11 @@ def test_golden_message_data() -> None:
         7,
     )
     assert im_message_pb2.IMMsgData.FromString(pdu[HEADER_LEN:]) == message
+
+
+def test_routing_view_of_the_header_matches_the_full_one() -> None:
+    from imreactor.pdu.header import HEADER, HEADER_ROUTING
+
+    raw = HEADER.pack(80, 13, 7, 3, 0x0301, 4242, 0x30)
+    assert HEADER_ROUTING.size == HEADER.size == 16
+    assert HEADER_ROUTING.unpack(raw) == (80, 3, 0x0301, 4242)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 
 from ..net.connection import CONNECTED, Connection, Protocol
-from .header import DEFAULT_MAX_PDU_BYTES, HEADER, HEADER_LEN
+from .header import DEFAULT_MAX_PDU_BYTES, HEADER_LEN, HEADER_ROUTING
 
 log = logging.getLogger(__name__)
 
-_unpack_from = HEADER.unpack_from
+# Only the fields framing needs: fewer values to build and unpack for every PDU.
+_unpack_from = HEADER_ROUTING.unpack_from
 
 Frame = bytes | bytearray
 
@@ -78,8 +79,9 @@ class FrameProtocol(Protocol):
         deliver = self.frame_received
         conn = self.conn
         connected = CONNECTED
-        while size - offset >= HEADER_LEN:
-            length, _, _, service_id, command_id, seq, _ = _unpack_from(view, offset)
+        last_header = size - HEADER_LEN
+        while offset <= last_header:
+            length, service_id, command_id, seq = _unpack_from(view, offset)
             if length < HEADER_LEN or length > limit:
                 self._buf = None
                 self.frame_error(FrameError(f"PDU length {length} outside {HEADER_LEN}..{limit}"))

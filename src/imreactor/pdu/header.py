@@ -17,6 +17,8 @@ import struct
 from typing import NamedTuple
 
 HEADER = struct.Struct(">IHHHHHH")
+#: The same 16 bytes, skipping version, flag and reserved: what framing reads of every PDU.
+HEADER_ROUTING = struct.Struct(">I4xHHH2x")
 HEADER_LEN = 16
 PDU_VERSION = 1
 #: Default limit on one PDU, header included. Large enough for a group's member
