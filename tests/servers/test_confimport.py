@@ -19,6 +19,7 @@ import pytest
 
 from imreactor.client import Client, ClientError
 from imreactor.config import load
+from imreactor.net import parse_address
 from imreactor.servers.confimport import (
     ROLES,
     ConfImportError,
@@ -27,7 +28,6 @@ from imreactor.servers.confimport import (
     render,
 )
 from imreactor.servers.dbproxy.config import DbProxyConfig
-from imreactor.servers.links import parse_address
 from imreactor.servers.login.config import LoginConfig
 from imreactor.servers.msg.config import MsgConfig
 from imreactor.servers.route.config import RouteConfig

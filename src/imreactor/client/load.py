@@ -75,6 +75,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ..net import Connection, ConnState, EventLoop, Protocol, Timer
+from ..net.connection import parse_address
 from ..pdu.imconn import CLIENT_SIDE, Keepalive
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.proto import im_base_define_pb2 as base
@@ -185,7 +186,7 @@ class LoadOptions:
             if self.msg_server is not None or self.echo is not None:
                 raise ValueError("--msg-servers excludes --msg-server and --echo")
             for entry in self.msg_servers:
-                _address(entry, 8000)
+                parse_address(entry, 8000)
         if self.devices not in (1, 2):
             raise ValueError("--devices must be 1 or 2")
         if not 1 <= self.in_flight <= 60000:
@@ -418,13 +419,6 @@ class _Sent:
         self.expected: tuple[int, ...] = ()
 
 
-def _address(text: str, default_port: int) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        return text, default_port
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 class _MsgServerQuery(Protocol):
     """``GET /msg_server`` on login_server; ``done(answer, error)`` runs exactly once.
 
@@ -527,13 +521,13 @@ class LoadRun:
         self._direct: list[tuple[str, int]] = []
         self._target = ("", 0)
         if options.echo is not None:
-            self._direct = [_address(options.echo, 7000)]
+            self._direct = [parse_address(options.echo, 7000)]
             self._target_text = f"echo {options.echo}"
         elif options.msg_server is not None:
-            self._direct = [_address(options.msg_server, 8000)]
+            self._direct = [parse_address(options.msg_server, 8000)]
             self._target_text = f"msg_server {options.msg_server}"
         elif options.msg_servers is not None:
-            self._direct = [_address(entry, 8000) for entry in options.msg_servers]
+            self._direct = [parse_address(entry, 8000) for entry in options.msg_servers]
             self._target_text = f"msg_servers {','.join(options.msg_servers)} (round-robin)"
         else:
             url = urlsplit(options.login_url)

@@ -19,6 +19,7 @@ from .connection import (
     PeerTooSlow,
     Protocol,
     connect,
+    parse_address,
 )
 from .connector import Backoff, Connector
 from .loop import EventLoop, LoopCallback
@@ -45,4 +46,5 @@ __all__ = [
     "bind_sockets",
     "connect",
     "listen",
+    "parse_address",
 ]

@@ -603,6 +603,24 @@ def check_port(port: int) -> None:
         raise ValueError(f"port {port} is outside 0..65535")
 
 
+def parse_address(text: str, default_port: int) -> tuple[str, int]:
+    """``"host:port"``, ``"host"``, ``"[v6]:port"`` or a bare IPv6 address → ``(host, port)``.
+
+    Raises ``ValueError`` for a port that is not a number in 0..65535.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:  # a host name, an IPv4 address, or an IPv6 address without a port
+        host, port = text, ""
+    number = int(port) if port else default_port
+    check_port(number)
+    return host, number
+
+
 def connect(
     loop: EventLoop,
     host: str,

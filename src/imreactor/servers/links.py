@@ -19,19 +19,6 @@ from ..pdu.imconn import SERVER_LINK, Dispatcher, ImConnection, Keepalive, LinkP
 log = logging.getLogger(__name__)
 
 
-def parse_address(text: str, default_port: int) -> tuple[str, int]:
-    """``"host:port"``, ``"host"`` or ``"[v6]:port"`` → ``(host, port)``."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest.lstrip(":")
-        return host, int(port) if port else default_port
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, default_port
-
-
 class Link(ImConnection):
     """One server-to-server link; tells its :class:`LinkSet` when it goes up or down."""
 

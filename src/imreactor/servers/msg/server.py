@@ -32,6 +32,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from ...net import ConnState, EventLoop, Server, Timer
+from ...net.connection import parse_address
 from ...pdu.imconn import (
     Dispatcher,
     ImConnection,
@@ -48,7 +49,7 @@ from ...pdu.proto import im_other_pb2 as other_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ...pdu.proto import im_switch_service_pb2 as switch_pb
 from ...pdu.registry import ids_of
-from ..links import Link, LinkSet, parse_address
+from ..links import Link, LinkSet
 from .config import MsgConfig
 from .groups import GroupCache, GroupEntry
 from .ordering import Sequencer
