@@ -145,6 +145,7 @@ class ClientConn(ImConnection):
         return False
 
 
+_MSG_DATA_IDS = ids_of(msg_pb.IMMsgData)  # for bad_pdu reports, not looked up per message
 _BEFORE_LOGIN = frozenset({ids_of(login_pb.IMLoginReq)[1], ids_of(other_pb.IMHeartBeat)[1]})
 
 
@@ -505,7 +506,7 @@ class MsgServer:
                 log.warning("%r: keeps flooding; closing", conn.conn)
                 conn.conn.abort()
             return
-        sid, cid = ids_of(msg)
+        sid, cid = _MSG_DATA_IDS
         if msg.to_session_id == 0:
             conn.bad_pdu(sid, cid, seq, "to_session_id 0")
             return
