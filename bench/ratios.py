@@ -25,6 +25,7 @@ LABELS = {
     "f": "gevent",
     "g": "lean selectors",
     "h": "C epoll",
+    "floor": "pure-Python floor",
 }
 SCENARIOS = {
     "s1": "1 conn ping-pong",

@@ -24,6 +24,7 @@ from .helpers import (
     Recorder,
     RunUntil,
     client,
+    recv_exactly,
     recv_until_eof,
     refused_port,
     reset,
@@ -516,3 +517,88 @@ def test_econnrefused_is_an_oserror_with_errno(loop: EventLoop, run_until: RunUn
         run_until(lambda: proto.failed)
     exc = proto.failed[0]
     assert isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED
+
+
+# -- output collected during an iteration, flushed at its end --------------------------------
+
+
+def _nothing_to_read(sock: socket.socket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
+
+
+def test_writes_of_an_iteration_are_sent_together_when_it_ends(
+    loop: EventLoop, run_until: RunUntil
+) -> None:
+    accepted = Collect(Recorder)
+    server = loop.listen("127.0.0.1", 0, accepted)
+    seen: list[tuple[bool, int]] = []
+    with client(server.port) as cli:
+        run_until(lambda: len(accepted) == 1)
+        conn = accepted.made[0].connection()
+
+        def from_a_callback() -> None:
+            conn.write(b"one,")
+            conn.write(bytearray(b"two,"))
+            conn.writelines([b"three,", b"four"])
+            seen.append((_nothing_to_read(cli), conn.write_buffer_size))
+
+        loop.call_later(0, from_a_callback)
+        run_until(lambda: seen)
+        assert seen == [(True, 18)], "collected, counted, and not yet on the wire"
+        assert recv_exactly(cli, 18) == b"one,two,three,four"
+        assert conn.write_buffer_size == 0
+
+
+def test_writes_outside_an_iteration_are_sent_at_once(loop: EventLoop, run_until: RunUntil) -> None:
+    accepted = Collect(Recorder)
+    server = loop.listen("127.0.0.1", 0, accepted)
+    with client(server.port) as cli:
+        run_until(lambda: len(accepted) == 1)
+        accepted.made[0].connection().write(b"now")
+        cli.settimeout(2.0)
+        assert cli.recv(16) == b"now", "sent by write() itself, with no loop iteration"
+
+
+class RelayToLast(Recorder):
+    """Writes what it receives to the connection accepted after it."""
+
+    peers: list[Connection]
+
+    def connection_made(self, conn: Connection) -> None:
+        super().connection_made(conn)
+        self.peers.append(conn)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self.peers[-1].write(b"relayed:" + data)
+
+
+def test_output_collected_for_a_peer_is_sent_before_its_eof_closes_it(
+    loop: EventLoop, run_until: RunUntil
+) -> None:
+    # A's data and B's EOF are dispatched in one iteration, A first: B's EOF must
+    # not close B before what A's handler wrote to B (collected, not yet sent) is out.
+    peers: list[Connection] = []
+
+    def make() -> RelayToLast:
+        proto = RelayToLast()
+        proto.peers = peers
+        return proto
+
+    accepted = Collect(make)
+    server = loop.listen("127.0.0.1", 0, accepted)
+    with client(server.port) as a:
+        run_until(lambda: len(accepted) == 1)
+        with client(server.port) as b:
+            run_until(lambda: len(accepted) == 2)
+            a.sendall(b"hi")
+            b.shutdown(socket.SHUT_WR)
+            events: list[tuple[int, int]] = []
+            deadline = DEADLINE_S
+            while len(events) < 2 and deadline > 0:  # both ready before the loop looks
+                events = loop.poller.poll(0.01)
+                deadline -= 0.01
+            run_until(lambda: accepted.made[1].lost)
+            assert accepted.made[0].data_calls == 1
+            assert recv_until_eof(b) == b"relayed:hi"

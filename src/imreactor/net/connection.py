@@ -20,11 +20,16 @@ Protocol call order (the contract every protocol may rely on):
   callback (never from inside ``write`` or ``close``), with ``None`` for an
   orderly close and the exception otherwise.
 
-Writes go out at once; only what the kernel does not take is queued, and only
-then is writability watched (level-triggered, so the fd is not woken for
-nothing). Writes made while the connection's own ``data_received`` runs are
-joined and sent with one ``send`` when it returns: a pipelining client then
-costs one syscall per read instead of one per reply.
+Writes made while the loop runs an iteration (from any handler, timer or
+callback) are collected per connection and sent with one ``send`` at the end of
+that iteration, before the loop polls again (see :mod:`imreactor.net.loop`): a
+pipelining client then costs one syscall per read instead of one per reply,
+and everything one peer is given in an iteration travels together. Writes made
+outside an iteration are sent at once. Either way, only what the kernel does
+not take is queued, and only then is writability watched (level-triggered, so
+the fd is not woken for nothing). Flow control (water marks, ``max_buffer``)
+applies to that queue, so a producer sees ``pause_writing`` once the iteration
+that produced the output has flushed it.
 """
 
 from __future__ import annotations
@@ -176,7 +181,7 @@ class Connection:
         self.state = IDLE
         #: True once the connection reached CONNECTED (stays True after it closes).
         self.established = False
-        self._out: list[Buffer] | None = None  # replies batched during data_received
+        self._out: list[Buffer] | None = None  # output collected during this loop iteration
         self._wbuf: bytearray | None = None  # output the kernel did not take yet
         self._events = 0
         self._paused = False
@@ -214,8 +219,9 @@ class Connection:
 
     @property
     def write_buffer_size(self) -> int:
-        """Bytes queued and not yet taken by the kernel."""
-        return len(self._wbuf) if self._wbuf is not None else 0
+        """Bytes written and not yet taken by the kernel (collected or queued)."""
+        collected = sum(map(len, self._out)) if self._out else 0
+        return collected + (len(self._wbuf) if self._wbuf is not None else 0)
 
     @property
     def writing_paused(self) -> bool:
@@ -338,18 +344,15 @@ class Connection:
         if not data:
             self._eof()
             return
-        out: list[Buffer] = []
-        self._out = out
-        try:
-            self.protocol.data_received(data)
-        finally:
-            self._out = None
-        if out:
-            self._send(out[0] if len(out) == 1 else b"".join(out))
+        self.protocol.data_received(data)
 
     def _eof(self) -> None:
-        # The peer will send nothing more. What we still have queued goes out
-        # first; nothing can be read after EOF, so no lingering is needed.
+        # The peer will send nothing more. What we still have collected or queued
+        # goes out first; nothing can be read after EOF, so no lingering is needed.
+        if self._out:
+            self._flush_collected()
+            if self._sock is None:
+                return
         if self._wbuf:
             self.state = CLOSING
             self._set_events(WRITABLE)
@@ -389,24 +392,37 @@ class Connection:
     # -- writing ----------------------------------------------------------------------------
 
     def write(self, data: Buffer) -> None:
-        """Send ``data``: now as far as the kernel takes it, the rest queued in order.
+        """Send ``data`` in order with everything written before.
 
-        Inside this connection's own ``data_received`` the write is deferred to
-        the end of that callback and joined with the others. While CONNECTING the
-        data is queued and sent once connected. After ``close()``/``abort()`` it
-        is dropped. Never raises for I/O errors: they close the connection.
+        While the loop runs an iteration, ``data`` is collected and sent with the
+        connection's other output of that iteration when it ends; outside one it
+        is sent at once. Either way, what the kernel does not take is queued.
+        While CONNECTING the data is queued and sent once connected. After
+        ``close()``/``abort()`` it is dropped. A mutable buffer is copied, so the
+        caller may reuse it at once. Never raises for I/O errors: they close the
+        connection.
         """
         out = self._out
         if out is not None:
-            # Batched until data_received returns: a mutable buffer is copied now, so
-            # the caller may reuse it at once (as it may after an immediate send).
             out.append(data if data.__class__ is bytes else bytes(data))
             return
         state = self.state
         if state is CONNECTED:
-            self._send(data)
+            loop = self._loop
+            if loop._collecting:
+                self._out = [data if data.__class__ is bytes else bytes(data)]
+                loop._flush_list.append(self)
+            else:
+                self._send(data)
         elif state is CONNECTING:
             self._queue(data)
+
+    def _flush_collected(self) -> None:
+        """Send the output collected during this iteration (the loop's flush step)."""
+        out = self._out
+        if out:
+            self._out = None
+            self._send(out[0] if len(out) == 1 else b"".join(out))
 
     def writelines(self, chunks: list[Buffer]) -> None:
         """Write several buffers with one send."""
@@ -492,14 +508,8 @@ class Connection:
         if state is not CONNECTED:
             self._close_now(None)
             return
-        out = self._out
-        # Inside data_received: later writes of that callback must be dropped, not
-        # batched (they would go out after our FIN and fail with EPIPE).
-        self._out = None
-        if out:  # replies batched by the data_received that is closing us
-            data = b"".join(out)
-            out.clear()  # handle_read must not send them a second time
-            self._send(data)
+        if self._out:  # output collected in this iteration goes out before our FIN
+            self._flush_collected()
             if self._sock is None:
                 return
         self.state = CLOSING
@@ -562,10 +572,7 @@ class Connection:
 
     def _release(self) -> None:
         self.state = CLOSED
-        if self._out:
-            # Aborted inside its own data_received: the batched replies die with it.
-            self._out.clear()
-        self._out = None
+        self._out = None  # output collected in this iteration dies with the connection
         self._wbuf = None
         if self._timer is not None:
             self._timer.cancel()

@@ -8,7 +8,19 @@ Iteration order (written down once, relied on by everything above):
 3. run the timers that are due;
 4. run the callbacks that were ready when this step began (``call_soon``,
    ``call_soon_threadsafe``);
-5. run the per-iteration loop callbacks (the original's ``add_loop``).
+5. run the per-iteration loop callbacks (the original's ``add_loop``);
+6. flush: send the output that connections were given during steps 2 to 5.
+
+Step 6 is the "flush before sleep" of redis's ``beforeSleep``: while an
+iteration runs, :meth:`Connection.write <imreactor.net.connection.Connection.write>`
+only collects, and each connection that was written to gets one ``send`` for
+everything it was given, after the iteration's work and before the next poll.
+Replies to a pipelined read, deliveries from other connections and timer
+output to one peer travel together; and the replies to a batch of readiness
+events go out in a burst, so a peer that is waiting for several of them is
+woken once rather than once per reply (measurably less kernel time per
+message: docs/performance.md). Writes made outside an iteration (before
+``run``) are sent at once.
 
 An exception escaping a handler is logged and passed to that handler's
 ``handle_error`` (which closes that connection); an exception in a timer or a
@@ -136,6 +148,10 @@ class EventLoop:
         # of that batch for the same fd number belong to the closed socket (the number
         # may already be reused by a new one) and are dropped.
         self._stale: set[int] = set()
+        # Connections given output during this iteration, flushed at its end (step 6).
+        # ``_collecting`` is True while an iteration runs handlers and callbacks.
+        self._collecting = False
+        self._flush_list: list[Connection] = []
         self._timers = TimerQueue()
         self._ready: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             collections.deque()
@@ -346,27 +362,41 @@ class EventLoop:
             events = self.poller.poll(timeout)
         except InterruptedError:
             events = []
-        if events:
-            self._dispatch(events)
-        heap = self._timers._heap
-        if heap:
-            now = self.time()
-            if heap[0][0] <= now:
-                self._timers.run_due(now)
-        ready = self._ready
-        if ready:
-            for _ in range(len(ready)):
-                callback, args = ready.popleft()
-                try:
-                    callback(*args)
-                except Exception:
-                    log.exception("callback %r failed", callback)
-        if self._loop_callbacks:
-            for entry in tuple(self._loop_callbacks):
-                try:
-                    entry.callback(*entry.args)
-                except Exception:
-                    log.exception("loop callback %r failed", entry.callback)
+        self._collecting = True
+        try:
+            if events:
+                self._dispatch(events)
+            heap = self._timers._heap
+            if heap:
+                now = self.time()
+                if heap[0][0] <= now:
+                    self._timers.run_due(now)
+            ready = self._ready
+            if ready:
+                for _ in range(len(ready)):
+                    callback, args = ready.popleft()
+                    try:
+                        callback(*args)
+                    except Exception:
+                        log.exception("callback %r failed", callback)
+            if self._loop_callbacks:
+                for entry in tuple(self._loop_callbacks):
+                    try:
+                        entry.callback(*entry.args)
+                    except Exception:
+                        log.exception("loop callback %r failed", entry.callback)
+        finally:
+            self._collecting = False
+            if self._flush_list:
+                self._flush()
+
+    def _flush(self) -> None:
+        # Step 6. Writes made from here on (a pause_writing callback, say) go out
+        # at once, since _collecting is False.
+        conns = self._flush_list
+        self._flush_list = []
+        for conn in conns:
+            conn._flush_collected()
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         get = self._handlers.get
