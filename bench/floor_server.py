@@ -93,9 +93,12 @@ def serve(port: int, reuseport: bool) -> None:
             elif offset < size:
                 pending += memoryview(data)[offset:]
             if out:
-                # Blocking semantics are not modelled: with at most 16 small frames in
-                # flight per connection, the kernel always takes a whole reply.
-                send(out[0] if len(out) == 1 else b"".join(out))
+                # A partial send is not handled: with at most 16 small frames in flight
+                # per connection, the kernel always takes a whole reply.
+                try:
+                    send(out[0] if len(out) == 1 else b"".join(out))
+                except OSError:  # reset by the peer: its EOF comes next
+                    pass
 
 
 def main() -> None:

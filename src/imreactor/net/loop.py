@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from .acceptor import Server
     from .connection import Connection
 
+from .connection import flush_collected
 from .poller import ERROR, READABLE, WRITABLE, Poller, make_poller
 from .timers import Timer, TimerQueue
 
@@ -395,8 +396,7 @@ class EventLoop:
         # at once, since _collecting is False.
         conns = self._flush_list
         self._flush_list = []
-        for conn in conns:
-            conn._flush_collected()
+        flush_collected(conns)
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         get = self._handlers.get
