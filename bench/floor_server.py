@@ -7,6 +7,11 @@ everything a real reactor adds is left out. Whatever this scores is the
 ceiling for any pure-Python server on this interpreter and kernel; the gap
 between it and imreactor's echo server is all the reactor costs.
 
+``--flush-per-iteration`` holds every reply until all the events of one
+``epoll_wait`` are handled, then sends them: the "flush before sleep" that
+imreactor's loop does, measured without anything else of a reactor
+(``bench/cpu_split.py --servers floor,floor-flush``).
+
 Peer-benchmark contract (``../shared/bench``): ``--port``, ``--reuseport``,
 prints ``READY`` once listening, dies on SIGTERM. Run by ``bench/echo.sh
 --with-floor``.
@@ -32,7 +37,7 @@ READ_SIZE = 65536
 _Conn = tuple[socket.socket, Callable[[int], bytes], Callable[[bytes | bytearray], int], bytearray]
 
 
-def serve(port: int, reuseport: bool) -> None:
+def serve(port: int, reuseport: bool, flush_per_iteration: bool) -> None:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuseport:
@@ -47,7 +52,14 @@ def serve(port: int, reuseport: bool) -> None:
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     poll = ep.poll
+    held: list[tuple[Callable[[bytes | bytearray], int], bytes | bytearray]] = []
     while True:
+        for send, reply in held:
+            try:
+                send(reply)
+            except OSError:
+                pass
+        held.clear()
         for fd, _mask in poll():
             if fd == listen_fd:
                 while True:
@@ -95,8 +107,12 @@ def serve(port: int, reuseport: bool) -> None:
             if out:
                 # A partial send is not handled: with at most 16 small frames in flight
                 # per connection, the kernel always takes a whole reply.
+                reply = out[0] if len(out) == 1 else b"".join(out)
+                if flush_per_iteration:
+                    held.append((send, reply))
+                    continue
                 try:
-                    send(out[0] if len(out) == 1 else b"".join(out))
+                    send(reply)
                 except OSError:  # reset by the peer: its EOF comes next
                     pass
 
@@ -105,10 +121,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--reuseport", action="store_true")
+    ap.add_argument("--flush-per-iteration", action="store_true", help="send after each poll")
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    serve(args.port, args.reuseport)
+    serve(args.port, args.reuseport, args.flush_per_iteration)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Output and flow control on every backend: an 8 MiB write to a slow reader arrives intact
-with the unsent part queued, paired pause_writing/resume_writing at the water marks, the
+with the unsent part queued, paired pause_writing/resume_writing at the water marks, a
+producer that writes until paused inside a callback paused there, the
 max_buffer cap aborting a peer that does not read (PeerTooSlow) while another connection
 keeps working, graceful close flushing queued output before the FIN, and abort dropping it."""
 
@@ -108,6 +109,28 @@ def test_water_marks_pause_and_resume_in_pairs(loop: EventLoop, run_until: RunUn
             assert queued > flow.high_water
         else:
             assert queued <= flow.low_water
+
+
+def test_a_producer_writing_until_paused_is_paused_within_its_callback(
+    loop: EventLoop, run_until: RunUntil
+) -> None:
+    # Sender writes in a loop until writing_paused, inside connection_made (an
+    # iteration): output collected for the end of the iteration must still reach
+    # the queue at the high water mark, or 4 MiB would pile up past max_buffer.
+    flow = FlowControl(high_water=64 * 1024, max_buffer=1 * MiB)
+    data = PAYLOAD[: 4 * MiB]
+    senders = Collect(lambda: Sender(data, 16 * 1024))
+    server = loop.listen("127.0.0.1", 0, senders, flow=flow)
+    with small_buffers_client(server.port) as sock:
+        reader = SlowReader(sock)
+        reader.start()
+        run_until(lambda: reader.done.is_set(), timeout_s=30)
+    sender = senders.made[0]
+    assert sender.lost == [] or sender.lost == [None], f"aborted: {sender.lost}"
+    assert reader.data == data
+    assert 0 < sender.queued_after_first_write <= flow.high_water, "first write collected"
+    assert sender.marks and sender.marks[0][0] == "pause"
+    assert sender.marks[0][1] <= flow.high_water + 16 * 1024, "paused at the mark, not later"
 
 
 class Flooder(Recorder):

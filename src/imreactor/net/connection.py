@@ -27,9 +27,9 @@ pipelining client then costs one syscall per read instead of one per reply,
 and everything one peer is given in an iteration travels together. Writes made
 outside an iteration are sent at once. Either way, only what the kernel does
 not take is queued, and only then is writability watched (level-triggered, so
-the fd is not woken for nothing). Flow control (water marks, ``max_buffer``)
-applies to that queue, so a producer sees ``pause_writing`` once the iteration
-that produced the output has flushed it.
+the fd is not woken for nothing). Collected output is sent early once
+it passes the high water mark, so flow control (water marks, ``max_buffer``)
+sees a producer's output while the producer is still writing.
 """
 
 from __future__ import annotations
@@ -156,6 +156,7 @@ class Connection:
         "_fd",
         "_loop",
         "_out",
+        "_out_room",
         "_paused",
         "_sock",
         "_timer",
@@ -182,6 +183,7 @@ class Connection:
         #: True once the connection reached CONNECTED (stays True after it closes).
         self.established = False
         self._out: list[Buffer] | None = None  # output collected during this loop iteration
+        self._out_room = 0  # bytes more it may collect before it is sent early
         self._wbuf: bytearray | None = None  # output the kernel did not take yet
         self._events = 0
         self._paused = False
@@ -395,8 +397,10 @@ class Connection:
         """Send ``data`` in order with everything written before.
 
         While the loop runs an iteration, ``data`` is collected and sent with the
-        connection's other output of that iteration when it ends; outside one it
-        is sent at once. Either way, what the kernel does not take is queued.
+        connection's other output of that iteration when it ends (or as soon as
+        the collected bytes pass ``flow.high_water``); outside an iteration it is
+        sent at once. Either way, what the kernel does not take is queued, and
+        ``pause_writing`` follows from the queue.
         While CONNECTING the data is queued and sent once connected. After
         ``close()``/``abort()`` it is dropped. A mutable buffer is copied, so the
         caller may reuse it at once. Never raises for I/O errors: they close the
@@ -405,13 +409,27 @@ class Connection:
         out = self._out
         if out is not None:
             out.append(data if data.__class__ is bytes else bytes(data))
+            room = self._out_room - len(data)
+            self._out_room = room
+            if room < 0:
+                self._flush_collected()
             return
         state = self.state
         if state is CONNECTED:
+            if self._wbuf is not None:
+                self._queue(data)  # behind what is waiting; flow control sees it now
+                return
             loop = self._loop
             if loop._collecting:
                 self._out = [data if data.__class__ is bytes else bytes(data)]
                 loop._flush_list.append(self)
+                # Past the high water mark, collected output is sent at once, so that
+                # a producer writing in a loop until pause_writing (asyncio's pattern)
+                # is paused inside that loop rather than never.
+                room = self.flow.high_water - len(data)
+                self._out_room = room
+                if room < 0:
+                    self._flush_collected()
             else:
                 self._out = [data]
                 flush_collected((self,))

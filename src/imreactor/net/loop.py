@@ -15,11 +15,11 @@ Step 6 is the "flush before sleep" of redis's ``beforeSleep``: while an
 iteration runs, :meth:`Connection.write <imreactor.net.connection.Connection.write>`
 only collects, and each connection that was written to gets one ``send`` for
 everything it was given, after the iteration's work and before the next poll.
-Replies to a pipelined read, deliveries from other connections and timer
-output to one peer travel together; and the replies to a batch of readiness
-events go out in a burst, so a peer that is waiting for several of them is
-woken once rather than once per reply (measurably less kernel time per
-message: docs/performance.md). Writes made outside an iteration (before
+Replies to a pipelined read, the deliveries several senders make to one
+recipient, and timer output to one peer travel together: one system call
+where there would be one per write. A connection's collected output is sent
+early once it passes the connection's high water mark, so flow control keeps
+working inside a long callback. Writes made outside an iteration (before
 ``run``) are sent at once.
 
 An exception escaping a handler is logged and passed to that handler's

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -174,7 +175,7 @@ class SQLiteStorage(SqlStorage):
             check_same_thread=False,
         )
         try:
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._switch_to_wal(conn)
             if str(mode).lower() != "wal":
                 raise StorageError(f"sqlite {self.path}: cannot use WAL (journal mode {mode})")
             conn.execute("PRAGMA synchronous = FULL")
@@ -183,6 +184,24 @@ class SQLiteStorage(SqlStorage):
             conn.close()
             raise
         return conn
+
+    def _switch_to_wal(self, conn: sqlite3.Connection) -> Any:
+        """``PRAGMA journal_mode = WAL``, retried while another connection races for it.
+
+        Switching a new file to WAL needs an exclusive lock. When two connections
+        that both hold a shared lock want it, SQLite answers BUSY at once instead of
+        calling the busy handler (waiting could deadlock), so the loser retries here,
+        for at most ``busy_timeout_s``.
+        """
+        deadline = time.monotonic() + self._busy_timeout_s
+        while True:
+            try:
+                return conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                busy = (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
