@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -74,15 +75,25 @@ class Sender(Recorder):
         self.produce()
 
 
-def test_a_large_write_reaches_a_slow_reader_intact(loop: EventLoop, run_until: RunUntil) -> None:
-    senders = Collect(lambda: Sender(PAYLOAD, len(PAYLOAD)))
-    server = loop.listen("127.0.0.1", 0, senders)
+def _through_a_slow_reader(
+    loop: EventLoop,
+    run_until: RunUntil,
+    make_sender: Callable[[], Sender],
+    flow: FlowControl | None = None,
+) -> tuple[SlowReader, Sender]:
+    """Serve one connection with ``make_sender()`` to a small-buffered reader until EOF."""
+    senders = Collect(make_sender)
+    server = loop.listen("127.0.0.1", 0, senders, flow=flow or FlowControl())
     with small_buffers_client(server.port) as sock:
         reader = SlowReader(sock)
         reader.start()
         run_until(lambda: reader.done.is_set(), timeout_s=30, what="the reader got EOF")
-        assert reader.error is None
-    sender = senders.made[0]
+    return reader, senders.made[0]
+
+
+def test_a_large_write_reaches_a_slow_reader_intact(loop: EventLoop, run_until: RunUntil) -> None:
+    reader, sender = _through_a_slow_reader(loop, run_until, lambda: Sender(PAYLOAD, len(PAYLOAD)))
+    assert reader.error is None
     assert sender.queued_after_first_write > 0, "the kernel took all 8 MiB at once?"
     assert len(reader.data) == len(PAYLOAD)
     assert hashlib.sha256(reader.data).digest() == hashlib.sha256(PAYLOAD).digest()
@@ -93,14 +104,9 @@ def test_a_large_write_reaches_a_slow_reader_intact(loop: EventLoop, run_until: 
 def test_water_marks_pause_and_resume_in_pairs(loop: EventLoop, run_until: RunUntil) -> None:
     flow = FlowControl(high_water=256 * 1024, low_water=64 * 1024)
     data = PAYLOAD[: 4 * MiB]
-    senders = Collect(lambda: Sender(data, 48 * 1024))
-    server = loop.listen("127.0.0.1", 0, senders, flow=flow)
-    with small_buffers_client(server.port) as sock:
-        reader = SlowReader(sock)
-        reader.start()
-        run_until(lambda: reader.done.is_set(), timeout_s=30)
+    reader, sender = _through_a_slow_reader(loop, run_until, lambda: Sender(data, 48 * 1024), flow)
     assert reader.data == data
-    marks = senders.made[0].marks
+    marks = sender.marks
     kinds = [kind for kind, _ in marks]
     assert kinds, "4 MiB through a 256 KiB high water mark never paused"
     assert kinds == ["pause", "resume"] * (len(kinds) // 2), f"not in pairs: {kinds}"
@@ -119,13 +125,7 @@ def test_a_producer_writing_until_paused_is_paused_within_its_callback(
     # the queue at the high water mark, or 4 MiB would pile up past max_buffer.
     flow = FlowControl(high_water=64 * 1024, max_buffer=1 * MiB)
     data = PAYLOAD[: 4 * MiB]
-    senders = Collect(lambda: Sender(data, 16 * 1024))
-    server = loop.listen("127.0.0.1", 0, senders, flow=flow)
-    with small_buffers_client(server.port) as sock:
-        reader = SlowReader(sock)
-        reader.start()
-        run_until(lambda: reader.done.is_set(), timeout_s=30)
-    sender = senders.made[0]
+    reader, sender = _through_a_slow_reader(loop, run_until, lambda: Sender(data, 16 * 1024), flow)
     assert sender.lost == [] or sender.lost == [None], f"aborted: {sender.lost}"
     assert reader.data == data
     assert 0 < sender.queued_after_first_write <= flow.high_water, "first write collected"
