@@ -406,9 +406,11 @@ class Connection:
         caller may reuse it at once. Never raises for I/O errors: they close the
         connection.
         """
+        if data.__class__ is not bytes:
+            data = bytes(data)  # the caller may reuse its buffer; len() counts bytes
         out = self._out
         if out is not None:
-            out.append(data if data.__class__ is bytes else bytes(data))
+            out.append(data)
             room = self._out_room - len(data)
             self._out_room = room
             if room < 0:
@@ -421,7 +423,7 @@ class Connection:
                 return
             loop = self._loop
             if loop._collecting:
-                self._out = [data if data.__class__ is bytes else bytes(data)]
+                self._out = [data]
                 loop._flush_list.append(self)
                 # Past the high water mark, collected output is sent at once, so that
                 # a producer writing in a loop until pause_writing (asyncio's pattern)
