@@ -46,6 +46,18 @@ SID_OTHER = 0x0007
 CID_OTHER_HEARTBEAT = 0x0701
 HEARTBEAT_PDU = encode_pdu(SID_OTHER, CID_OTHER_HEARTBEAT, 0)
 
+
+def encode_message(message: Message, seq: int = 0, *, partial: bool = False) -> bytes:
+    """``message`` as one whole PDU, with the ids the registry gives its class.
+
+    Encode once and :meth:`ImConnection.send_frame` the result to send one message
+    to many connections. ``partial=True`` skips the required-field check (relays).
+    """
+    service_id, command_id = ids_of(message)
+    body = message.SerializePartialToString() if partial else message.SerializeToString()
+    return encode_pdu(service_id, command_id, seq, body)
+
+
 Handler = Callable[["ImConnection", Any, int], Any]
 """``handler(conn, message, seq)``: one decoded request or notification."""
 
@@ -225,9 +237,8 @@ class ImConnection(FrameProtocol):
         ``partial=True`` serializes without checking required fields: for relaying
         a peer's message unchanged (unknown fields are kept either way).
         """
-        service_id, command_id = ids_of(message)
-        body = message.SerializePartialToString() if partial else message.SerializeToString()
-        self.send_raw(service_id, command_id, seq, body)
+        self._send_flag = True
+        self.conn.write(encode_message(message, seq, partial=partial))
 
     def send_raw(self, service_id: int, command_id: int, seq: int, body: bytes) -> None:
         """Send a PDU with an already serialized body."""

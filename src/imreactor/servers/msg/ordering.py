@@ -60,9 +60,13 @@ class Sequencer:
         self._held: dict[ConvKey, dict[int, Emit]] = {}
         self._timers: dict[ConvKey, Timer] = {}
 
-    def deliver(self, msg: Any) -> None:
-        """Send the message ``msg`` now if it is next (or late), else once the gap fills."""
-        self.submit(conversation_of(msg), msg.msg_id, lambda: self._send(msg))
+    def deliver(self, msg: Any, emit: Emit | None = None) -> None:
+        """Send the message ``msg`` now if it is next (or late), else once the gap fills.
+
+        ``emit`` sends it (default: the connection's send of ``msg``); a fan-out
+        passes one that writes a PDU encoded once for every recipient.
+        """
+        self.submit(conversation_of(msg), msg.msg_id, emit or (lambda: self._send(msg)))
 
     def acked(self, msg: Any, msg_id: int, send_ack: Emit) -> None:
         """This connection's ``msg`` was stored as ``msg_id``; ``send_ack`` sends its ack."""

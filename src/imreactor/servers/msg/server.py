@@ -22,11 +22,12 @@ Flows (WIRE.md §5):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from google.protobuf.message import Message
@@ -38,6 +39,7 @@ from ...pdu.imconn import (
     ImConnection,
     Keepalive,
     LinkPolicy,
+    encode_message,
 )
 from ...pdu.kinds import GROUP_MSG_TYPES, SINGLE_MSG_TYPES, is_mobile
 from ...pdu.proto import im_base_define_pb2 as base
@@ -490,10 +492,16 @@ class MsgServer:
         notify = buddy.IMUserStatNotify(
             user_stat=base.UserStat(user_id=user_id, status=base.UserStatType.ValueType(status))
         )
+        self._broadcast_status(notify)
+
+    def _broadcast_status(self, notify: Any) -> None:
+        """An ``IMUserStatNotify`` to every online user but its subject, encoded once."""
+        frame = encode_message(notify)
+        subject = notify.user_stat.user_id
         for other_id, conns in self.users.items():
-            if other_id != user_id:
+            if other_id != subject:
                 for c in conns:
-                    c.send(notify)
+                    c.send_frame(frame)
 
     # -- messages -------------------------------------------------------------------------
 
@@ -557,13 +565,11 @@ class MsgServer:
                 else:
                     conn.send(ack, seq)
             if group is None:
-                self._deliver_msg(rsp, rsp.to_session_id, exclude=conn)
-                self._deliver_msg(rsp, rsp.from_user_id, exclude=conn)
+                self._deliver_msg(rsp, (rsp.to_session_id, rsp.from_user_id), exclude=conn)
                 self._to_route(rsp)
             else:
                 members = sorted(group.members)
-                for uid in members:
-                    self._deliver_msg(rsp, uid, exclude=conn)
+                self._deliver_msg(rsp, members, exclude=conn)
                 # route_server needs the members to find their servers; they travel
                 # in attach_data, the field servers own.
                 # A copy: ``rsp`` may still be waiting in a connection's sequencer.
@@ -574,17 +580,28 @@ class MsgServer:
 
         db.request(msg, stored, timeout_s=self.config.db_timeout_s, response=msg_pb.IMMsgData)
 
-    def _deliver_msg(self, msg: Any, user_id: int, exclude: ClientConn | None = None) -> None:
-        """Deliver an ``IMMsgData`` to the user's connections, in msg_id order per conversation."""
-        conns = self.users.get(user_id)
-        if conns is None:
-            return
-        for c in conns:
-            if c is not exclude:
+    def _deliver_msg(
+        self, msg: Any, user_ids: Iterable[int], exclude: ClientConn | None = None
+    ) -> None:
+        """Deliver an ``IMMsgData`` to these users' connections, in msg_id order per conversation.
+
+        Encoded once, when the first recipient is found: a group message to m
+        members costs one serialization, not m.
+        """
+        frame: bytes | None = None
+        for user_id in user_ids:
+            conns = self.users.get(user_id)
+            if conns is None:
+                continue
+            for c in conns:
+                if c is exclude:
+                    continue
+                if frame is None:
+                    frame = encode_message(msg)
                 if c.sequencer is not None:
-                    c.sequencer.deliver(msg)
+                    c.sequencer.deliver(msg, functools.partial(c.send_frame, frame))
                 else:
-                    c.send(msg)
+                    c.send_frame(frame)
 
     def _deliver(self, message: Message, user_id: int, exclude: ClientConn | None = None) -> None:
         conns = self.users.get(user_id)
@@ -749,12 +766,10 @@ class MsgServer:
             data = msg.attach_data
             members = struct.unpack(f">{len(data) // 4}I", data[: len(data) // 4 * 4])
             msg.ClearField("attach_data")
-            for uid in members:
-                self._deliver_msg(msg, uid)
+            self._deliver_msg(msg, members)
         else:
             msg.ClearField("attach_data")
-            self._deliver_msg(msg, msg.to_session_id)
-            self._deliver_msg(msg, msg.from_user_id)
+            self._deliver_msg(msg, (msg.to_session_id, msg.from_user_id))
 
     def _from_route_read_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
         self._deliver(msg, msg.user_id)
@@ -771,10 +786,7 @@ class MsgServer:
             self._kick(older, msg.reason or base.KICK_REASON_DUPLICATE_USER)
 
     def _from_route_stat_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
-        for uid, conns in self.users.items():
-            if uid != msg.user_stat.user_id:
-                for c in conns:
-                    c.send(msg)
+        self._broadcast_status(msg)
 
     def _from_route_group_change(self, link: ImConnection, msg: Any, seq: int) -> None:
         self.groups.invalidate(msg.group_id)
