@@ -21,7 +21,9 @@ of 1:1 senders (each pair's two users pinned to different msg_servers with
 ``--group-size`` (100) members spread over the msg_servers the same way, with
 ``--group-senders`` (1) of them sending; each load with every in-flight count.
 It prints acked messages/s and deliveries/s for both layouts and the ratios
-cluster/single.
+cluster/single, and the msg_servers' CPU per delivered message (read from
+/proc over each run): the servers' own cost, which the load generator's speed
+does not bound.
 
 usage: .venv/bin/python bench/im_e2e.py [--postgres] [--pairs 100] [--duration 10]
        .venv/bin/python bench/im_e2e.py --cluster [--cluster-servers 3] [--group-size 100]
@@ -44,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from imreactor.client.load import create_users
-from imreactor.servers.suite import SuiteLayout, stop_children
+from imreactor.servers.suite import Child, SuiteLayout, stop_children
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -85,6 +87,17 @@ def echo_server() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def cpu_seconds(children: list[Child], role: str) -> float:
+    """User + system CPU seconds used so far by the children whose name starts with ``role``."""
+    total = 0
+    for child in children:
+        if child.name.startswith(role):
+            with open(f"/proc/{child.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def loader(args: list[str], timeout_s: float) -> tuple[dict[str, Any], str]:
@@ -176,6 +189,7 @@ def cluster_side(
     try:
         for load, load_args in loads.items():
             for in_flight in opts.in_flight:
+                cpu_before = cpu_seconds(children, "msg")
                 report, cmd = loader(
                     [
                         "--msg-servers",
@@ -188,11 +202,16 @@ def cluster_side(
                     ],
                     opts.duration + 300,
                 )
+                # The msg_servers' own cost, which the loader's speed does not bound: CPU
+                # per delivered message over the whole run (logins included).
+                cpu = cpu_seconds(children, "msg") - cpu_before
+                report["msg_cpu_us_per_delivery"] = cpu * 1e6 / max(report["deliveries"], 1)
                 reports[(load, in_flight)] = report
                 print(
                     f"[{label}] {load}, {in_flight} in flight: "
                     f"{report['msgs_per_s']:,.0f} msgs/s, "
-                    f"{report['deliveries_per_s']:,.0f} deliveries/s "
+                    f"{report['deliveries_per_s']:,.0f} deliveries/s, "
+                    f"msg_server CPU {report['msg_cpu_us_per_delivery']:.1f} µs/delivery "
                     f"(verified: {report['ok']}, loader CPU {report['loader_cpu_s']:.1f} s)\n"
                     f"    $ {cmd}",
                     flush=True,
@@ -220,8 +239,9 @@ def cluster_table(
         "",
         f"| load | in flight | acked msgs/s, 1 | acked msgs/s, {n} | {n} / 1 "
         f"| deliveries/s, 1 | deliveries/s, {n} | {n} / 1 "
-        f"| ack p50 / p99 ms, 1 | ack p50 / p99 ms, {n} | verified |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| ack p50 / p99 ms, 1 | ack p50 / p99 ms, {n} "
+        f"| msg_server CPU µs/delivery, 1 | {n} | verified |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     names = {
         "pairs": f"1:1, {opts.pairs} pairs",
@@ -244,6 +264,7 @@ def cluster_table(
             f"| {ratio(many['deliveries_per_s'], one['deliveries_per_s'])} "
             f"| {ms(one['ack_latency']['p50_ms'])} / {ms(one['ack_latency']['p99_ms'])} "
             f"| {ms(many['ack_latency']['p50_ms'])} / {ms(many['ack_latency']['p99_ms'])} "
+            f"| {one['msg_cpu_us_per_delivery']:.1f} | {many['msg_cpu_us_per_delivery']:.1f} "
             f"| {'; '.join(bad) or 'yes'} |"
         )
     return "\n".join(lines)
