@@ -45,8 +45,13 @@ def seen() -> list[int]:
 
 
 @pytest.fixture
-def seq(loop: EventLoop, seen: list[int]) -> Sequencer:
-    return Sequencer(loop, lambda m: seen.append(m.msg_id), wait_s=0.5)
+def seq(loop: EventLoop) -> Sequencer:
+    return Sequencer(loop, wait_s=0.5)
+
+
+def deliver(seq: Sequencer, seen: list[int], m: Any) -> None:
+    """Deliver ``m`` through ``seq``; what the connection would send is recorded in ``seen``."""
+    seq.deliver(m, lambda: seen.append(m.msg_id))
 
 
 def test_conversation_key_is_the_pair_or_the_group() -> None:
@@ -56,50 +61,50 @@ def test_conversation_key_is_the_pair_or_the_group() -> None:
 
 def test_in_order_goes_straight_through(seq: Sequencer, seen: list[int]) -> None:
     for i in (1, 2, 3):
-        seq.deliver(msg(i))
+        deliver(seq, seen, msg(i))
     assert seen == [1, 2, 3]
 
 
 def test_a_gap_holds_until_it_fills(seq: Sequencer, seen: list[int]) -> None:
-    seq.deliver(msg(1))
-    seq.deliver(msg(3))
-    seq.deliver(msg(4))
+    deliver(seq, seen, msg(1))
+    deliver(seq, seen, msg(3))
+    deliver(seq, seen, msg(4))
     assert seen == [1]
-    seq.deliver(msg(2))
+    deliver(seq, seen, msg(2))
     assert seen == [1, 2, 3, 4]
 
 
 def test_an_ack_is_part_of_the_order(seq: Sequencer, seen: list[int]) -> None:
-    seq.deliver(msg(1))
+    deliver(seq, seen, msg(1))
     seq.acked(msg(0, 2, 1), 3, lambda: seen.append(-3))  # our own message, stored as 3
     assert seen == [1]  # 2 (the peer's) is not here yet: the ack waits for it
-    seq.deliver(msg(2))
+    deliver(seq, seen, msg(2))
     assert seen == [1, 2, -3]
 
 
 def test_a_gap_that_never_fills_is_given_up_after_the_wait(
     loop: EventLoop, clock: FakeClock, seq: Sequencer, seen: list[int]
 ) -> None:
-    seq.deliver(msg(1))
-    seq.deliver(msg(4))
-    seq.deliver(msg(3))
+    deliver(seq, seen, msg(1))
+    deliver(seq, seen, msg(4))
+    deliver(seq, seen, msg(3))
     clock.advance(0.4)
     loop.run_once(0)
     assert seen == [1]
     clock.advance(0.2)
     loop.run_once(0)
     assert seen == [1, 3, 4]
-    seq.deliver(msg(5))
-    seq.deliver(msg(2))  # late: still delivered, never dropped
+    deliver(seq, seen, msg(5))
+    deliver(seq, seen, msg(2))  # late: still delivered, never dropped
     assert seen == [1, 3, 4, 5, 2]
 
 
 def test_first_message_above_one_waits_for_a_smaller_id(
     loop: EventLoop, clock: FakeClock, seq: Sequencer, seen: list[int]
 ) -> None:
-    seq.deliver(msg(8))
+    deliver(seq, seen, msg(8))
     assert seen == []
-    seq.deliver(msg(7))
+    deliver(seq, seen, msg(7))
     assert seen == []  # 7 has no known predecessor either
     clock.advance(0.6)
     loop.run_once(0)
@@ -107,8 +112,8 @@ def test_first_message_above_one_waits_for_a_smaller_id(
 
 
 def test_conversations_are_independent(seq: Sequencer, seen: list[int]) -> None:
-    seq.deliver(msg(1, 1, 2))
-    seq.deliver(msg(3, 1, 2))
-    seq.deliver(msg(1, 1, 9))
+    deliver(seq, seen, msg(1, 1, 2))
+    deliver(seq, seen, msg(3, 1, 2))
+    deliver(seq, seen, msg(1, 1, 9))
     assert seen == [1, 1]
     seq.close()

@@ -237,13 +237,7 @@ class ImConnection(FrameProtocol):
         ``partial=True`` serializes without checking required fields: for relaying
         a peer's message unchanged (unknown fields are kept either way).
         """
-        self._send_flag = True
-        self.conn.write(encode_message(message, seq, partial=partial))
-
-    def send_raw(self, service_id: int, command_id: int, seq: int, body: bytes) -> None:
-        """Send a PDU with an already serialized body."""
-        self._send_flag = True
-        self.conn.write(encode_pdu(service_id, command_id, seq, body))
+        self.send_frame(encode_message(message, seq, partial=partial))
 
     def send_frame(self, frame: Frame) -> None:
         """Send a whole PDU as received (relaying without re-encoding)."""

@@ -50,23 +50,20 @@ class Sequencer:
     conversation (messages and acks alike) never goes backwards.
     """
 
-    __slots__ = ("_held", "_loop", "_seen", "_send", "_timers", "wait_s")
+    __slots__ = ("_held", "_loop", "_seen", "_timers", "wait_s")
 
-    def __init__(self, loop: EventLoop, send: Callable[[Any], Any], wait_s: float) -> None:
+    def __init__(self, loop: EventLoop, wait_s: float) -> None:
         self._loop = loop
-        self._send = send
         self.wait_s = wait_s
         self._seen: dict[ConvKey, int] = {}
         self._held: dict[ConvKey, dict[int, Emit]] = {}
         self._timers: dict[ConvKey, Timer] = {}
 
-    def deliver(self, msg: Any, emit: Emit | None = None) -> None:
-        """Send the message ``msg`` now if it is next (or late), else once the gap fills.
-
-        ``emit`` sends it (default: the connection's send of ``msg``); a fan-out
-        passes one that writes a PDU encoded once for every recipient.
-        """
-        self.submit(conversation_of(msg), msg.msg_id, emit or (lambda: self._send(msg)))
+    def deliver(self, msg: Any, emit: Emit) -> None:
+        """Run ``emit`` (which sends the message ``msg``) now if ``msg`` is next (or
+        late), else once the gap fills. The caller encodes: a fan-out encodes once
+        and passes every recipient an ``emit`` that writes the same PDU."""
+        self.submit(conversation_of(msg), msg.msg_id, emit)
 
     def acked(self, msg: Any, msg_id: int, send_ack: Emit) -> None:
         """This connection's ``msg`` was stored as ``msg_id``; ``send_ack`` sends its ack."""

@@ -84,7 +84,7 @@ class ClientConn(ImConnection):
         self._dropped = 0
         #: Orders relayed messages; only with several msg_servers (one server is in order).
         self.sequencer: Sequencer | None = (
-            Sequencer(server.loop, self.send, server.config.reorder_wait_s)
+            Sequencer(server.loop, server.config.reorder_wait_s)
             if server.config.route_servers
             else None
         )

@@ -56,8 +56,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from ...net import EventLoop, Server
 from ...pdu.framing import Frame
-from ...pdu.header import encode_pdu
-from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
+from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy, encode_message
 from ...pdu.kinds import GROUP_MSG_TYPES, is_mobile
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy_pb
@@ -65,13 +64,10 @@ from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ...pdu.proto import im_switch_service_pb2 as switch_pb
-from ...pdu.registry import ids_of
 from .config import RouteConfig
 
 log = logging.getLogger(__name__)
 
-MOBILE_CLIENT_BIT: Final = 0x10
-_STAT_NOTIFY_IDS: Final = ids_of(buddy_pb.IMUserStatNotify)
 _SEQ_OFFSET: Final = 12  # where the header's u16 seq_num lives
 
 L = TypeVar("L", bound=Hashable)
@@ -254,7 +250,7 @@ class RouteServer:
         notify = buddy_pb.IMUserStatNotify(
             user_stat=base.UserStat(user_id=user_id, status=base.UserStatType.ValueType(status))
         )
-        pdu = encode_pdu(*_STAT_NOTIFY_IDS, 0, notify.SerializeToString())
+        pdu = encode_message(notify)
         for link in self.links:
             link.send_frame(pdu)
 
