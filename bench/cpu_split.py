@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from proc_cpu import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PEER_BENCH_DIR", ROOT.parent / "shared" / "bench")).resolve()
 BUILD = Path(os.environ.get("PEERS_BUILD", Path.home() / ".cache" / "peer-bench"))
@@ -42,13 +44,6 @@ SERVERS: dict[str, tuple[list[str], Path]] = {
 }
 
 
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    """(utime, stime) of ``pid`` in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]), int(fields[12])
-
-
 def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, float, float]:
     """One run: (frames/s, user µs per frame, kernel µs per frame)."""
     argv, cwd = SERVERS[name]
@@ -63,7 +58,7 @@ def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, floa
         assert server.stdout is not None
         if not server.stdout.readline().startswith("READY"):
             raise RuntimeError(f"{name} did not start")
-        u0, s0 = cpu_ticks(server.pid)
+        u0, s0 = cpu_seconds(server.pid)
         loadgen = [str(BUILD / "loadgen"), "--port", str(port), "--body", "64", "--warmup", "0"]
         loadgen += ["--conns", str(args.conns), "--depth", str(args.depth)]
         loadgen += ["--duration", str(args.duration)]
@@ -74,14 +69,13 @@ def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, floa
             timeout=args.duration + 60,
             check=True,
         )
-        u1, s1 = cpu_ticks(server.pid)
+        u1, s1 = cpu_seconds(server.pid)
     finally:
         server.terminate()
         server.wait(10)
     fps = float(json.loads(load.stdout.strip().splitlines()[-1])["fps"])
     frames = fps * args.duration
-    hz = os.sysconf("SC_CLK_TCK")
-    return fps, (u1 - u0) / hz * 1e6 / frames, (s1 - s0) / hz * 1e6 / frames
+    return fps, (u1 - u0) * 1e6 / frames, (s1 - s0) * 1e6 / frames
 
 
 def main() -> int:

@@ -51,6 +51,7 @@ from imreactor.servers.suite import Child, SuiteLayout, stop_children
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from pg import PostgresServer, PostgresUnavailable  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 
 #: No per-connection rate limit in the way of the measurement.
 UNLIMITED = {"msg": {"msg_rate_per_s": 1e9, "msg_burst": 1_000_000_000}}
@@ -89,15 +90,9 @@ def echo_server() -> Iterator[int]:
         proc.wait(10)
 
 
-def cpu_seconds(children: list[Child], role: str) -> float:
+def role_cpu_seconds(children: list[Child], role: str) -> float:
     """User + system CPU seconds used so far by the children whose name starts with ``role``."""
-    total = 0
-    for child in children:
-        if child.name.startswith(role):
-            with open(f"/proc/{child.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(sum(cpu_seconds(c.proc.pid)) for c in children if c.name.startswith(role))
 
 
 def loader(args: list[str], timeout_s: float) -> tuple[dict[str, Any], str]:
@@ -189,7 +184,7 @@ def cluster_side(
     try:
         for load, load_args in loads.items():
             for in_flight in opts.in_flight:
-                cpu_before = cpu_seconds(children, "msg")
+                cpu_before = role_cpu_seconds(children, "msg")
                 report, cmd = loader(
                     [
                         "--msg-servers",
@@ -204,7 +199,7 @@ def cluster_side(
                 )
                 # The msg_servers' own cost, which the loader's speed does not bound: CPU
                 # per delivered message over the whole run (logins included).
-                cpu = cpu_seconds(children, "msg") - cpu_before
+                cpu = role_cpu_seconds(children, "msg") - cpu_before
                 report["msg_cpu_us_per_delivery"] = cpu * 1e6 / max(report["deliveries"], 1)
                 reports[(load, in_flight)] = report
                 print(
