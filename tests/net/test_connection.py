@@ -579,6 +579,8 @@ def test_output_collected_for_a_peer_is_sent_before_its_eof_closes_it(
 ) -> None:
     # A's data and B's EOF are dispatched in one iteration, A first: B's EOF must
     # not close B before what A's handler wrote to B (collected, not yet sent) is out.
+    # A comes first on every backend: it was registered first (poll, select) and
+    # became ready first (epoll, kqueue); test_poller pins that order down.
     peers: list[Connection] = []
 
     def make() -> RelayToLast:

@@ -242,3 +242,36 @@ def test_available_is_stable_after_making_every_poller() -> None:
     for name in before:
         make_poller(name).close()
     assert available() == before
+
+
+def test_fds_made_ready_in_registration_order_are_reported_in_that_order(
+    poller: Poller,
+) -> None:
+    # The reactor dispatches in the order the poller reports. Every backend reports
+    # fds that became ready in registration order in that order, whatever their fd
+    # numbers: epoll and kqueue because they queue by readiness, poll and select by
+    # registration -- which for those two also survives a modify() that leaves the
+    # reading interest alone. (epoll's MOD to a ready direction queues the fd at once,
+    # so the kernel's order moves there; that is not ours to fix.)
+    pairs = [socket.socketpair() for _ in range(24)]
+    try:
+        order = pairs[12:] + pairs[:12]  # fd numbers not ascending, crossing 8 and 16
+        for a, _ in order:
+            poller.register(a.fileno(), READABLE)
+        if poller.name in ("poll", "select"):
+            for a, _ in order[::3]:
+                poller.modify(a.fileno(), READABLE | WRITABLE)
+                poller.modify(a.fileno(), READABLE)
+        for _, b in order:
+            b.send(b"!")
+        expected = [a.fileno() for a, _ in order]
+        deadline = time.monotonic() + DEADLINE_S
+        reported: list[int] = []
+        while len(reported) < len(expected) and time.monotonic() < deadline:
+            reported = [fd for fd, _ in poller.poll(0.05)]
+        assert reported == expected
+    finally:
+        for a, b in pairs:
+            poller.unregister(a.fileno())
+            a.close()
+            b.close()

@@ -13,8 +13,12 @@ class SelectPoller:
     name = "select"
 
     def __init__(self) -> None:
-        self._readers: set[int] = set()
-        self._writers: set[int] = set()
+        # Dicts, not sets: select() reports ready fds in the order it was given them,
+        # so insertion order makes dispatch follow registration order, as poll(2)'s
+        # does. A set's order follows fd numbers modulo its table size, which made
+        # two connections' dispatch order depend on which fds they happened to get.
+        self._readers: dict[int, None] = {}
+        self._writers: dict[int, None] = {}
 
     def register(self, fd: int, events: int) -> None:
         if fd in self._readers or fd in self._writers:
@@ -22,19 +26,22 @@ class SelectPoller:
         self._set(fd, events)
 
     def modify(self, fd: int, events: int) -> None:
-        self._readers.discard(fd)
-        self._writers.discard(fd)
+        # An fd that stays in a set keeps its place in the order.
+        if not events & READABLE:
+            self._readers.pop(fd, None)
+        if not events & WRITABLE:
+            self._writers.pop(fd, None)
         self._set(fd, events)
 
     def unregister(self, fd: int) -> None:
-        self._readers.discard(fd)
-        self._writers.discard(fd)
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
 
     def _set(self, fd: int, events: int) -> None:
         if events & READABLE:
-            self._readers.add(fd)
+            self._readers.setdefault(fd)
         if events & WRITABLE:
-            self._writers.add(fd)
+            self._writers.setdefault(fd)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         if not self._readers and not self._writers:
