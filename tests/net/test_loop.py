@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from imreactor.net import EventLoop
-from imreactor.net.poller import READABLE
+from imreactor.net.poller import READABLE, make_poller
+from imreactor.net.testing import FakeClock
 
 from .helpers import (
     DEADLINE_S,
@@ -185,6 +186,53 @@ def test_max_wait_caps_the_poll(loop: EventLoop) -> None:
     assert not dog.fired
     # Without the cap: 1 or 2 iterations. With it: about 30.
     assert iterations[0] >= 5
+
+
+class RecordingPoller:
+    """The backend under test, recording the timeout of every poll."""
+
+    def __init__(self, backend: str) -> None:
+        self.inner = make_poller(backend)
+        self.name = self.inner.name
+        self.register = self.inner.register
+        self.modify = self.inner.modify
+        self.unregister = self.inner.unregister
+        self.close = self.inner.close
+        self.timeouts: list[float | None] = []
+
+    def poll(self, timeout: float | None) -> list[tuple[int, int]]:
+        self.timeouts.append(timeout)
+        return self.inner.poll(0)
+
+
+def test_the_poll_timeout_is_the_earliest_live_timer(backend: str) -> None:
+    clock = FakeClock(100.0)
+    poller = RecordingPoller(backend)
+    loop = EventLoop(poller, clock=clock)
+    try:
+        loop.run_once(None)
+        assert poller.timeouts[-1] is None, "no timer, no cap: wait for I/O"
+        first = loop.call_later(1.5, lambda: None)
+        loop.call_later(4.0, lambda: None)
+        loop.run_once(None)
+        assert poller.timeouts[-1] == pytest.approx(1.5)
+        clock.advance(0.5)
+        loop.run_once(None)
+        assert poller.timeouts[-1] == pytest.approx(1.0), "the deadline minus the time now"
+        loop.run_once(0.25)
+        assert poller.timeouts[-1] == pytest.approx(0.25), "capped by max_wait_s"
+        first.cancel()
+        loop.run_once(None)
+        assert poller.timeouts[-1] == pytest.approx(3.5), "a cancelled timer is skipped"
+        clock.advance(10.0)
+        loop.run_once(None)
+        assert poller.timeouts[-1] == 0.0, "overdue: poll without waiting"
+        loop.call_soon(lambda: None)
+        loop.call_later(60.0, lambda: None)
+        loop.run_once(None)
+        assert poller.timeouts[-1] == 0.0, "ready callbacks: poll without waiting"
+    finally:
+        loop.close()
 
 
 def test_loop_callbacks_run_every_iteration_and_remove_themselves(

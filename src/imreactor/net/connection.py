@@ -409,31 +409,36 @@ class Connection:
         if data.__class__ is not bytes:
             data = bytes(data)  # the caller may reuse its buffer; len() counts bytes
         out = self._out
-        if out is None:
-            state = self.state
-            if state is not CONNECTED:
-                if state is CONNECTING:
-                    self._queue(data)
-                return  # closing or closed: dropped
-            if self._wbuf is not None:
-                self._queue(data)  # behind what is waiting; flow control sees it now
-                return
-            self._out = out = []
+        if out is not None:
+            out.append(data)
+            room = self._out_room - len(data)
+        else:
             loop = self._loop
-            if not loop._collecting:  # outside an iteration: sent at once
-                out.append(data)
-                flush_collected((self,))
+            if self.state is not CONNECTED or self._wbuf is not None or not loop._collecting:
+                self._write_uncollected(data)
                 return
+            # The first write of this iteration: collect it, to be sent at its end.
+            self._out = [data]
             loop._flush_list.append(self)
-            self._out_room = self.flow.high_water
-        out.append(data)
+            room = self.flow.high_water - len(data)
         # Past the high water mark, collected output is sent at once, so that a
         # producer writing in a loop until pause_writing (asyncio's pattern) is
         # paused inside that loop rather than never.
-        room = self._out_room - len(data)
         self._out_room = room
         if room < 0:
             self._flush_collected()
+
+    def _write_uncollected(self, data: bytes) -> None:
+        state = self.state
+        if state is not CONNECTED:
+            if state is CONNECTING:
+                self._queue(data)
+            return  # closing or closed: dropped
+        if self._wbuf is not None:
+            self._queue(data)  # behind what is waiting; flow control sees it now
+            return
+        self._out = [data]  # outside an iteration: sent at once
+        flush_collected((self,))
 
     def _flush_collected(self) -> None:
         """Send the output collected during this iteration now (before a FIN, say)."""

@@ -348,30 +348,40 @@ class EventLoop:
 
     def run_once(self, max_wait_s: float | None = None) -> None:
         """One iteration (see the module docstring). Public for tests and embedding."""
+        # The clock and the poller's poll are instance attributes (a fake clock, the
+        # C method itself): read into locals, they are plain specialised loads, where
+        # calling them as self.x() would miss CPython's method-call fast path.
+        clock = self.time
+        timers = self._timers
+        heap = timers._heap
         if self._ready or self._stopping:
             timeout: float | None = 0.0
         else:
             timeout = max_wait_s
-            deadline = self._timers.next_deadline()
-            if deadline is not None:
-                until = deadline - self.time()
-                if until < 0.0:
-                    until = 0.0
-                if timeout is None or until < timeout:
-                    timeout = until
+            if heap:
+                # The earliest entry is live nearly always; only a cancelled one
+                # needs next_deadline() to drop it and look further.
+                deadline = heap[0][0] if not heap[0][2].cancelled else timers.next_deadline()
+                if deadline is not None:
+                    until = deadline - clock()
+                    if until < 0.0:
+                        until = 0.0
+                    if timeout is None or until < timeout:
+                        timeout = until
+        poll = self.poller.poll
         try:
-            events = self.poller.poll(timeout)
+            events = poll(timeout)
         except InterruptedError:
             events = []
         self._collecting = True
         try:
             if events:
                 self._dispatch(events)
-            heap = self._timers._heap
+            heap = timers._heap  # again: handlers may have added timers, or compacted it
             if heap:
-                now = self.time()
+                now = clock()
                 if heap[0][0] <= now:
-                    self._timers.run_due(now)
+                    timers.run_due(now)
             ready = self._ready
             if ready:
                 for _ in range(len(ready)):
@@ -387,26 +397,29 @@ class EventLoop:
                     except Exception:
                         log.exception("loop callback %r failed", entry.callback)
         finally:
+            # Step 6. Writes made from here on (a pause_writing callback, say) go out
+            # at once, since _collecting is False.
             self._collecting = False
-            if self._flush_list:
-                self._flush()
-
-    def _flush(self) -> None:
-        # Step 6. Writes made from here on (a pause_writing callback, say) go out
-        # at once, since _collecting is False.
-        conns = self._flush_list
-        self._flush_list = []
-        flush_collected(conns)
+            conns = self._flush_list
+            if conns:
+                self._flush_list = []
+                flush_collected(conns)
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         get = self._handlers.get
         stale = self._stale
-        stale.clear()  # fds closed before this poll returned cannot have events in it
+        if stale:
+            stale.clear()  # fds closed before this poll returned cannot have events in it
+        readable = READABLE
         for fd, mask in events:
             handler = get(fd)
             if handler is None or (stale and fd in stale):
                 continue
             try:
+                # Readable alone is nearly every event: one int comparison serves it.
+                if mask == readable:
+                    handler.handle_read()
+                    continue
                 if mask & _READ_MASK:
                     handler.handle_read()
                 if mask & _WRITE_MASK:
@@ -416,7 +429,8 @@ class EventLoop:
                     handler.handle_error(exc)
                 except Exception:
                     log.exception("handle_error of %r failed", handler)
-        stale.clear()
+        if stale:
+            stale.clear()
 
     def close(self) -> None:
         """Release the poller and the wakeup pipe. The loop must not be running.

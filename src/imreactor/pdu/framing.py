@@ -69,6 +69,15 @@ class FrameProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
+        if buf is None:
+            # The common case, a read that is exactly one PDU (a request, a reply, a
+            # message), goes straight to the handler: no loop, no slicing.
+            size = len(data)
+            if size >= HEADER_LEN:
+                length, service_id, command_id, seq = _unpack_from(data)
+                if length == size and length <= self._limit:
+                    self.frame_received(service_id, command_id, seq, data)
+                    return
         view: bytes | bytearray = data
         if buf is not None:
             buf += data
