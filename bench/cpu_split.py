@@ -21,7 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from proc_cpu import cpu_seconds
 
@@ -44,11 +46,23 @@ SERVERS: dict[str, tuple[list[str], Path]] = {
 }
 
 
-def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, float, float]:
-    """One run: (frames/s, user µs per frame, kernel µs per frame)."""
+def run_loaded(
+    name: str,
+    port: int,
+    args: argparse.Namespace,
+    wrapper: Sequence[str] = (),
+    on_ready: Callable[[int], None] = lambda pid: None,
+    after_load: Callable[[int], None] = lambda pid: None,
+) -> dict[str, Any]:
+    """Start server ``name`` on CPU 0 (under ``wrapper``, e.g. valgrind), drive it from CPU 1.
+
+    ``on_ready(pid)`` runs once the server prints READY, ``after_load(pid)`` once the
+    load generator is done, before the server is stopped. Returns the load
+    generator's JSON result (``fps``, ``frames``, latencies).
+    """
     argv, cwd = SERVERS[name]
     server = subprocess.Popen(
-        ["taskset", "-c", "0", *argv, "--port", str(port)],
+        ["taskset", "-c", "0", *wrapper, *argv, "--port", str(port)],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -58,7 +72,7 @@ def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, floa
         assert server.stdout is not None
         if not server.stdout.readline().startswith("READY"):
             raise RuntimeError(f"{name} did not start")
-        u0, s0 = cpu_seconds(server.pid)
+        on_ready(server.pid)
         loadgen = [str(BUILD / "loadgen"), "--port", str(port), "--body", "64", "--warmup", "0"]
         loadgen += ["--conns", str(args.conns), "--depth", str(args.depth)]
         loadgen += ["--duration", str(args.duration)]
@@ -66,14 +80,30 @@ def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, floa
             ["taskset", "-c", "1", *loadgen],
             capture_output=True,
             text=True,
-            timeout=args.duration + 60,
+            timeout=args.duration + 120,
             check=True,
         )
-        u1, s1 = cpu_seconds(server.pid)
+        after_load(server.pid)
     finally:
         server.terminate()
-        server.wait(10)
-    fps = float(json.loads(load.stdout.strip().splitlines()[-1])["fps"])
+        server.wait(60)
+    result: dict[str, Any] = json.loads(load.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(name: str, port: int, args: argparse.Namespace) -> tuple[float, float, float]:
+    """One run: (frames/s, user µs per frame, kernel µs per frame)."""
+    before: list[tuple[float, float]] = []
+    after: list[tuple[float, float]] = []
+    result = run_loaded(
+        name,
+        port,
+        args,
+        on_ready=lambda pid: before.append(cpu_seconds(pid)),
+        after_load=lambda pid: after.append(cpu_seconds(pid)),
+    )
+    (u0, s0), (u1, s1) = before[0], after[0]
+    fps = float(result["fps"])
     frames = fps * args.duration
     return fps, (u1 - u0) * 1e6 / frames, (s1 - s0) * 1e6 / frames
 

@@ -22,7 +22,6 @@ Needs valgrind (Debian package ``valgrind``) and ../shared/bench built once
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cpu_split import BUILD, SERVERS
+from cpu_split import SERVERS, run_loaded
 
 
 def _totals(path: Path) -> int:
@@ -44,46 +43,31 @@ def _totals(path: Path) -> int:
 
 def measure(name: str, port: int, args: argparse.Namespace, out_dir: Path) -> tuple[int, int]:
     """One run: (instructions counted, frames completed)."""
-    argv, cwd = SERVERS[name]
-    out = out_dir / f"{name}.%p.out"
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--dump-line=no"]
-    valgrind += [f"--callgrind-out-file={out}"]
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", *valgrind, *argv, "--port", str(port)],
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    valgrind += [f"--callgrind-out-file={out_dir / name}.%p.out"]
+    pids: list[int] = []
+
+    def control(pid: int, *commands: str) -> None:
+        pids.append(pid)
+        for command in commands:
+            argv = ["callgrind_control", command, str(pid)]
+            subprocess.run(argv, check=True, capture_output=True)
+
+    result = run_loaded(
+        name,
+        port,
+        args,
+        wrapper=valgrind,
+        on_ready=lambda pid: control(pid, "--instr=on"),
+        after_load=lambda pid: control(pid, "--instr=off", "--dump"),
     )
-    try:
-        assert server.stdout is not None
-        if not server.stdout.readline().startswith("READY"):
-            raise RuntimeError(f"{name} did not start")
-        ctl = ["callgrind_control", str(server.pid)]
-        subprocess.run([*ctl, "--instr=on"], check=True, capture_output=True)
-        loadgen = [str(BUILD / "loadgen"), "--port", str(port), "--body", "64", "--warmup", "0"]
-        loadgen += ["--conns", str(args.conns), "--depth", str(args.depth)]
-        loadgen += ["--duration", str(args.duration)]
-        load = subprocess.run(
-            ["taskset", "-c", "1", *loadgen],
-            capture_output=True,
-            text=True,
-            timeout=args.duration + 120,
-            check=True,
-        )
-        subprocess.run([*ctl, "--instr=off"], check=True, capture_output=True)
-        subprocess.run([*ctl, "--dump"], check=True, capture_output=True)
-    finally:
-        server.terminate()
-        server.wait(60)
-    frames = int(json.loads(load.stdout.strip().splitlines()[-1])["frames"])
-    dumps = sorted(out_dir.glob(f"{name}.{server.pid}.out*"))
+    dumps = sorted(out_dir.glob(f"{name}.{pids[0]}.out*"))
     # Counting was on only between --instr=on and the dump: the dump taken then
     # holds the whole count; the one written at exit adds nothing after it.
     instructions = sum(_totals(d) for d in dumps)
     for d in dumps:
         d.unlink()
-    return instructions, frames
+    return instructions, int(result["frames"])
 
 
 def main() -> int:
