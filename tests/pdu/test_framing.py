@@ -167,6 +167,24 @@ def test_many_frames_in_one_read() -> None:
     assert proto.buffered == 0
 
 
+def test_a_read_that_is_one_whole_pdu_is_handed_over_without_a_copy() -> None:
+    seen: list[Frame] = []
+
+    class Keep(FrameProtocol):
+        def frame_received(self, service_id: int, command_id: int, seq: int, frame: Frame) -> None:
+            seen.append(frame)
+
+    proto = Keep()
+    attach(proto)
+    pdu = encode_pdu(3, 0x0301, 7, b"hello")
+    proto.data_received(pdu)
+    assert seen == [pdu] and seen[0] is pdu
+    # After a partial PDU, the next read completes it from the buffer instead.
+    proto.data_received(pdu[:5])
+    proto.data_received(pdu[5:])
+    assert seen[1:] == [pdu] and proto.buffered == 0
+
+
 def test_one_frame_over_one_byte_reads() -> None:
     pdu = encode_pdu(3, 0x0301, 42, bytes(range(256)) * 4)
     proto = Collector()

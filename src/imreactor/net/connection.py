@@ -622,6 +622,7 @@ def flush_collected(conns: Iterable[Connection]) -> None:
         if not out:
             continue
         conn._out = None
+        conn._out_room = 0  # a small int: an idle connection keeps no int object of its own
         data = out[0] if len(out) == 1 else b"".join(out)
         if conn._wbuf is not None:
             conn._queue(data)  # keep order behind what is already waiting

@@ -2,9 +2,10 @@
 
 :class:`FrameProtocol` takes the byte stream in any split (a PDU across many
 reads, many PDUs in one read) and calls ``frame_received`` once per complete
-PDU, in order. Cost is linear in the bytes received: a complete PDU in a read
-is sliced straight from it; only a trailing partial PDU is copied into a
-buffer, which grows by appending and shrinks from the front in O(1).
+PDU, in order. Cost is linear in the bytes received: a read that is exactly
+one PDU is handed over as it is, a complete PDU in a longer read is sliced
+straight from it; only a trailing partial PDU is copied into a buffer, which
+grows by appending and shrinks from the front in O(1).
 
 A length below 16 or above ``max_pdu_bytes`` is rejected as soon as the header
 is complete, before any of the body is buffered: ``frame_error`` logs the
@@ -88,10 +89,11 @@ class FrameProtocol(Protocol):
         deliver = self.frame_received
         conn = self.conn
         connected = CONNECTED
-        last_header = size - HEADER_LEN
+        header_len = HEADER_LEN
+        last_header = size - header_len
         while offset <= last_header:
             length, service_id, command_id, seq = _unpack_from(view, offset)
-            if length < HEADER_LEN or length > limit:
+            if length < header_len or length > limit:
                 self._buf = None
                 self.frame_error(FrameError(f"PDU length {length} outside {HEADER_LEN}..{limit}"))
                 return
