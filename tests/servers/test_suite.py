@@ -2,7 +2,8 @@
 
 Demo users on first start (not twice), a client logs in through login_server
 and chats, ``--msg-servers 2`` adds a route_server, SIGINT stops every child
-and exits 0; a port already taken fails the start with a clear message.
+and exits 0; a port already taken fails the start with a clear message. The
+whole suite serves a chat on every poller backend the machine has.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from pathlib import Path
 import pytest
 
 from imreactor.client import Client
+from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
 
 from .conftest import free_ports
 
 
-def start_up(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], list[int], str]:
+def start_up(
+    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], list[int], str]:
     http, login, db, route, msg = free_ports(5)
     proc = subprocess.Popen(
         [
@@ -50,6 +54,7 @@ def start_up(data_dir: Path, *extra: str) -> tuple[subprocess.Popen[str], list[i
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -111,6 +116,48 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", http))
     s.close()
+
+
+@pytest.mark.parametrize("backend", available())
+def test_the_suite_serves_on_every_poller_backend(
+    tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reactor tests run once per backend; this runs every server of the suite on
+    # each, with clients on the same one: logins through login_server (which spreads
+    # them over two msg_servers and their route_server), 1:1 messages both ways with
+    # contiguous ids, a group message to two members, history.
+    monkeypatch.setenv(ENV_VAR, backend)
+    proc, (http, _msg), _out = start_up(
+        tmp_path, "--msg-servers", "2", env={**os.environ, ENV_VAR: backend}
+    )
+    try:
+        for log in sorted(tmp_path.glob("*.log")):
+            assert f"({backend} poller)" in log.read_text(), log.name
+        alice, bob, carol = login(http, "alice"), login(http, "bob"), login(http, "carol")
+        ack = alice.send_text(bob.user_id, "hello from alice")
+        got = bob.wait_for(msg_pb.IMMsgData, 10)
+        assert (got.from_user_id, got.msg_id, got.msg_data) == (
+            alice.user_id,
+            ack.msg_id,
+            b"hello from alice",
+        )
+        reply = bob.send_text(alice.user_id, "hello from bob")
+        assert alice.wait_for(msg_pb.IMMsgData, 10).msg_id == reply.msg_id == ack.msg_id + 1
+        group = alice.create_group("on " + backend, [bob.user_id, carol.user_id])
+        sent = alice.send_group_text(group.group_id, "to the group")
+        for member in (bob, carol):
+            pushed = member.wait_for(msg_pb.IMMsgData, 10)
+            assert (pushed.to_session_id, pushed.msg_id) == (group.group_id, sent.msg_id)
+        history = carol.history(alice.user_id)
+        assert [m.msg_id for m in history.msg_list] == []
+        assert sorted(m.msg_id for m in bob.history(alice.user_id).msg_list) == [
+            ack.msg_id,
+            reply.msg_id,
+        ]
+        for c in (alice, bob, carol):
+            c.close()
+    finally:
+        stop_up(proc)
 
 
 def test_second_start_keeps_the_data_and_creates_no_users(tmp_path: Path) -> None:
