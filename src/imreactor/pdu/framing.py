@@ -70,20 +70,28 @@ class FrameProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
+        view: bytes | bytearray
         if buf is None:
-            # The common case, a read that is exactly one PDU (a request, a reply, a
-            # message), goes straight to the handler: no loop, no slicing.
+            view = data
             size = len(data)
-            if size >= HEADER_LEN:
-                length, service_id, command_id, seq = _unpack_from(data)
-                if length == size and length <= self._limit:
-                    self.frame_received(service_id, command_id, seq, data)
-                    return
-        view: bytes | bytearray = data
-        if buf is not None:
+            if size < HEADER_LEN:
+                if size:
+                    self._buf = bytearray(data)
+                return
+            length, service_id, command_id, seq = _unpack_from(data)
+            if length == size and length <= self._limit:
+                # The common case, a read that is exactly one PDU (a request, a
+                # reply, a message), goes straight to the handler, as it is.
+                self.frame_received(service_id, command_id, seq, data)
+                return
+        else:
             buf += data
             view = buf
-        size = len(view)
+            size = len(buf)
+            if size < HEADER_LEN:
+                return
+            length, service_id, command_id, seq = _unpack_from(buf)
+        # The header at offset 0 is unpacked; each turn unpacks the next one.
         offset = 0
         limit = self._limit
         deliver = self.frame_received
@@ -91,8 +99,7 @@ class FrameProtocol(Protocol):
         connected = CONNECTED
         header_len = HEADER_LEN
         last_header = size - header_len
-        while offset <= last_header:
-            length, service_id, command_id, seq = _unpack_from(view, offset)
+        while True:
             if length < header_len or length > limit:
                 self._buf = None
                 self.frame_error(FrameError(f"PDU length {length} outside {HEADER_LEN}..{limit}"))
@@ -106,6 +113,9 @@ class FrameProtocol(Protocol):
                 # The handler closed the connection: what follows is not for us.
                 self._buf = None
                 return
+            if offset > last_header:
+                break
+            length, service_id, command_id, seq = _unpack_from(view, offset)
         if buf is not None:
             if offset == size:
                 self._buf = None  # give the memory back between PDUs
