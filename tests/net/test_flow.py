@@ -243,3 +243,55 @@ def test_writability_is_watched_only_while_output_is_queued(
     assert sender.received == PAYLOAD[:MiB]
     assert conn.write_buffer_size == 0
     assert not conn._events & WRITABLE, "a drained connection must not be woken for writability"
+
+
+class PauseFails(Recorder):
+    """A protocol whose pause_writing raises."""
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        raise RuntimeError("pause_writing failed")
+
+
+class WritesToOther(Echo):
+    """Echoes, and on b"flood" writes 4 MiB to ``other`` (one write, from its own handler)."""
+
+    other: Connection | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if data == b"flood":
+            assert self.other is not None
+            self.other.write(b"z" * (4 * MiB))
+            self.other.write(b"more")  # the queue is past high water; still this handler
+        else:
+            super().data_received(data)
+
+
+def test_a_failing_pause_writing_aborts_its_own_connection_not_the_writers(
+    loop: EventLoop, run_until: RunUntil, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A's handler writes to B; B's queue crosses high water, and B's pause_writing
+    # raises. The failure is B's: B is aborted, A (whose handler made the write)
+    # keeps being served, and the error is logged.
+    made: list[Recorder] = []
+
+    def make() -> Recorder:
+        proto: Recorder = WritesToOther() if not made else PauseFails()
+        made.append(proto)
+        return proto
+
+    server = loop.listen("127.0.0.1", 0, make, flow=FlowControl(high_water=64 * 1024))
+    with client(server.port) as a:
+        run_until(lambda: len(made) == 1)
+        with small_buffers_client(server.port):  # B never reads
+            run_until(lambda: len(made) == 2)
+            writer, paused = made
+            assert isinstance(writer, WritesToOther)
+            writer.other = paused.connection()
+            with caplog.at_level(logging.ERROR, logger="imreactor.net.connection"):
+                a.sendall(b"flood")
+                run_until(lambda: paused.lost, what="B aborted")
+            assert isinstance(paused.lost[0], RuntimeError)
+            assert "pause_writing failed" in caplog.text
+            assert roundtrip(loop, a, b"still served") == b"still served"
+            assert writer.lost == []

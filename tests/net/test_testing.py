@@ -156,6 +156,39 @@ def test_an_exception_in_data_received_aborts_that_side(
     assert any(r.exc_info for r in caplog.records)
 
 
+def test_a_failing_pause_or_resume_writing_aborts_the_writer_only(
+    fake_loop: EventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FailsOn(Recorder):
+        def __init__(self, callback: str) -> None:
+            super().__init__()
+            self.callback = callback
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self.callback == "pause":
+                raise RuntimeError("pause bug")
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if self.callback == "resume":
+                raise RuntimeError("resume bug")
+
+    flow = FlowControl(high_water=100, low_water=10, max_buffer=1000)
+    for callback in ("pause", "resume"):
+        writer, reader = FailsOn(callback), Recorder()
+        tw, tr = transport_pair(fake_loop, writer, reader, flow=flow)
+        tr.pause_reading()
+        with caplog.at_level(logging.ERROR, logger="imreactor.net"):
+            tw.write(b"x" * 150)  # crosses high water: never raises into the caller
+            tr.resume_reading()  # the reader's reading resumes the writer
+            pump(fake_loop)
+        assert len(writer.lost) == 1 and isinstance(writer.lost[0], RuntimeError), callback
+        assert f"{callback}_writing failed" in caplog.text
+        assert reader.data_calls <= 1, "the reader was not blamed"
+        assert len(reader.lost) == 1 and isinstance(reader.lost[0], ConnectionResetError)
+
+
 def test_close_times_out_when_the_peer_never_reads(fake_loop: EventLoop, clock: FakeClock) -> None:
     a, b = Recorder(), Recorder()
     ta, tb = transport_pair(fake_loop, a, b, flow=FlowControl(close_timeout_s=5.0))

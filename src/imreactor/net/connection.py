@@ -18,7 +18,10 @@ Protocol call order (the contract every protocol may rely on):
   output crosses the high and then the low water mark;
 - ``connection_lost(exc)`` exactly once after ``connection_made``, from a loop
   callback (never from inside ``write`` or ``close``), with ``None`` for an
-  orderly close and the exception otherwise.
+  orderly close and the exception otherwise;
+- an exception from any of these is logged and aborts this connection only,
+  even when another connection's handler led to the call (its ``write`` to
+  this one crossing the high water mark calls this one's ``pause_writing``).
 
 Writes made while the loop runs an iteration (from any handler, timer or
 callback) are collected per connection and sent with one ``send`` at the end of
@@ -465,7 +468,12 @@ class Connection:
                 )
             elif not self._paused:
                 self._paused = True
-                self.protocol.pause_writing()
+                # Often reached from another connection's handler (a relay, a fan-out):
+                # a failing pause_writing is this connection's failure, not the writer's.
+                try:
+                    self.protocol.pause_writing()
+                except Exception as exc:
+                    self.handle_error(exc)
 
     def handle_write(self) -> None:
         """Loop callback: writable readiness."""

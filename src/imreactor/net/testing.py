@@ -32,7 +32,8 @@ the same call-order contract:
 ``close()`` delivers what was written, then EOF; the closing side drops input
 and becomes CLOSED when the peer closes in turn or after
 ``flow.close_timeout_s``. ``abort()`` drops undelivered output and resets the
-peer. An exception escaping ``data_received`` is logged and aborts that side.
+peer. An exception escaping ``data_received``, ``pause_writing`` or
+``resume_writing`` is logged and aborts that side only.
 Nothing is delivered until the loop runs (``run_once`` or ``run``).
 """
 
@@ -185,7 +186,7 @@ class MemoryTransport:
                 self._close_now(PeerTooSlow(f"{size} bytes of output queued"), reset=True)
             elif not self._paused:
                 self._paused = True
-                self.protocol.pause_writing()
+                self._flow_callback(self.protocol.pause_writing, "pause_writing")
 
     def writelines(self, chunks: list[Buffer]) -> None:
         self.write(b"".join(chunks))
@@ -265,7 +266,16 @@ class MemoryTransport:
         writer = self.peer
         if writer is not None and writer._paused and len(self._inbox) <= writer.flow.low_water:
             writer._paused = False
-            writer.protocol.resume_writing()
+            writer._flow_callback(writer.protocol.resume_writing, "resume_writing")
+
+    def _flow_callback(self, callback: Callable[[], object], what: str) -> None:
+        # Reached from the other side's code (its write, its read): a failure is
+        # this side's, as with a Connection, and aborts this side only.
+        try:
+            callback()
+        except Exception as exc:
+            log.error("%r: %s failed; aborting", self, what, exc_info=exc)
+            self._close_now(exc, reset=True)
 
     def _close_deadline(self) -> None:
         self._timer = None
