@@ -189,6 +189,43 @@ def test_a_failing_pause_or_resume_writing_aborts_the_writer_only(
         assert len(reader.lost) == 1 and isinstance(reader.lost[0], ConnectionResetError)
 
 
+def test_no_flow_callback_after_connection_lost_and_a_side_is_lost_once(
+    fake_loop: EventLoop, clock: FakeClock
+) -> None:
+    class Writer(Recorder):
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self.connection().write(b"more")
+
+    class AbortsThenFails(Recorder):
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self.connection().abort()
+            raise RuntimeError("after abort")
+
+    flow = FlowControl(high_water=100, low_water=10, max_buffer=1000, close_timeout_s=5.0)
+    # A paused writer closes and times out while the reader does not read; when the
+    # reader reads at last, the closed writer is not resumed.
+    writer, reader = Writer(), Recorder()
+    tw, tr = transport_pair(fake_loop, writer, reader, flow=flow)
+    tr.pause_reading()
+    tw.write(b"x" * 200)
+    tw.close()
+    pump(fake_loop)
+    clock.advance(6.0)
+    pump(fake_loop)
+    assert writer.lost == [None]
+    tr.resume_reading()
+    pump(fake_loop)
+    assert writer.lost == [None] and "resume" not in writer.events
+    # A pause_writing that aborts its own side and then raises: lost once, with the abort.
+    aborter, other = AbortsThenFails(), Recorder()
+    ta, _ = transport_pair(fake_loop, aborter, other, flow=flow)
+    ta.write(b"y" * 200)
+    pump(fake_loop)
+    assert aborter.lost == [None]
+
+
 def test_close_times_out_when_the_peer_never_reads(fake_loop: EventLoop, clock: FakeClock) -> None:
     a, b = Recorder(), Recorder()
     ta, tb = transport_pair(fake_loop, a, b, flow=FlowControl(close_timeout_s=5.0))

@@ -264,7 +264,12 @@ class MemoryTransport:
     def _peer_read(self) -> None:
         # Our protocol consumed input: the writer at the other end may resume.
         writer = self.peer
-        if writer is not None and writer._paused and len(self._inbox) <= writer.flow.low_water:
+        if (
+            writer is not None
+            and writer._paused
+            and writer.state is not ConnState.CLOSED  # no callbacks after connection_lost
+            and len(self._inbox) <= writer.flow.low_water
+        ):
             writer._paused = False
             writer._flow_callback(writer.protocol.resume_writing, "resume_writing")
 
@@ -275,7 +280,8 @@ class MemoryTransport:
             callback()
         except Exception as exc:
             log.error("%r: %s failed; aborting", self, what, exc_info=exc)
-            self._close_now(exc, reset=True)
+            if self.state is not ConnState.CLOSED:  # the callback may have closed it
+                self._close_now(exc, reset=True)
 
     def _close_deadline(self) -> None:
         self._timer = None
