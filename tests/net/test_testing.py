@@ -226,6 +226,24 @@ def test_no_flow_callback_after_connection_lost_and_a_side_is_lost_once(
     assert aborter.lost == [None]
 
 
+def test_a_data_received_that_aborts_then_raises_loses_its_side_once(
+    fake_loop: EventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    class AbortsThenFails(Recorder):
+        def data_received(self, data: bytes) -> None:
+            self.connection().abort()
+            raise RuntimeError("after abort")
+
+    bad, good = AbortsThenFails(), Recorder()
+    _, tgood = transport_pair(fake_loop, bad, good)
+    with caplog.at_level(logging.ERROR, logger="imreactor.net"):
+        tgood.write(b"boom")
+        pump(fake_loop)
+    assert bad.lost == [None], "lost once, with the abort"
+    assert len(good.lost) == 1 and isinstance(good.lost[0], ConnectionResetError)
+    assert "data_received failed" in caplog.text
+
+
 def test_close_times_out_when_the_peer_never_reads(fake_loop: EventLoop, clock: FakeClock) -> None:
     a, b = Recorder(), Recorder()
     ta, tb = transport_pair(fake_loop, a, b, flow=FlowControl(close_timeout_s=5.0))

@@ -32,8 +32,8 @@ the same call-order contract:
 ``close()`` delivers what was written, then EOF; the closing side drops input
 and becomes CLOSED when the peer closes in turn or after
 ``flow.close_timeout_s``. ``abort()`` drops undelivered output and resets the
-peer. An exception escaping ``data_received``, ``pause_writing`` or
-``resume_writing`` is logged and aborts that side only.
+peer. An exception escaping ``connection_made``, ``data_received``,
+``pause_writing`` or ``resume_writing`` is logged and aborts that side only.
 Nothing is delivered until the loop runs (``run_once`` or ``run``).
 """
 
@@ -229,8 +229,7 @@ class MemoryTransport:
         try:
             self.protocol.connection_made(cast("Connection", self))
         except Exception as exc:
-            log.error("%r: connection_made failed; aborting", self, exc_info=exc)
-            self._close_now(exc, reset=True)
+            self._protocol_failed("connection_made", exc)
 
     def _schedule(self) -> None:
         if not self._scheduled and self.state is not ConnState.CLOSED:
@@ -247,8 +246,7 @@ class MemoryTransport:
             try:
                 self.protocol.data_received(chunk)
             except Exception as exc:
-                log.error("%r: data_received failed; aborting", self, exc_info=exc)
-                self._close_now(exc, reset=True)
+                self._protocol_failed("data_received", exc)
                 return
             self._peer_read()
         if self.state is ConnState.CLOSED:
@@ -279,9 +277,14 @@ class MemoryTransport:
         try:
             callback()
         except Exception as exc:
-            log.error("%r: %s failed; aborting", self, what, exc_info=exc)
-            if self.state is not ConnState.CLOSED:  # the callback may have closed it
-                self._close_now(exc, reset=True)
+            self._protocol_failed(what, exc)
+
+    def _protocol_failed(self, what: str, exc: BaseException) -> None:
+        """A protocol callback raised: log it and abort this side (once; the callback
+        may have closed it before raising), as ``Connection.handle_error`` does."""
+        log.error("%r: %s failed; aborting", self, what, exc_info=exc)
+        if self.state is not ConnState.CLOSED:
+            self._close_now(exc, reset=True)
 
     def _close_deadline(self) -> None:
         self._timer = None
