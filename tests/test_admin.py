@@ -105,6 +105,13 @@ def test_user_add_list_passwd(where: list[str]) -> None:
         assert store.validate_user("alice", password_digest("new one")) is not None
         assert store.validate_user("alice", password_digest("s3cret")) is None
 
+    assert ok("user", "disable", "bob", *where) == "disabled user bob\n"
+    with stored(where) as store:
+        assert store.validate_user("bob", password_digest("pw")) is None
+    assert ok("user", "enable", "bob", *where) == "enabled user bob\n"
+    with stored(where) as store:
+        assert store.validate_user("bob", password_digest("pw")) is not None
+
 
 def test_departments_and_a_user_in_one(where: list[str]) -> None:
     assert ok("dept", "add", "Engineering", *where) == "added department Engineering (id 1)\n"
@@ -164,6 +171,8 @@ def test_refusals_name_the_problem(where: list[str]) -> None:
         (("user", "add", "", "--password", "x"), "user name must not be empty"),
         (("user", "passwd", "zed", "--password", "x"), "no user 'zed'"),
         (("user", "passwd", "alice", "--password", ""), "the password must not be empty"),
+        (("user", "disable", "zed"), "no user 'zed'"),
+        (("user", "enable", "zed"), "no user 'zed'"),
         (("dept", "add", "Ops", "--parent", "4"), "no department 4"),
         (("dept", "add", " "), "the department name must not be empty"),
         (("group", "add", "G", "--creator", "zed"), "no user 'zed'"),
@@ -336,6 +345,16 @@ def test_commands_work_while_the_suite_runs_and_writes(running_suite: tuple[Path
     c.close()
     c, code = login(port, "bob", "b-new")
     assert code == 0  # ... and the new one accepted
+    c.close()
+    # A disabled account is refused at once, although its credential was verified
+    # moments ago; enabled again, it logs in.
+    assert ok("user", "disable", "user1", *where) == "disabled user user1\n"
+    c, code = login(port, "user1", "pw")
+    assert code == 6  # REFUSE_REASON_DB_VALIDATE_FAILED, as for a wrong password
+    c.close()
+    assert ok("user", "enable", "user1", *where) == "enabled user user1\n"
+    c, code = login(port, "user1", "pw")
+    assert code == 0
     c.close()
     alice.close()
     bob.close()

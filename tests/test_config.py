@@ -169,6 +169,13 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
         ("[msg\n", [], "Expected ']'"),
         ("[msg]\nprot = 1\n", [], "unknown key(s) msg.prot"),
         ('[login]\nhttp_port = "80"\n', [], "login.http_port: expected int, got '80'"),
+        ("[dbproxy]\nhash_threads = 0\n", [], "dbproxy.hash_threads: must be at least 1, got 0"),
+        (
+            "[dbproxy]\ncredential_cache_ttl_s = -1\n",
+            [],
+            "dbproxy.credential_cache_ttl_s: must be at least 0, got -1.0",
+        ),
+        ('[dbproxy]\nhash_max_pending = "x"\n', [], "dbproxy.hash_max_pending: expected int"),
         ("[mgs]\nport = 1\n", [], "unknown table(s) or key(s) mgs"),
         ("port = 1\n", [], "unknown table(s) or key(s) port"),
         ("[[msg]]\nport = 1\n", [], "msg must be a table"),

@@ -5,6 +5,7 @@
     imreactor user add NAME --password PW [--nick NICK] [--department ID]
     imreactor user list
     imreactor user passwd NAME --password PW
+    imreactor user disable NAME | imreactor user enable NAME
     imreactor dept add NAME [--parent ID] [--priority N]
     imreactor dept list
     imreactor group add NAME --creator USER [--members a,b,c]
@@ -75,7 +76,7 @@ def register(sub: Subparsers) -> None:
         p.set_defaults(run=_runner(f"{group[0]} {name}", fn))
         return p
 
-    user = _group(sub, "user", "add, list and change user accounts")
+    user = _group(sub, "user", "add, list, change, disable and enable user accounts")
     p = command(user, "add", _user_add, "create a user")
     p.add_argument("name", metavar="NAME", help="login name")
     p.add_argument("--password", required=True, metavar="PW", help="plaintext password")
@@ -87,6 +88,10 @@ def register(sub: Subparsers) -> None:
     p = command(user, "passwd", _user_passwd, "set a user's password")
     p.add_argument("name", metavar="NAME", help="login name")
     p.add_argument("--password", required=True, metavar="PW", help="new plaintext password")
+    p = command(user, "disable", _user_disable, "refuse every new login of a user")
+    p.add_argument("name", metavar="NAME", help="login name")
+    p = command(user, "enable", _user_enable, "let a disabled user log in again")
+    p.add_argument("name", metavar="NAME", help="login name")
 
     dept = _group(sub, "dept", "add and list departments")
     p = command(dept, "add", _dept_add, "create a department")
@@ -245,6 +250,21 @@ def _user_passwd(args: argparse.Namespace) -> None:
         if not store.change_password(_user_id(store, args.name), digest):
             raise AdminError(f"no user {args.name!r}")  # deleted between the two calls
     print(f"changed the password of {args.name}")
+
+
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> None:
+    with opened(args, create=False) as store:
+        if not store.set_disabled(_user_id(store, args.name), disabled):
+            raise AdminError(f"no user {args.name!r}")  # deleted between the two calls
+    print(f"{'disabled' if disabled else 'enabled'} user {args.name}")
+
+
+def _user_disable(args: argparse.Namespace) -> None:
+    _set_disabled(args, True)
+
+
+def _user_enable(args: argparse.Namespace) -> None:
+    _set_disabled(args, False)
 
 
 def _dept_add(args: argparse.Namespace) -> None:

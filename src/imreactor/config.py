@@ -58,6 +58,18 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{name}: unsupported type {annotation}")
 
 
+def check_minimums(config: Any, section: str, minimums: dict[str, float]) -> None:
+    """ConfigError naming the first key of ``config`` whose value is below its minimum.
+
+    For a dataclass's ``__post_init__``: :func:`from_mapping` checks types, this the
+    ranges no type rules out.
+    """
+    for key, minimum in minimums.items():
+        value = getattr(config, key)
+        if value < minimum:
+            raise ConfigError(f"{section}.{key}: must be at least {minimum}, got {value!r}")
+
+
 def from_mapping(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build ``cls`` from ``data``; every key must be a field of ``cls``."""
     hints = typing.get_type_hints(cls)

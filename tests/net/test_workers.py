@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from imreactor.net import EventLoop, PoolFull, WorkerPool
+from imreactor.net import DeadlineExpired, EventLoop, PoolFull, WorkerPool
 from imreactor.net.workers import ResultCallback
 
 from .helpers import DEADLINE_S, RunUntil
@@ -155,3 +155,49 @@ def test_a_task_without_callback_that_fails_is_logged(
     while not any("failed" in r.getMessage() for r in caplog.records):
         assert time.monotonic() < deadline, "the failure was not logged"
         time.sleep(0.01)
+
+
+def test_a_task_past_its_deadline_is_dropped_unstarted(
+    loop: EventLoop, run_until: RunUntil
+) -> None:
+    pool = WorkerPool(loop, threads=1)
+    release = threading.Event()
+    ran: list[str] = []
+    answers: list[tuple[object, BaseException | None]] = []
+    try:
+        # The one worker is busy, so the next two tasks wait in its queue.
+        pool.submit(release.wait, DEADLINE_S)
+        # A deadline that passes while the task waits (a short one, met before release).
+        expires = loop.time() + 0.001
+        pool.submit(
+            ran.append, "late", deadline=expires, callback=lambda r, e: answers.append((r, e))
+        )
+        pool.submit(ran.append, "no deadline", callback=lambda r, e: answers.append((r, e)))
+        while loop.time() < expires:
+            time.sleep(0.001)
+        release.set()
+        run_until(lambda: len(answers) == 2)
+        assert ran == ["no deadline"], "a task past its deadline ran"
+        assert isinstance(answers[0][1], DeadlineExpired)
+        assert answers[1] == (None, None)
+        assert pool.expired == 1
+        assert pool.pending == 0
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_a_task_before_its_deadline_runs(loop: EventLoop, run_until: RunUntil) -> None:
+    pool = WorkerPool(loop, threads=1)
+    answers: list[tuple[object, BaseException | None]] = []
+    try:
+        pool.submit(
+            lambda: "ran",
+            deadline=loop.time() + DEADLINE_S,
+            callback=lambda r, e: answers.append((r, e)),
+        )
+        run_until(lambda: len(answers) == 1)
+        assert answers == [("ran", None)]
+        assert pool.expired == 0
+    finally:
+        pool.shutdown()

@@ -2,8 +2,8 @@
 
 Covered: the heartbeat PDU byte for byte (WIRE.md §1), parse/encode round trips over the
 whole range of every field, the fixed version/flag/reserved values we write, parsing at an
-offset, and golden bytes (header + protobuf body, written out by hand) for IMLoginReq and
-IMMsgData.
+offset, the time budget a server-link request carries in the reserved field, and golden
+bytes (header + protobuf body, written out by hand) for IMLoginReq and IMMsgData.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from imreactor.pdu import registry
 from imreactor.pdu.header import (
     HEADER,
     HEADER_LEN,
+    MAX_BUDGET_MS,
     PDU_VERSION,
     Header,
+    budget_field,
+    budget_ms,
     encode_pdu,
     parse_header,
 )
@@ -161,3 +164,14 @@ def test_routing_view_of_the_header_matches_the_full_one() -> None:
     raw = HEADER.pack(80, 13, 7, 3, 0x0301, 4242, 0x30)
     assert HEADER_ROUTING.size == HEADER.size == 16
     assert HEADER_ROUTING.unpack(raw) == (80, 3, 0x0301, 4242)
+
+
+def test_budget_field_fits_the_reserved_u16_or_is_no_limit() -> None:
+    assert budget_field(None) == 0
+    assert budget_field(10.0) == 10_000
+    assert budget_field(0.0005) == 0  # under a millisecond: 0 would mean "no limit" anyway
+    assert budget_field(65.535) == MAX_BUDGET_MS
+    assert budget_field(65.536) == 0  # does not fit: no limit rather than a shorter one
+    assert budget_field(-1.0) == 0
+    pdu = encode_pdu(1, 2, 3, b"x", reserved=budget_field(2.5))
+    assert parse_header(pdu).reserved == 2500 == budget_ms(pdu)

@@ -14,7 +14,9 @@ transport_pair of imreactor.net.testing):
   closed after ``timeout_s`` without receiving and not while the peer sends; one Keepalive
   timer for a whole group of connections;
 - requests: the response callback gets the message; the wrong response class fails it;
-  ``TimeoutError`` after ``timeout_s`` (a late answer then goes to the dispatcher);
+  ``TimeoutError`` after ``timeout_s`` (a late answer then is counted and logged as late,
+  once, and its seq not reused meanwhile); requests carry their budget in the header's
+  reserved field where the policy says so;
   ``ConnectionError`` for every pending request when the link closes; seqs are never 0,
   wrap at 65535 and skip seqs still in use; a message that cannot be serialized raises
   and leaves nothing pending;
@@ -32,6 +34,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -43,9 +46,12 @@ from imreactor.net import EventLoop, Protocol, Server
 from imreactor.net.connection import CLOSED, CONNECTED, ConnState
 from imreactor.net.testing import FakeClock, MemoryTransport, transport_pair
 from imreactor.pdu.framing import Frame, FrameProtocol
-from imreactor.pdu.header import HEADER_LEN, encode_pdu, parse_header
+from imreactor.pdu.header import HEADER_LEN, budget_ms, encode_pdu, parse_header
 from imreactor.pdu.imconn import (
     HEARTBEAT_PDU,
+    LATE_SEQS_KEPT,
+    SERVER_LINK,
+    SERVER_SIDE_CLIENT,
     Dispatcher,
     ImConnection,
     Keepalive,
@@ -506,17 +512,17 @@ def test_response_of_the_wrong_class_fails_the_request(loop: EventLoop) -> None:
     assert "expected IMMsgDataAck, got IMLoginRes" in str(exc)
 
 
-def test_request_times_out_and_a_late_answer_is_dispatched(
-    loop: EventLoop, clock: FakeClock
+def test_request_times_out_and_a_late_answer_is_logged_as_late(
+    loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     late = Recorder()
     client_dispatch = Dispatcher()
     client_dispatch.register(im_login_pb2.IMLoginRes, late)
-    client = ImConnection(client_dispatch, policy=QUIET)
+    client = Refusals(client_dispatch, policy=QUIET)
     silent = ImConnection(Dispatcher(default=lambda c, m, s: None), policy=QUIET)
     cs, _ = link(loop, client, silent)
     got = Responses()
-    seq = client.request(login_req(), got, timeout_s=3.0)
+    seq = client.request(login_req(), got, timeout_s=3.0, response=im_login_pb2.IMLoginRes)
     advance(loop, clock, 2.75)
     assert got.results == []
     advance(loop, clock, 0.5)
@@ -524,11 +530,60 @@ def test_request_times_out_and_a_late_answer_is_dispatched(
     assert message is None
     assert isinstance(exc, TimeoutError)
     assert f"no response within 3 s (seq {seq})" in str(exc)
+    # While its answer may still come, the seq is not given to a new request.
+    assert client.request(login_req(), Responses(), timeout_s=None) != seq
+    with caplog.at_level(logging.INFO, logger="imreactor.pdu.imconn"):
+        silent.send(login_res(), seq)
+        settle(loop)
+    assert len(got.results) == 1  # exactly once
+    assert late.calls == [], "a late answer was dispatched as a new command"
+    assert client.refused == [], "a late answer was refused as an unknown command"
+    assert client.late_answers == 1
+    assert any("late answer CID_LOGIN_RES_USERLOGIN" in r.getMessage() for r in caplog.records)
+    # Only once: a second PDU with that seq is an ordinary one again.
     silent.send(login_res(), seq)
     settle(loop)
-    assert len(got.results) == 1  # exactly once
     assert late.calls == [(client, login_res(), seq)]
     assert cs.state is CONNECTED
+
+
+def test_a_late_seq_only_swallows_the_expected_answer(loop: EventLoop, clock: FakeClock) -> None:
+    pushes = Recorder()
+    client = ImConnection(Dispatcher(default=pushes), policy=QUIET)
+    silent = ImConnection(Dispatcher(default=lambda c, m, s: None), policy=QUIET)
+    link(loop, client, silent)
+    seq = client.request(login_req(), Responses(), timeout_s=1.0, response=im_login_pb2.IMLoginRes)
+    advance(loop, clock, 1.5)
+    # Another command that happens to carry the seq is the peer's own: dispatched.
+    silent.send(msg_data(), seq)
+    settle(loop)
+    assert [(m, s) for _, m, s in pushes.calls] == [(msg_data(), seq)]
+    assert client.late_answers == 0
+
+
+def test_late_seqs_kept_are_bounded(loop: EventLoop, clock: FakeClock) -> None:
+    client = ImConnection(Dispatcher(), policy=QUIET)
+    attach(loop, client)
+    for _ in range(LATE_SEQS_KEPT + 10):
+        client.request(login_req(), Responses(), timeout_s=1.0)
+    advance(loop, clock, 1.5)
+    assert len(client._late) == LATE_SEQS_KEPT
+    assert client._pending == {}
+
+
+def test_requests_carry_their_budget_only_where_the_policy_says(loop: EventLoop) -> None:
+    plain = ImConnection(Dispatcher(), policy=QUIET)
+    budgeted = ImConnection(Dispatcher(), policy=replace(QUIET, carry_budget=True))
+    plain_stub, budget_stub = attach(loop, plain), attach(loop, budgeted)
+    plain.request(login_req(), Responses(), timeout_s=2.5)
+    budgeted.request(login_req(), Responses(), timeout_s=2.5)
+    budgeted.request(login_req(), Responses(), timeout_s=None)
+    budgeted.request(login_req(), Responses(), timeout_s=100.0)  # does not fit: no limit
+    budgeted.send(login_res(), 7)  # not a request: never a budget
+    [p] = plain_stub.sent()
+    assert parse_header(p).reserved == 0
+    assert [budget_ms(w) for w in budget_stub.sent()] == [2500, 0, 0, 0]
+    assert SERVER_LINK.carry_budget and not SERVER_SIDE_CLIENT.carry_budget
 
 
 def test_closing_fails_every_pending_request(loop: EventLoop, clock: FakeClock) -> None:

@@ -95,6 +95,40 @@ def test_change_password(store: Storage) -> None:
     assert not store.change_password(999_999, md5_hex("new"))
 
 
+def test_a_disabled_account_refuses_every_login(store: Storage) -> None:
+    (uid,) = add_users(store, "frank")
+    before = store.user_by_name("frank")
+    assert store.set_disabled(uid, True)
+    assert store.validate_user("frank", PASSWORD) is None
+    assert store.user_by_name("frank") == before  # the account itself is untouched
+    assert store.set_disabled(uid, False)
+    assert store.validate_user("frank", PASSWORD) == before
+    assert not store.set_disabled(999_999, True)
+
+
+def test_login_record_is_the_user_its_stored_hash_and_flag(
+    store: Storage, storage_url: str
+) -> None:
+    (uid,) = add_users(store, "gina")
+    record = store.login_record("gina")
+    assert record is not None
+    assert record.user == store.user_by_name("gina")
+    assert not record.disabled
+    [(stored,)] = raw_query(storage_url, f"SELECT password_hash FROM users WHERE user_id = {uid}")
+    assert record.password_hash == stored
+    assert store.check_password(PASSWORD, record.password_hash)
+    assert not store.check_password(md5_hex("wrong"), record.password_hash)
+    assert not store.check_password(PASSWORD, None)
+    # A new password is a new stored hash (new salt), even when it is the same password.
+    store.change_password(uid, PASSWORD)
+    again = store.login_record("gina")
+    assert again is not None and again.password_hash != record.password_hash
+    store.set_disabled(uid, True)
+    disabled = store.login_record("gina")
+    assert disabled is not None and disabled.disabled
+    assert store.login_record("nobody") is None
+
+
 def test_users_updated_since_is_incremental(store: Storage, clock: FakeClock) -> None:
     a, b = add_users(store, "a", "b")
     t1 = clock.advance(10)

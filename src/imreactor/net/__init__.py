@@ -25,13 +25,14 @@ from .connector import Backoff, Connector
 from .loop import EventLoop, LoopCallback
 from .poller import available as available_pollers
 from .timers import Timer
-from .workers import PoolFull, WorkerPool
+from .workers import DeadlineExpired, PoolFull, WorkerPool
 
 __all__ = [
     "Backoff",
     "ConnState",
     "Connection",
     "Connector",
+    "DeadlineExpired",
     "EventLoop",
     "FlowControl",
     "Listener",

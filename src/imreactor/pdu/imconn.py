@@ -10,6 +10,13 @@ and responses by ``seq`` (for clients), and keeps the link alive:
 - it sends a heartbeat PDU when it has sent nothing for ``heartbeat_s``;
 - it closes the connection when it has received nothing for ``timeout_s``.
 
+On links whose policy says ``carry_budget`` (our server-to-server links) a
+request's header carries its timeout as a time budget (see
+:func:`~imreactor.pdu.header.budget_ms`), so the peer can drop work nobody will
+wait for. A response that arrives after its request timed out is a *late
+answer*: it is counted and logged as such, never mistaken for a new command, and
+its seq is not reused while the peer may still send it.
+
 Liveness is tracked with two flags per connection that the data path merely
 sets; one :class:`Keepalive` timer per group of connections (not one timer per
 connection) turns them into timestamps once a tick and acts on them. The
@@ -33,8 +40,15 @@ from google.protobuf.message import DecodeError, Message
 
 from ..net.connection import Connection
 from .framing import Frame, FrameProtocol
-from .header import DEFAULT_MAX_PDU_BYTES, HEADER_LEN, MAX_SEQ, encode_pdu
-from .registry import ids_of, message_class
+from .header import (
+    DEFAULT_MAX_PDU_BYTES,
+    HEADER_LEN,
+    MAX_SEQ,
+    budget_field,
+    budget_ms,
+    encode_pdu,
+)
+from .registry import command_name, ids_of, message_class
 
 if TYPE_CHECKING:
     from ..net.loop import EventLoop
@@ -45,9 +59,13 @@ log = logging.getLogger(__name__)
 SID_OTHER = 0x0007
 CID_OTHER_HEARTBEAT = 0x0701
 HEARTBEAT_PDU = encode_pdu(SID_OTHER, CID_OTHER_HEARTBEAT, 0)
+#: Timed-out seqs remembered per connection, so their late answers are recognised.
+LATE_SEQS_KEPT = 1024
 
 
-def encode_message(message: Message, seq: int = 0, *, partial: bool = False) -> bytes:
+def encode_message(
+    message: Message, seq: int = 0, *, partial: bool = False, reserved: int = 0
+) -> bytes:
     """``message`` as one whole PDU, with the ids the registry gives its class.
 
     Encode once and :meth:`ImConnection.send_frame` the result to send one message
@@ -55,7 +73,7 @@ def encode_message(message: Message, seq: int = 0, *, partial: bool = False) -> 
     """
     service_id, command_id = ids_of(message)
     body = message.SerializePartialToString() if partial else message.SerializeToString()
-    return encode_pdu(service_id, command_id, seq, body)
+    return encode_pdu(service_id, command_id, seq, body, reserved)
 
 
 Handler = Callable[["ImConnection", Any, int], Any]
@@ -71,16 +89,20 @@ class LinkPolicy:
 
     ``echo_heartbeat``: answer a peer's heartbeat with the same PDU (what
     msg_server does for clients) instead of relying on our own heartbeats.
+    ``carry_budget``: requests carry their timeout in the header's reserved field
+    (between our own servers; TeamTalk peers ignore the field).
     """
 
     heartbeat_s: float | None
     timeout_s: float | None
     echo_heartbeat: bool = False
     max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
+    carry_budget: bool = False
 
 
-#: Between servers: heartbeat after 5 s without sending, close after 30 s of silence.
-SERVER_LINK = LinkPolicy(heartbeat_s=5.0, timeout_s=30.0)
+#: Between servers: heartbeat after 5 s without sending, close after 30 s of silence;
+#: requests carry their time budget.
+SERVER_LINK = LinkPolicy(heartbeat_s=5.0, timeout_s=30.0, carry_budget=True)
 #: A client's side of its msg_server link: heartbeat every 30 s.
 CLIENT_SIDE = LinkPolicy(heartbeat_s=30.0, timeout_s=120.0)
 #: msg_server's side of a desktop client: echo its heartbeats, close after 120 s.
@@ -196,6 +218,13 @@ class ImConnection(FrameProtocol):
         self._last_send = 0.0
         self._next_seq = 0
         self._pending: dict[int, tuple[type[Message] | None, ResponseCallback, Timer | None]] = {}
+        # Timed-out seq -> the command id its answer would have (0: any), oldest first.
+        self._late: dict[int, int] = {}
+        #: Answers that arrived after their request had timed out (logged, then dropped).
+        self.late_answers = 0
+        #: While a handler runs, the loop-clock time after which the peer no longer waits
+        #: for the answer to the PDU it handles; None when that PDU carries no budget.
+        self.current_deadline: float | None = None
         #: PDUs refused (undecodable, missing required fields, unknown command).
         self.bad_pdus = 0
         #: Requests whose handler raised (logged; the connection stays up).
@@ -264,7 +293,8 @@ class ImConnection(FrameProtocol):
         # Sent before it is registered: a message that cannot be serialized raises
         # here and leaves no pending entry whose callback would also run later.
         # (A write never delivers input, so no answer can arrive first.)
-        self.send(message, seq)
+        reserved = budget_field(timeout_s) if self.policy.carry_budget else 0
+        self.send_frame(encode_message(message, seq, reserved=reserved))
         timer = None
         if timeout_s is not None:
             timer = self.conn.loop.call_later(timeout_s, self._request_timed_out, seq, timeout_s)
@@ -273,19 +303,27 @@ class ImConnection(FrameProtocol):
 
     def _allocate_seq(self) -> int:
         # seq 0 is what server pushes carry, so requests use 1..65535, skipping
-        # those still waiting for an answer.
-        if len(self._pending) >= MAX_SEQ:
+        # those still waiting for an answer and those whose late answer may come.
+        pending, late = self._pending, self._late
+        if len(pending) >= MAX_SEQ:
             raise RuntimeError("65535 requests outstanding on one connection")
+        if len(pending) + len(late) >= MAX_SEQ:
+            del late[next(iter(late))]  # the oldest late answer is the least likely to come
         seq = self._next_seq
         while True:
             seq = seq % MAX_SEQ + 1
-            if seq not in self._pending:
+            if seq not in pending and seq not in late:
                 self._next_seq = seq
                 return seq
 
     def _request_timed_out(self, seq: int, timeout_s: float) -> None:
         entry = self._pending.pop(seq, None)
         if entry is not None:
+            late = self._late
+            if len(late) >= LATE_SEQS_KEPT:
+                del late[next(iter(late))]
+            expected = entry[0]
+            late[seq] = ids_of(expected)[1] if expected is not None else 0
             entry[1](None, TimeoutError(f"no response within {timeout_s:g} s (seq {seq})"))
 
     # -- receiving -------------------------------------------------------------------------
@@ -301,6 +339,16 @@ class ImConnection(FrameProtocol):
             if entry is not None:
                 self._deliver_response(entry, service_id, command_id, seq, frame)
                 return
+        if seq and self._late and self._late.get(seq) in (0, command_id):
+            del self._late[seq]
+            self.late_answers += 1
+            log.info(
+                "%r: late answer %s (seq %d) after its request timed out; dropped",
+                self.conn,
+                command_name(command_id),
+                seq,
+            )
+            return
         handler = self.dispatcher.get(command_id)
         if handler is None:
             self.bad_pdu(service_id, command_id, seq, f"unknown command 0x{command_id:04x}")
@@ -308,6 +356,9 @@ class ImConnection(FrameProtocol):
         message = self.decode(service_id, command_id, seq, frame)
         if message is None:
             return
+        if self.policy.carry_budget:
+            budget = budget_ms(frame)
+            self.current_deadline = self.conn.loop.time() + budget / 1000 if budget else None
         try:
             handler(self, message, seq)
         except Exception:

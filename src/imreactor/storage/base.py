@@ -31,6 +31,7 @@ from .records import (
     GroupType,
     GroupVersion,
     InsertResult,
+    LoginRecord,
     Message,
     NewMessage,
     SessionType,
@@ -74,8 +75,22 @@ class Storage(Protocol):
         ...
 
     def validate_user(self, name: str, password_md5_hex: str) -> User | None:
-        """The user if ``name`` exists and the password matches, else None. Takes about
-        the same time whether or not the name exists; the comparison is constant-time."""
+        """The user if ``name`` exists, is not disabled and the password matches, else
+        None. Takes about the same time whether or not the name exists; the comparison
+        is constant-time."""
+        ...
+
+    def login_record(self, name: str) -> LoginRecord | None:
+        """The account a login names (one indexed read, no hashing), None if none."""
+        ...
+
+    def check_password(self, password_md5_hex: str, stored: str | None) -> bool:
+        """Does ``password_md5_hex`` match a stored hash (``None``: no such user, which
+        costs a full hash anyway and is False)? Pure CPU: call it on any thread."""
+        ...
+
+    def set_disabled(self, user_id: int, disabled: bool) -> bool:
+        """Disable (every login refused) or enable an account; False if no such user."""
         ...
 
     def change_password(self, user_id: int, new_password_md5_hex: str) -> bool:

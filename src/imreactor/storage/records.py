@@ -67,6 +67,19 @@ class User:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginRecord:
+    """What a login needs of an account: the user, the stored password hash, the flag.
+
+    The hash is the stored ``scrypt$...`` string (never the MD5 a client sends); it
+    changes whenever the password does, so it also serves as the credential's version.
+    """
+
+    user: User
+    password_hash: str
+    disabled: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Department:
     dept_id: int
     name: str

@@ -42,6 +42,7 @@ from .records import (
     GroupType,
     GroupVersion,
     InsertResult,
+    LoginRecord,
     Message,
     MsgType,
     NewMessage,
@@ -240,16 +241,35 @@ class SqlStorage:
         return self._write(work)
 
     def validate_user(self, name: str, password_md5_hex: str) -> User | None:
+        record = self.login_record(name)
+        # check_password runs a full hash even when the row is missing: equal timing.
+        stored = None if record is None else record.password_hash
+        if not self.check_password(password_md5_hex, stored):
+            return None
+        assert record is not None
+        return None if record.disabled else record.user
+
+    def login_record(self, name: str) -> LoginRecord | None:
         row = self._read(
             lambda tx: tx.one(
-                f"SELECT {USER_COLS}, password_hash FROM users WHERE name = ?", (name,)
+                f"SELECT {USER_COLS}, password_hash, disabled FROM users WHERE name = ?", (name,)
             )
         )
-        # verify() runs a full hash even when the row is missing: equal timing either way.
-        if not self._hasher.verify(password_md5_hex, None if row is None else row[-1]):
+        if row is None:
             return None
-        assert row is not None
-        return _user(row[:-1])
+        return LoginRecord(_user(row[:-2]), row[-2], bool(row[-1]))
+
+    def check_password(self, password_md5_hex: str, stored: str | None) -> bool:
+        return self._hasher.verify(password_md5_hex, stored)
+
+    def set_disabled(self, user_id: int, disabled: bool) -> bool:
+        # Not part of UserInfo either: ``updated`` stays.
+        changed = self._write(
+            lambda tx: tx.run(
+                "UPDATE users SET disabled = ? WHERE user_id = ?", (int(disabled), user_id)
+            )
+        )
+        return changed > 0
 
     def change_password(self, user_id: int, new_password_md5_hex: str) -> bool:
         password_hash = self._hasher.hash(new_password_md5_hex)

@@ -115,6 +115,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (group_id, user_id)) WITHOUT ROWID""",
         "CREATE INDEX group_members_user ON group_members (user_id, group_id)",
     ),
+    # 2: accounts an operator disabled refuse every login.
+    ("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",),
 )
 
 

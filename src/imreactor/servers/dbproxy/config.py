@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import option
+from ...config import check_minimums, option
 
 
 @dataclass
@@ -24,3 +24,34 @@ class DbProxyConfig:
     max_batch: int = option(256, "messages stored in one transaction at most")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
     timeout_s: float = option(30.0, "close a msg_server link silent for this long")
+    hash_threads: int = option(
+        2,
+        "threads that check password hashes (scrypt); about the number of cores, so a login"
+        " storm cannot take the threads other requests need",
+    )
+    hash_max_pending: int = option(
+        256,
+        "password checks queued or running before further logins are answered 'busy'"
+        " (result 3, which clients retry)",
+    )
+    credential_cache_size: int = option(
+        200_000, "verified credentials remembered (0: none; every login runs a full hash)"
+    )
+    credential_cache_ttl_s: float = option(
+        43_200.0, "a returning login within this long of its last full check costs no hash"
+    )
+
+    def __post_init__(self) -> None:
+        check_minimums(
+            self,
+            "dbproxy",
+            {
+                "threads": 1,
+                "max_pending": 1,
+                "max_batch": 1,
+                "hash_threads": 1,
+                "hash_max_pending": 1,
+                "credential_cache_size": 0,
+                "credential_cache_ttl_s": 0,
+            },
+        )

@@ -12,6 +12,17 @@ A storage failure affects only the request that met it: it is logged; a login
 is answered with result 3 (no database), a message with ``msg_id`` 0 (not
 stored: msg_server sends no ack), other queries get no answer (msg_server's
 request times out).
+
+A request carries the time its msg_server will wait for the answer (the PDU
+header's budget, :func:`~imreactor.pdu.header.budget_ms`); one still queued when
+that time has passed is dropped unstarted and not answered — nobody waits for it.
+
+A login reads the account (one indexed row) on the worker pool, then checks the
+password: against the :class:`CredentialCache` on the loop if it was verified
+recently, else with a full scrypt on a separate, small, bounded hash pool, so a
+storm of logins can neither occupy the threads every other request needs nor
+queue without bound (a login the hash pool cannot take is answered result 3,
+busy, at once; clients retry).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from ...net import EventLoop, PoolFull, Server, WorkerPool
+from ...net import DeadlineExpired, EventLoop, PoolFull, Server, WorkerPool
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
@@ -30,8 +41,9 @@ from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ...storage import Storage, StorageError, open_storage
-from ...storage.records import GroupType, NewMessage, SessionType, User
+from ...storage.records import GroupType, LoginRecord, NewMessage, SessionType, User
 from .config import DbProxyConfig
+from .credentials import CredentialCache
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -79,17 +91,28 @@ class DbProxyServer:
         self.config = config
         self.store = store if store is not None else open_storage(config.database)
         self.pool = WorkerPool(loop, config.threads, max_pending=config.max_pending, name="db")
+        self.hash_pool = WorkerPool(
+            loop, config.hash_threads, max_pending=config.hash_max_pending, name="hash"
+        )
+        self.credentials = CredentialCache(
+            config.credential_cache_size, config.credential_cache_ttl_s, clock=loop.time
+        )
         self.writer: GroupCommitWriter[NewMessage, Any] = GroupCommitWriter(
             self.store.insert_messages, config.max_batch
         )
         self.keepalive = Keepalive(loop)
-        self.policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
+        self.policy = LinkPolicy(
+            heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s, carry_budget=True
+        )
         self.dispatcher = Dispatcher()
         self._server: Server | None = None
         self.requests = 0
         self.failures = 0
+        #: Requests dropped unstarted because their msg_server had stopped waiting.
+        self.expired = 0
+        #: Logins answered "busy" because the hash pool was full.
+        self.busy = 0
         handlers: dict[type[Message], Work] = {
-            server_pb.IMValidateReq: self._validate,
             msg_pb.IMMsgDataReadAck: self._read_ack,
             msg_pb.IMUnreadMsgCntReq: self._unread,
             msg_pb.IMGetMsgListReq: self._msg_list,
@@ -111,6 +134,7 @@ class DbProxyServer:
         for cls, work in handlers.items():
             self.dispatcher.register(cls, self._runner(work))
         self.dispatcher.register(msg_pb.IMMsgData, self._on_msg_data)
+        self.dispatcher.register(server_pb.IMValidateReq, self._on_validate)
 
     def start(self) -> None:
         c = self.config
@@ -130,6 +154,7 @@ class DbProxyServer:
         if self._server is not None:
             self._server.close()
         self.pool.shutdown(wait=True)
+        self.hash_pool.shutdown(wait=True)
         self.writer.close()
         self.store.close()
 
@@ -143,6 +168,9 @@ class DbProxyServer:
             attach = request.attach_data if has_attach and request.HasField("attach_data") else b""
 
             def done(response: Message | None, exc: BaseException | None) -> None:
+                if isinstance(exc, DeadlineExpired):
+                    self._expired(request)
+                    return
                 if exc is not None:
                     self.failures += 1
                     log.error("%s failed: %r", type(request).__name__, exc)
@@ -155,7 +183,7 @@ class DbProxyServer:
 
             try:
                 # One key per client connection: its requests run in order.
-                self.pool.submit(work, self.store, request, key=(id(link), attach), callback=done)
+                self._submit_in_order(link, attach, done, work, self.store, request)
             except PoolFull:
                 self.failures += 1
                 log.warning("worker pool full; %s refused", type(request).__name__)
@@ -165,13 +193,11 @@ class DbProxyServer:
 
         return handle
 
+    def _expired(self, request: Message) -> None:
+        self.expired += 1
+        log.info("%s dropped unstarted: its msg_server stopped waiting", type(request).__name__)
+
     def _failure_answer(self, request: Any) -> Message | None:
-        if isinstance(request, server_pb.IMValidateReq):
-            return server_pb.IMValidateRsp(
-                user_name=request.user_name,
-                result_code=base.REFUSE_REASON_NO_DB_SERVER,
-                result_string="database unavailable",
-            )
         if isinstance(request, msg_pb.IMMsgData):
             refused = msg_pb.IMMsgData()
             refused.CopyFrom(request)
@@ -181,16 +207,104 @@ class DbProxyServer:
 
     # -- handlers (worker threads) --------------------------------------------------------
 
-    def _validate(self, store: Storage, req: Any) -> Message:
-        user = store.validate_user(req.user_name, req.password)
-        if user is None:
-            return server_pb.IMValidateRsp(
-                user_name=req.user_name,
-                result_code=base.REFUSE_REASON_DB_VALIDATE_FAILED,
-                result_string="unknown user or wrong password",
-            )
-        return server_pb.IMValidateRsp(
-            user_name=req.user_name, result_code=0, user_info=user_info(user)
+    # -- logins ---------------------------------------------------------------------------
+
+    def _on_validate(self, link: ImConnection, req: Any, seq: int) -> None:
+        """Read the account on the worker pool, then check the password (cache or hash).
+
+        The answer echoes ``attach_data``. Refusals: result 2 for an unknown name, a
+        wrong password or a disabled account (the latter said only to whoever knows
+        the password); result 3 when the database failed or the hash pool is full.
+        """
+        self.requests += 1
+        deadline = link.current_deadline
+        name, md5 = req.user_name, req.password
+        attach = req.attach_data if req.HasField("attach_data") else b""
+
+        def answer(rsp: server_pb.IMValidateRsp) -> None:
+            if attach:
+                rsp.attach_data = attach
+            link.send(rsp, seq)
+
+        def refuse(code: int, why: str) -> None:
+            answer(server_pb.IMValidateRsp(user_name=name, result_code=code, result_string=why))
+
+        def accept(record: LoginRecord) -> None:
+            if record.disabled:
+                log.info("login of %r refused: the account is disabled", name)
+                refuse(base.REFUSE_REASON_DB_VALIDATE_FAILED, "account disabled")
+            else:
+                answer(
+                    server_pb.IMValidateRsp(
+                        user_name=name, result_code=0, user_info=user_info(record.user)
+                    )
+                )
+
+        def failed(exc: BaseException) -> None:  # of either stage
+            if isinstance(exc, DeadlineExpired):
+                self._expired(req)
+            else:
+                self.failures += 1
+                log.error("IMValidateReq failed: %r", exc)
+                refuse(base.REFUSE_REASON_NO_DB_SERVER, "database unavailable")
+
+        def checked(ok: Any, exc: BaseException | None, record: LoginRecord | None) -> None:
+            if exc is not None:
+                failed(exc)
+            elif not ok or record is None:
+                refuse(base.REFUSE_REASON_DB_VALIDATE_FAILED, "unknown user or wrong password")
+            else:
+                self.credentials.remember(record.user.user_id, record.password_hash, md5)
+                accept(record)
+
+        def looked_up(record: LoginRecord | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                failed(exc)
+                return
+            if record is not None and self.credentials.check(
+                record.user.user_id, record.password_hash, md5
+            ):
+                accept(record)
+                return
+            # A full check; an unknown name costs one too (against a dummy hash), so
+            # the answer's timing does not tell which names exist.
+            stored = None if record is None else record.password_hash
+            try:
+                self.hash_pool.submit(
+                    self.store.check_password,
+                    md5,
+                    stored,
+                    callback=lambda ok, e: checked(ok, e, record),
+                    deadline=deadline,
+                )
+            except PoolFull:
+                self.busy += 1
+                log.warning("hash pool full; login of %r answered busy", name)
+                refuse(base.REFUSE_REASON_NO_DB_SERVER, "server busy")
+
+        try:
+            self._submit_in_order(link, attach, looked_up, self.store.login_record, name)
+        except PoolFull:
+            self.failures += 1
+            log.warning("worker pool full; IMValidateReq refused")
+            refuse(base.REFUSE_REASON_NO_DB_SERVER, "database unavailable")
+
+    def _submit_in_order(
+        self,
+        link: ImConnection,
+        attach: bytes,
+        callback: Callable[[Any, BaseException | None], Any],
+        fn: Callable[..., Any],
+        *args: Any,
+    ) -> None:
+        """Queue ``fn(*args)`` on the main pool behind earlier requests of the same client.
+
+        The key is the link plus the request's ``attach_data`` (which names the client
+        connection on msg_server), so one client's requests run in the order sent. The
+        deadline is the one the PDU being dispatched carried. Raises ``PoolFull``.
+        """
+        self.pool.submit(
+            fn, *args, key=(id(link), attach), callback=callback, deadline=link.current_deadline
         )
 
     def _on_msg_data(self, link: ImConnection, req: Any, seq: int) -> None:
@@ -221,7 +335,12 @@ class DbProxyServer:
             self.writer.store(new, committed)
 
         def failed(result: Any, exc: BaseException | None) -> None:  # loop thread
-            if exc is not None:
+            if isinstance(exc, DeadlineExpired):
+                # Not stored and not answered: msg_server gave up on it, so its
+                # client was never told it is stored, and storing it now would
+                # make a resend a duplicate.
+                self._expired(req)
+            elif exc is not None:
                 self.failures += 1
                 log.error("IMMsgData failed: %r", exc)
                 answer = self._failure_answer(req)
@@ -229,7 +348,7 @@ class DbProxyServer:
                     link.send(answer, seq)
 
         try:
-            self.pool.submit(work, self.store, req, key=(id(link), attach), callback=failed)
+            self._submit_in_order(link, attach, failed, work, self.store, req)
         except PoolFull:
             self.failures += 1
             log.warning("worker pool full; IMMsgData refused")
