@@ -176,6 +176,22 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
             "dbproxy.credential_cache_ttl_s: must be at least 0, got -1.0",
         ),
         ('[dbproxy]\nhash_max_pending = "x"\n', [], "dbproxy.hash_max_pending: expected int"),
+        (
+            "[msg]\nthrottle_account_lockout = 0\n",
+            [],
+            "msg.throttle_account_lockout: must be at least 1, got 0",
+        ),
+        (
+            "[msg]\nthrottle_address_free = 30\nthrottle_address_lockout = 30\n",
+            [],
+            "msg.throttle_address_lockout: must be more than throttle_address_free (30), got 30",
+        ),
+        (
+            "[msg]\nthrottle_max_delay_s = 1000.0\nthrottle_lockout_s = 10.0\n",
+            [],
+            "msg.throttle_max_delay_s: must be at most throttle_lockout_s (10.0), got 1000.0",
+        ),
+        ('[msg]\nthrottle_max_entries = "many"\n', [], "msg.throttle_max_entries: expected int"),
         ("[mgs]\nport = 1\n", [], "unknown table(s) or key(s) mgs"),
         ("port = 1\n", [], "unknown table(s) or key(s) port"),
         ("[[msg]]\nport = 1\n", [], "msg must be a table"),

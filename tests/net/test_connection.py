@@ -141,6 +141,18 @@ def test_writes_while_connecting_are_sent_once_connected(
     run_until(lambda: len(accepted) == 1 and accepted.made[0].received == b"early birds")
 
 
+def test_connect_from_a_chosen_source_address(loop: EventLoop, run_until: RunUntil) -> None:
+    accepted = Collect(Recorder)
+    server = loop.listen("127.0.0.1", 0, accepted)
+    conn = loop.connect("127.0.0.1", server.port, Recorder(), source=("127.0.0.2", 0))
+    run_until(lambda: len(accepted) == 1 and conn.state is CONNECTED)
+    assert accepted.made[0].connection().remote_address[0] == "127.0.0.2"
+    assert conn.local_address[0] == "127.0.0.2"
+    # A source that cannot be bound fails the call itself, before any connection exists.
+    with pytest.raises(OSError):
+        loop.connect("127.0.0.1", server.port, Recorder(), source=("192.0.2.1", 0))
+
+
 def test_addresses_and_socket_options(loop: EventLoop, run_until: RunUntil) -> None:
     accepted = Collect(Recorder)
     server = loop.listen("127.0.0.1", 0, accepted)

@@ -12,6 +12,7 @@ import queue
 import socket
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.servers.suite import DEMO_PASSWORD
 
 from .conftest import RunningSuite, SuiteFactory
 
@@ -277,3 +279,55 @@ def test_two_senders_in_one_conversation_deliver_in_msg_id_order(
     )
     assert report.ok, report.text()
     assert report.errors.get("reorders", 0) == 0
+
+
+THROTTLE = {
+    "throttle_account_free": 1,
+    "throttle_account_lockout": 3,
+    "throttle_address_free": 2,
+    "throttle_address_lockout": 10,
+    "throttle_delay_s": 1.0,
+    "throttle_max_delay_s": 1.0,
+    "throttle_lockout_s": 3.0,
+}
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # no database involved
+def test_failed_logins_are_throttled_per_account_and_per_address(
+    make_suite: SuiteFactory,
+) -> None:
+    suite = make_suite({"msg": THROTTLE})
+    suite.login("carol").close()  # msg_server is linked
+
+    def attempt(name: str, password: str, source: str) -> Any:
+        c = suite.client(source_host=source)
+        res = c.login(name, password, check=False)
+        c.close()
+        return res
+
+    # Per account: one free failure, then a wait; an attempt inside it is refused the
+    # normal way without reaching db_proxy, so even the right password fails ...
+    assert attempt("alice", "wrong", "127.0.0.2").result_code == 6
+    assert attempt("alice", "wrong", "127.0.0.2").result_code == 6
+    res = attempt("alice", DEMO_PASSWORD, "127.0.0.4")
+    assert res.result_code == base.REFUSE_REASON_DB_VALIDATE_FAILED
+    assert "too many failed logins" in res.result_string
+    # ... and the third failure locks the account for throttle_lockout_s.
+    time.sleep(1.1)
+    assert "too many" not in attempt("alice", "wrong", "127.0.0.2").result_string
+    time.sleep(1.1)  # past any delay, inside the lockout
+    assert "too many" in attempt("alice", DEMO_PASSWORD, "127.0.0.4").result_string
+    assert "account 'alice' locked out" in suite.log_text("msg_server")
+
+    # Per address: made-up names from one address; past its free failures, that address
+    # waits, whatever the name, while the same user from another address does not.
+    for i in range(3):
+        assert attempt(f"nobody{i}", "x", "127.0.0.3").result_code == 6
+    assert "too many" in attempt("bob", DEMO_PASSWORD, "127.0.0.3").result_string
+    assert attempt("bob", DEMO_PASSWORD, "127.0.0.5").result_code == 0
+
+    # The lockout expires (throttled attempts meanwhile do not extend it): alice logs in.
+    deadline = time.monotonic() + THROTTLE["throttle_lockout_s"] + 5
+    while (res := attempt("alice", DEMO_PASSWORD, "127.0.0.4")).result_code != 0:
+        assert "too many" in res.result_string and time.monotonic() < deadline
+        time.sleep(0.3)

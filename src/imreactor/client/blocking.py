@@ -136,7 +136,8 @@ class Client:
     ``aes_key``: encode texts sent with :meth:`send_text` / :meth:`send_group_text`
     the way the original clients do (:mod:`imreactor.client.crypto`);
     :meth:`decode_text` reverses it. ``queue_pushes=False`` leaves :attr:`pushes`
-    empty (for callers that only use callbacks).
+    empty (for callers that only use callbacks). ``source_host`` binds the local end
+    of every connection to that address (e.g. one of 127.0.0.0/8).
     """
 
     def __init__(
@@ -155,8 +156,11 @@ class Client:
         on_kick: MessageCallback | None = None,
         on_status: StatusCallback | None = None,
         queue_pushes: bool = True,
+        source_host: str | None = None,
     ) -> None:
         self.host = host
+        #: Local address every connection of this client is bound to (None: the OS picks).
+        self.source_host = source_host
         self.port = port
         self.timeout_s = timeout_s
         self.policy = policy
@@ -278,7 +282,10 @@ class Client:
             self._session = session
             self._conn = None
             try:
-                self._conn = self._loop.connect(host, port, session, timeout_s=self.timeout_s)
+                source = None if self.source_host is None else (self.source_host, 0)
+                self._conn = self._loop.connect(
+                    host, port, session, timeout_s=self.timeout_s, source=source
+                )
             except OSError as exc:
                 on_failed(None, exc)
                 return

@@ -681,13 +681,17 @@ def connect(
     timeout_s: float | None = 10.0,
     flow: FlowControl = DEFAULT_FLOW,
     nodelay: bool = True,
+    source: tuple[str, int] | None = None,
 ) -> Connection:
     """Start a non-blocking connect to ``host:port``; returns the CONNECTING connection.
 
     ``protocol.connection_made`` (the original's CONFIRM) or
     ``protocol.connection_failed`` follows from the loop, never before this
     returns. A host name is resolved here, synchronously (``getaddrinfo``);
-    pass an address literal where that must not block.
+    pass an address literal where that must not block. ``source`` binds the
+    local end first (``("127.0.0.2", 0)``: that address, any port), which is how
+    one host opens more connections to one server than its ephemeral ports allow.
+    An OSError from resolving or binding is raised here.
     """
     check_port(port)
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -697,6 +701,8 @@ def connect(
         sock.setblocking(False)
         if nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source is not None:
+            sock.bind(source)
         conn = Connection(loop, sock, protocol, flow)
         conn._start_connect(address, timeout_s)
     except BaseException:

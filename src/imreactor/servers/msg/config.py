@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import option
+from ...config import ConfigError, check_minimums, option
 
 
 @dataclass
@@ -34,3 +34,56 @@ class MsgConfig:
     reconnect_delays_s: list[float] = option(
         [4.0, 8.0, 16.0, 32.0, 64.0], "waits between reconnect attempts to peer servers"
     )
+    # Failed-login throttling (servers/msg/throttle.py; docs/servers.md, "Login throttling").
+    throttle_account_free: int = option(
+        3, "failed logins of one account name that cost nothing before it must wait"
+    )
+    throttle_account_lockout: int = option(
+        10, "failed logins of one account name that lock it for throttle_lockout_s"
+    )
+    throttle_address_free: int = option(
+        20, "failed logins from one IP address that cost nothing before it must wait"
+    )
+    throttle_address_lockout: int = option(
+        100, "failed logins from one IP address that lock it for throttle_lockout_s"
+    )
+    throttle_delay_s: float = option(
+        1.0, "wait after the first failure past the free ones; doubles with each further one"
+    )
+    throttle_max_delay_s: float = option(60.0, "longest wait short of a lockout")
+    throttle_lockout_s: float = option(
+        900.0,
+        "how long a lockout lasts; a name or address with no failure for this long is forgotten",
+    )
+    throttle_max_entries: int = option(
+        100_000, "names (and, separately, addresses) remembered at most; oldest forgotten first"
+    )
+
+    def __post_init__(self) -> None:
+        check_minimums(
+            self,
+            "msg",
+            {
+                "throttle_account_free": 0,
+                "throttle_account_lockout": 1,
+                "throttle_address_free": 0,
+                "throttle_address_lockout": 1,
+                "throttle_delay_s": 0,
+                "throttle_max_delay_s": 0,
+                "throttle_lockout_s": 0,
+                "throttle_max_entries": 1,
+            },
+        )
+        for kind in ("account", "address"):
+            free = getattr(self, f"throttle_{kind}_free")
+            lockout = getattr(self, f"throttle_{kind}_lockout")
+            if lockout <= free:
+                raise ConfigError(
+                    f"msg.throttle_{kind}_lockout: must be more than throttle_{kind}_free"
+                    f" ({free}), got {lockout!r}"
+                )
+        if self.throttle_max_delay_s > self.throttle_lockout_s:
+            raise ConfigError(
+                "msg.throttle_max_delay_s: must be at most throttle_lockout_s"
+                f" ({self.throttle_lockout_s!r}), got {self.throttle_max_delay_s!r}"
+            )

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -55,6 +56,7 @@ from ..links import Link, LinkSet
 from .config import MsgConfig
 from .groups import GroupCache, GroupEntry
 from .ordering import Sequencer
+from .throttle import Limits, LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,23 @@ USER_ACTION_DEL = 2
 MAX_BAD_PDUS = 10
 _ATTACH = struct.Struct(">III")
 _ATTACH_TYPE_HANDLE = 1
+
+
+def _limits(config: MsgConfig, kind: str) -> Limits:
+    """The throttle's limits for ``kind`` (``account`` or ``address``) from ``config``."""
+    return Limits(
+        free=getattr(config, f"throttle_{kind}_free"),
+        lockout=getattr(config, f"throttle_{kind}_lockout"),
+        delay_s=config.throttle_delay_s,
+        max_delay_s=config.throttle_max_delay_s,
+        lockout_s=config.throttle_lockout_s,
+    )
+
+
+def _host_of(conn: ImConnection) -> str:
+    """The client's IP address as text ("" when the transport has none)."""
+    peer = conn.conn.remote_address
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 class ClientConn(ImConnection):
@@ -205,6 +224,12 @@ class MsgServer:
         )
         self.clients: dict[int, ClientConn] = {}
         self.handles = itertools.count(1)
+        self.throttle = LoginThrottle(
+            _limits(config, "account"),
+            _limits(config, "address"),
+            config.throttle_max_entries,
+            loop.time,
+        )
         self.users: dict[int, UserConns] = {}
         self._server: Server | None = None
         delays = tuple(config.reconnect_delays_s)
@@ -338,6 +363,19 @@ class MsgServer:
         if conn.logged_in or conn.login_pending:
             log.warning("%r: second IMLoginReq ignored", conn.conn)
             return
+        name = req.user_name
+        address = _host_of(conn)
+        wait = self.throttle.retry_after(name, address)
+        if wait > 0.0:
+            # No db request, so no hash: a guesser's attempts cost a dict lookup.
+            log.debug("login of %r from %s throttled for %.0f s", name, address, wait)
+            self._login_refused(
+                conn,
+                seq,
+                base.REFUSE_REASON_DB_VALIDATE_FAILED,
+                f"too many failed logins; try again in {math.ceil(wait)} s",
+            )
+            return
         refuse = 0
         db = self.db.pick()
         if db is None:
@@ -369,8 +407,16 @@ class MsgServer:
                 code = rsp.result_code
                 if code != base.REFUSE_REASON_NO_DB_SERVER:
                     code = base.REFUSE_REASON_DB_VALIDATE_FAILED
+                    for kind in self.throttle.failure(name, address):
+                        log.warning(
+                            "%s %r locked out for %.0f s after too many failed logins",
+                            kind,
+                            name if kind == "account" else address,
+                            self.config.throttle_lockout_s,
+                        )
                 self._login_refused(conn, seq, code, rsp.result_string)
                 return
+            self.throttle.success(name)
             self._logged_in(conn, seq, rsp.user_info, client_type, online_status)
 
         db.request(
