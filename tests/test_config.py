@@ -114,6 +114,13 @@ def test_load_reads_the_table_and_keeps_other_defaults(tmp_path: Path) -> None:
         ('[msg]\ndb_proxies = "a:1"\n', "msg.db_proxies: expected a list, got 'a:1'"),
         ("[msg]\ndb_proxies = [1]\n", "msg.db_proxies[0]: expected str, got 1"),
         ("msg = 3\n", "[msg] must be a table"),
+        (
+            '[msg]\npresence = "everyone"\n',
+            'msg.presence: must be "subscribed" or "broadcast", got \'everyone\'',
+        ),
+        ("[msg]\npresence = 1\n", "msg.presence: expected str, got 1"),
+        ("[msg]\nmax_subscriptions = -1\n", "msg.max_subscriptions: must be at least 0, got -1"),
+        ('[msg]\nmax_subscriptions = "all"\n', "msg.max_subscriptions: expected int"),
     ],
 )
 def test_load_refuses_with_the_key_named(tmp_path: Path, text: str, message: str) -> None:
@@ -192,6 +199,11 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
             "msg.throttle_max_delay_s: must be at most throttle_lockout_s (10.0), got 1000.0",
         ),
         ('[msg]\nthrottle_max_entries = "many"\n', [], "msg.throttle_max_entries: expected int"),
+        (
+            "[route]\nmax_link_subscriptions = -1\n",
+            [],
+            "route.max_link_subscriptions: must be at least 0, got -1",
+        ),
         ("[mgs]\nport = 1\n", [], "unknown table(s) or key(s) mgs"),
         ("port = 1\n", [], "unknown table(s) or key(s) port"),
         ("[[msg]]\nport = 1\n", [], "msg must be a table"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,12 +23,16 @@ from imreactor.client.session import password_digest
 from imreactor.net import Backoff
 from imreactor.pdu.kinds import NOT_READY
 from imreactor.pdu.proto import im_base_define_pb2 as base
+from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_group_pb2 as group_pb
 from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.pdu.proto import im_other_pb2 as other_pb
 from imreactor.servers.suite import DEMO_PASSWORD
 from imreactor.storage import open_storage
 from imreactor.storage.records import GroupType
+
+from .recording_proxy import RecordingProxy
 
 pytestmark = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -359,3 +364,62 @@ def test_reconnect_stops_when_the_password_was_changed(suite: RunningSuite) -> N
     assert bob.status is ClientStatus.FAILED and len(statuses) == reported
     assert not bob.is_connected and not bob.is_online and bob.reconnects == 0
     assert ClientStatus.RECONNECTING in statuses
+
+
+# -- presence subscriptions ----------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(suite: RunningSuite) -> Iterator[RecordingProxy]:
+    """A recording proxy in front of the suite's msg_server."""
+    p = RecordingProxy(("127.0.0.1", suite.layout.msg_ports[0]))
+    yield p
+    p.close()
+
+
+def notifies(c: Client, until: tuple[int, int]) -> list[tuple[int, int]]:
+    """``(user_id, status)`` of the IMUserStatNotify pushes on ``c``, up to ``until``."""
+    got: list[tuple[int, int]] = []
+    while not got or got[-1] != until:
+        stat = c.wait_for(buddy.IMUserStatNotify, 10).user_stat
+        got.append((stat.user_id, stat.status))
+    return got
+
+
+def test_watch_stays_within_its_limit_and_subscribes_again_after_each_reconnect(
+    suite: RunningSuite, proxy: RecordingProxy
+) -> None:
+    bob = login(suite, "bob")
+    ids = {u.user_nick_name: u.user_id for u in bob.all_users().user_list}
+    b, c, d = ids["Bob"], ids["Carol"], ids["Dave"]
+    alice = Client.connect(
+        "127.0.0.1", proxy.port, reconnect=True, watch_limit=2, backoff=Backoff([0.1], jitter=0)
+    )
+    suite.clients.append(alice)
+    alice.login("alice", DEMO_PASSWORD)
+
+    assert alice.watch([b, c, d]) == {b: base.USER_STATUS_ONLINE, c: base.USER_STATUS_OFFLINE}
+    assert alice.watched == {b, c}
+    assert alice.watch([d]) == {}  # over the limit: not remembered, nothing sent
+    assert alice.watch([c]) == {c: base.USER_STATUS_OFFLINE}
+    assert alice.watched == {b, c}
+    (first,) = proxy.messages(buddy.IMUsersStatReq)
+    assert [list(r.user_id_list) for r in first] == [[b, c], [c]]
+
+    proxy.drop()
+    assert alice.wait_closed(5)
+    assert alice.wait_online(15), "alice did not come back"
+    _, again = proxy.messages(buddy.IMUsersStatReq)
+    assert [list(r.user_id_list) for r in again] == [[b, c]]
+    # Re-subscribed right after the login, before the catch-up asks for anything.
+    kinds = [type(m).__name__ for m in proxy.sent[1] if not isinstance(m, other_pb.IMHeartBeat)]
+    assert kinds[:2] == ["IMLoginReq", "IMUsersStatReq"]
+    # The statuses then are queued as notifies; later changes come live.
+    login(suite, "carol")
+    assert notifies(alice, (c, base.USER_STATUS_ONLINE)) == [
+        (b, base.USER_STATUS_ONLINE),
+        (c, base.USER_STATUS_OFFLINE),
+        (c, base.USER_STATUS_ONLINE),
+    ]
+    with pytest.raises(ValueError, match="at least 0"):
+        Client.connect("127.0.0.1", proxy.port, watch_limit=-1)

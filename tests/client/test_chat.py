@@ -7,6 +7,7 @@ does not answer, so the children run with ``PROMPT_TOOLKIT_NO_CPR=1``.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -19,8 +20,15 @@ import pytest
 from servers.conftest import RunningSuite, free_ports
 
 from imreactor.client import Client
+from imreactor.client.chat import display_name
+from imreactor.client.session import password_digest
+from imreactor.pdu.proto import im_base_define_pb2 as base
+from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
+from imreactor.storage import open_storage
+
+from .recording_proxy import Locator, RecordingProxy
 
 sqlite_only = pytest.mark.parametrize("database", ["sqlite"], indirect=True)
 
@@ -40,12 +48,16 @@ class Terminals:
         self.suite = suite
         self.children: list[pexpect.spawn[str]] = []
 
-    def chat(self, user: str, password: str = DEMO_PASSWORD) -> pexpect.spawn[str]:
+    def chat(
+        self, user: str, password: str = DEMO_PASSWORD, url: str | None = None
+    ) -> pexpect.spawn[str]:
+        """``imreactor chat`` as ``user``, asking ``url`` (default: the suite's login_server)."""
         child = pexpect.spawn(
             sys.executable,
             [
                 *("-m", "imreactor", "--log-level", "WARNING", "chat"),
-                *("--user", user, "--password", password, "--login-url", self.suite.http_url),
+                *("--user", user, "--password", password),
+                *("--login-url", url or self.suite.http_url),
             ],
             env=_env(),
             dimensions=(50, 200),
@@ -184,6 +196,85 @@ def test_chat_survives_a_msg_server_restart_and_ends_when_kicked(
         other.login("bob", DEMO_PASSWORD)  # the same class of client: the chat is kicked
         bob.expect(r"imreactor chat: kicked: this user logged in elsewhere")
         assert _exit_status(bob) == 1
+
+
+@sqlite_only
+def test_chat_watches_the_people_it_shows_and_calls_them_by_name(
+    suite: RunningSuite, terminals: Terminals
+) -> None:
+    # The chat reaches msg_server through a recording proxy (its "login_server" points
+    # there), so what it subscribes to, and when, can be read off the wire.
+    proxy = RecordingProxy(("127.0.0.1", suite.layout.msg_ports[0]))
+    locator = Locator("127.0.0.1", proxy.port)
+    try:
+        with Client.via_login_server(suite.http_url) as carol:
+            carol.login("carol", DEMO_PASSWORD)
+            ids = {u.user_nick_name: u.user_id for u in carol.all_users().user_list}
+            carol.send_text(ids["Alice"], "are you there?")  # Carol: a recent session
+        alice = terminals.chat("alice", url=locator.url)
+        seen = io.StringIO()
+        alice.logfile_read = seen
+        alice.expect(r"contacts: Bob \(offline\), Carol \(offline, 1 unread\), Dave \(offline\)")
+        alice.expect(r"Carol \(1 unread\) — Carol: are you there\?")
+        alice.expect("Alice>")
+        # Everyone it shows, the recent session's peer first (the watch bound keeps the
+        # first ones), itself never.
+        (named,) = proxy.messages(buddy.IMUsersStatReq)
+        assert [list(r.user_id_list) for r in named] == [[ids["Carol"], ids["Bob"], ids["Dave"]]]
+
+        with Client.via_login_server(suite.http_url) as bob:
+            bob.login("bob", DEMO_PASSWORD)
+            alice.expect(r"\* Bob is online")
+        alice.expect(r"\* Bob is offline")
+
+        # A user the chat has never heard of: named once looked up, then watched.
+        store = open_storage(suite.layout.database_url)
+        try:
+            erin_id = store.add_user("erin", password_digest(DEMO_PASSWORD), nick="Erin").user_id
+        finally:
+            store.close()
+        with Client.via_login_server(suite.http_url) as erin:
+            erin.login("erin", DEMO_PASSWORD)
+            erin.send_text(ids["Alice"], "hi, I am new")
+            alice.expect(r"Erin → you: hi, I am new   \(/to Erin to reply\)")
+            # Subscribed once msg_server has answered the request naming her.
+            proxy.wait_for(
+                lambda: any(
+                    [s.user_id for s in rsp.user_stat_list] == [erin_id]
+                    for rsp in proxy.messages(buddy.IMUsersStatRsp, received=True)[0]
+                )
+            )
+        alice.expect(r"\* Erin is offline")
+
+        # After a reconnect the SDK subscribes the same users again, in the same order.
+        proxy.drop()
+        alice.expect(r"\* connection lost; reconnecting")
+        alice.expect(r"\* back online")
+        alice.sendline("/who")  # answered after the re-subscription: it is on the wire
+        alice.expect(
+            r"contacts: Bob \(offline\), Carol \(offline, 1 unread\), Dave \(offline\),"
+            r" Erin \(offline, 1 unread\)"
+        )
+        _, renewed = proxy.messages(buddy.IMUsersStatReq)
+        assert [list(r.user_id_list) for r in renewed] == [
+            [ids["Carol"], ids["Bob"], ids["Dave"], erin_id]
+        ]
+        with Client.via_login_server(suite.http_url) as bob:
+            bob.login("bob", DEMO_PASSWORD)
+            alice.expect(r"\* Bob is online")
+        alice.sendline("/quit")
+        assert _exit_status(alice) == 0
+        shown = seen.getvalue()
+        assert "user #" not in shown and not re.search(rf"\buser {erin_id}\b", shown)
+    finally:
+        locator.close()
+        proxy.close()
+
+
+def test_a_user_without_any_name_is_shown_by_a_marked_id() -> None:
+    nameless = base.UserInfo(user_id=119)
+    assert display_name(nameless) == "user #119"
+    assert display_name(base.UserInfo(user_id=119, user_domain="zed")) == "zed"
 
 
 @sqlite_only

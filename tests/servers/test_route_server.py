@@ -1,7 +1,8 @@
 """route_server as a real process, with msg_servers played by plain sockets.
 
 Each test starts its own route_server (``imreactor route-server -c FILE``) and
-connects a few fake msg_servers that speak the route protocol with encoded PDUs.
+connects a few fake msg_servers that speak the route protocol with encoded PDUs. A fake
+that never sends ``WATCH_SET`` is a broadcast link, as an original TeamTalk msg_server is.
 
 Checking that a link received *nothing* needs no sleeping: route_server handles
 one link's PDUs in order and writes to each link in order, so after
@@ -34,7 +35,7 @@ from imreactor.pdu.proto import im_server_pb2 as server_pb
 from imreactor.pdu.proto import im_switch_service_pb2 as switch_pb
 from imreactor.pdu.registry import ids_of, message_class
 from imreactor.servers.route.config import RouteConfig
-from imreactor.servers.route.server import Presence
+from imreactor.servers.route.server import WATCH_ADD, WATCH_SET, Presence
 from imreactor.servers.suite import Child, start_child, stop_children
 
 from .conftest import free_ports
@@ -55,26 +56,74 @@ class Received(NamedTuple):
     frame: bytes
 
 
-class Peer:
-    """One msg_server played with a blocking socket."""
+class PduSocket:
+    """One end of a TeamTalk link played with a blocking socket (``WAIT_S`` timeout)."""
 
-    _sync_seq = itertools.count(60000)
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.settimeout(WAIT_S)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = bytearray()
         self.heartbeats = 0
-        role = self.recv()  # route_server's first word on every link
-        assert isinstance(role.message, server_pb.IMRoleSet), role
-        self.master = role.message.master
-
-    # -- sending ---------------------------------------------------------------------------
 
     def send(self, message: Message, seq: int = 0) -> bytes:
         frame = encode_pdu(*ids_of(message), seq, message.SerializePartialToString())
         self.sock.sendall(frame)
         return frame
+
+    def recv_frame(self) -> bytes:
+        """The next whole PDU (heartbeats included); raises on EOF or after WAIT_S."""
+        while True:
+            if len(self._buf) >= HEADER_LEN:
+                length = parse_header(self._buf).length
+                if len(self._buf) >= length:
+                    frame = bytes(self._buf[:length])
+                    del self._buf[:length]
+                    return frame
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("the peer closed the link")
+            self._buf += chunk
+
+    def recv(self) -> Received:
+        """The next PDU that is not a heartbeat, decoded."""
+        while True:
+            frame = self.recv_frame()
+            if frame == HEARTBEAT_PDU:
+                self.heartbeats += 1
+                continue
+            header = parse_header(frame)
+            cls = message_class(header.service_id, header.command_id)
+            assert cls is not None, header
+            message = cls()
+            message.ParseFromString(frame[HEADER_LEN:])
+            return Received(header, message, frame)
+
+    def wait_for(self, cls: type[Message]) -> tuple[Received, list[Received]]:
+        """The next ``cls`` PDU, and what came before it."""
+        before: list[Received] = []
+        while True:
+            r = self.recv()
+            if isinstance(r.message, cls):
+                return r, before
+            before.append(r)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Peer(PduSocket):
+    """One msg_server played with a blocking socket."""
+
+    _sync_seq = itertools.count(60000)
+
+    def __init__(self, port: int) -> None:
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=WAIT_S))
+        role = self.recv()  # route_server's first word on every link
+        assert isinstance(role.message, server_pb.IMRoleSet), role
+        self.master = role.message.master
+
+    # -- sending ---------------------------------------------------------------------------
 
     def hosts(self, *users: tuple[int, int]) -> None:
         info = server_pb.IMOnlineUserInfo()
@@ -95,34 +144,6 @@ class Peer:
 
     # -- receiving -------------------------------------------------------------------------
 
-    def recv_frame(self) -> bytes:
-        """The next whole PDU (heartbeats included); raises on EOF or after WAIT_S."""
-        while True:
-            if len(self._buf) >= HEADER_LEN:
-                length = parse_header(self._buf).length
-                if len(self._buf) >= length:
-                    frame = bytes(self._buf[:length])
-                    del self._buf[:length]
-                    return frame
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("route_server closed the link")
-            self._buf += chunk
-
-    def recv(self) -> Received:
-        """The next PDU that is not a heartbeat, decoded."""
-        while True:
-            frame = self.recv_frame()
-            if frame == HEARTBEAT_PDU:
-                self.heartbeats += 1
-                continue
-            header = parse_header(frame)
-            cls = message_class(header.service_id, header.command_id)
-            assert cls is not None, header
-            message = cls()
-            message.ParseFromString(frame[HEADER_LEN:])
-            return Received(header, message, frame)
-
     def sync(self) -> list[Received]:
         """Everything route_server sent here before answering a request sent now."""
         seq = next(self._sync_seq)
@@ -134,14 +155,17 @@ class Peer:
                 return got
             got.append(r)
 
-    def wait_for(self, cls: type[Message]) -> tuple[Received, list[Received]]:
-        """The next ``cls`` PDU, and what came before it."""
-        before: list[Received] = []
-        while True:
-            r = self.recv()
-            if isinstance(r.message, cls):
-                return r, before
-            before.append(r)
+    def watch(self, *user_ids: int, replace: bool) -> list[tuple[int, int]]:
+        """Subscribe this link (``WATCH_SET`` if ``replace``, else ``WATCH_ADD``).
+
+        Returns the ``(user_id, status)`` pairs of the answer, which must come first.
+        """
+        mark = WATCH_SET if replace else WATCH_ADD
+        self.send(buddy_pb.IMUsersStatReq(user_id=0, user_id_list=user_ids, attach_data=mark), 9)
+        rsp, before = self.wait_for(buddy_pb.IMUsersStatRsp)
+        assert before == [] and rsp.header.seq == 9
+        assert rsp.message.attach_data == mark  # answered like any IMUsersStatReq
+        return [(s.user_id, s.status) for s in rsp.message.user_stat_list]
 
     def closed_by_peer(self) -> bool:
         """True once route_server closes the link (data still pending is discarded)."""
@@ -151,9 +175,6 @@ class Peer:
         except ConnectionResetError:
             pass
         return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def settle(*peers: Peer) -> None:
@@ -264,7 +285,7 @@ def test_first_link_is_master_and_the_oldest_remaining_takes_over(route: Route) 
 
 
 def test_presence_transitions_are_announced_to_every_link_once(route: Route) -> None:
-    a, b = route.peer(), route.peer()
+    a, b = route.peer(), route.peer()  # broadcast links: told about everyone
     a.hosts((1, WIN), (2, ANDROID))
     expected = [(1, ONLINE), (2, ONLINE)]
     assert stats(a.sync()) == expected  # the origin is told too
@@ -338,6 +359,72 @@ def test_users_stat_req_is_answered_with_its_seq_and_attach_data(route: Route) -
     rsp, _ = c.wait_for(buddy_pb.IMUsersStatRsp)
     assert rsp.header.seq == 1 and not rsp.message.HasField("attach_data")
     assert list(rsp.message.user_stat_list) == []
+
+
+def test_a_subscribed_link_hears_only_of_the_users_it_watches(route: Route) -> None:
+    watcher, teamtalk, origin = route.peer(), route.peer(), route.peer()
+    assert watcher.watch(1, replace=True) == [(1, OFFLINE)]
+    assert origin.watch(2, replace=True) == [(2, OFFLINE)]
+    origin.hosts((1, WIN), (2, WIN), (3, WIN))
+    assert stats(watcher.sync()) == [(1, ONLINE)]
+    assert stats(origin.sync()) == [(2, ONLINE)]  # the origin too, for what it watches
+    assert stats(teamtalk.sync()) == [(1, ONLINE), (2, ONLINE), (3, ONLINE)]
+    # A plain IMUsersStatReq (a client's query) is a query: it subscribes nothing.
+    assert route.online(watcher, 3) == [ONLINE]
+    origin.status(3, WIN, OFFLINE)
+    origin.sync()
+    assert watcher.sync() == []
+    assert stats(teamtalk.sync()) == [(3, OFFLINE)]
+    # WATCH_ADD adds; the answer tells the status now.
+    assert watcher.watch(3, 2, replace=False) == [(3, OFFLINE), (2, ONLINE)]
+    origin.status(3, WIN, ONLINE)
+    origin.status(2, WIN, OFFLINE)
+    origin.sync()
+    assert stats(watcher.sync()) == [(3, ONLINE), (2, OFFLINE)]
+    # WATCH_SET replaces: 1 and 2 are no longer watched.
+    assert watcher.watch(3, replace=True) == [(3, ONLINE)]
+    origin.status(1, WIN, OFFLINE)
+    origin.status(2, WIN, ONLINE)
+    origin.sync()
+    assert watcher.sync() == []
+    teamtalk.sync()
+    # WATCH_ADD on a broadcast link changes nothing: it still hears of everyone.
+    teamtalk.watch(1, replace=False)
+    origin.status(2, WIN, OFFLINE)
+    origin.sync()
+    assert stats(teamtalk.sync()) == [(2, OFFLINE)]
+    assert watcher.sync() == []
+
+
+def test_a_link_past_max_link_subscriptions_hears_of_everyone_until_it_sets_again(
+    start_route: Any,
+) -> None:
+    route: Route = start_route(max_link_subscriptions=2)
+    watcher, origin = route.peer(), route.peer()
+
+    def change(user_id: int, status: int) -> list[tuple[int, int]]:
+        """What ``watcher`` is told when ``origin`` reports ``user_id`` as ``status``."""
+        origin.status(user_id, WIN, status)
+        origin.sync()
+        return stats(watcher.sync())
+
+    watcher.watch(1, 2, replace=True)
+    assert change(3, ONLINE) == []
+    watcher.watch(3, replace=False)  # a third user: too many
+    assert change(4, ONLINE) == [(4, ONLINE)]
+    watcher.watch(1, replace=True)  # a smaller set: subscribed again
+    assert change(5, ONLINE) == []
+    assert change(1, ONLINE) == [(1, ONLINE)]
+    watcher.watch(1, 2, 3, replace=True)  # too many at once
+    assert change(6, ONLINE) == [(6, ONLINE)]
+    watcher.watch(1, 1, 2, replace=True)  # each user counts once
+    assert change(7, ONLINE) == []
+    # A new link hears of everyone until it sets its subscriptions.
+    late = route.peer()
+    origin.status(8, WIN, ONLINE)
+    origin.sync()
+    assert stats(late.sync()) == [(8, ONLINE)]
+    assert watcher.sync() == []
 
 
 # -- relaying --------------------------------------------------------------------------------
@@ -607,5 +694,8 @@ def test_presence_table_reports_only_cluster_wide_transitions() -> None:
 def test_route_config_defaults_and_typos() -> None:
     c = RouteConfig()
     assert (c.listen_host, c.port, c.heartbeat_s, c.timeout_s) == ("127.0.0.1", 8200, 5.0, 30.0)
+    assert c.max_link_subscriptions == 100_000
+    with pytest.raises(ConfigError, match=r"route\.max_link_subscriptions: must be at least 0"):
+        from_mapping(RouteConfig, {"max_link_subscriptions": -1}, "route")
     with pytest.raises(ConfigError, match=r"route\.prot"):
         from_mapping(RouteConfig, {"prot": 1}, "route")

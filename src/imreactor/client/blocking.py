@@ -21,6 +21,14 @@ this mode every ``IMMsgData`` is queued at most once per ``(session, msg_id)``
 is lost or duplicated across reconnects. A message this client sent whose ack
 was lost with the connection comes back as a push, as it would from another of
 the user's devices.
+
+**Presence** (:meth:`Client.watch`): msg_server may send ``IMUserStatNotify`` only
+to connections that subscribed to that user with an ``IMUsersStatReq``, and such
+subscriptions die with the connection. The client remembers whom it watches (at
+most ``watch_limit`` users) and, with ``reconnect=True``, subscribes them again
+after each reconnect, before catching up: their statuses then are queued as
+``IMUserStatNotify`` pushes (seq 0), so a change missed while offline is seen
+like a live one.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from ..net import Backoff, Connection, EventLoop
-from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy
+from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy, ResponseCallback
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_buddy_pb2 as buddy
@@ -48,7 +56,7 @@ from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .crypto import TextCipher
-from .session import ClientSession, password_digest
+from .session import DEFAULT_WATCH_LIMIT, ClientSession, password_digest
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +145,8 @@ class Client:
     the way the original clients do (:mod:`imreactor.client.crypto`);
     :meth:`decode_text` reverses it. ``queue_pushes=False`` leaves :attr:`pushes`
     empty (for callers that only use callbacks). ``source_host`` binds the local end
-    of every connection to that address (e.g. one of 127.0.0.0/8).
+    of every connection to that address (e.g. one of 127.0.0.0/8). ``watch_limit``
+    bounds the users :meth:`watch` subscribes to (also per connection).
     """
 
     def __init__(
@@ -157,7 +166,10 @@ class Client:
         on_status: StatusCallback | None = None,
         queue_pushes: bool = True,
         source_host: str | None = None,
+        watch_limit: int = DEFAULT_WATCH_LIMIT,
     ) -> None:
+        if watch_limit < 0:
+            raise ValueError(f"watch_limit must be at least 0, not {watch_limit}")
         self.host = host
         #: Local address every connection of this client is bound to (None: the OS picks).
         self.source_host = source_host
@@ -177,6 +189,7 @@ class Client:
         #: Messages queued by catch-ups so far.
         self.caught_up = 0
         self.status = ClientStatus.CONNECTED
+        self.watch_limit = watch_limit
         self._queue_pushes = queue_pushes
         self._on_push = on_push
         self._on_message = on_message
@@ -198,6 +211,9 @@ class Client:
         self._online_since = 0
         self._catching_up = False
         self._held: list[tuple[Message, int]] = []
+        # Users to keep subscribed across reconnects, in the order first asked (guarded
+        # by _lock); a dict for that order, since the first ones fit if the bound shrinks.
+        self._watching: dict[int, None] = {}
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._gen = 0
         self._loop = EventLoop()
@@ -275,6 +291,7 @@ class Client:
             on_connected,
             self._keepalive,
             self.policy,
+            watch_limit=self.watch_limit,
         )
 
         def start() -> None:
@@ -415,7 +432,31 @@ class Client:
         Raises :class:`ClientError` if the connection is down or closes first, and
         ``TimeoutError`` if no answer comes within the timeout.
         """
-        fut: concurrent.futures.Future[M] = concurrent.futures.Future()
+
+        def start(session: ClientSession, done: ResponseCallback, timeout: float) -> None:
+            session.request(message, done, timeout_s=timeout, response=response)
+
+        answer: M = self._on_session(
+            start, timeout_s, login=isinstance(message, login_pb.IMLoginReq)
+        )
+        return answer
+
+    def _on_session(
+        self,
+        start: Callable[[ClientSession, ResponseCallback, float], None],
+        timeout_s: float | None,
+        *,
+        login: bool = False,
+    ) -> Any:
+        """Run ``start(session, done, timeout_s)`` on the loop thread; wait for ``done``.
+
+        ``start`` sends a request on the current session and makes sure ``done(answer,
+        exc)`` is called once. What fails (no session, not logged in yet, ``start``
+        raising, ``done`` with an exception) raises :class:`ClientError`; no answer
+        within the timeout raises ``TimeoutError``. ``login``: ``start`` sends the
+        login itself (allowed before a reconnected session is logged in).
+        """
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         timeout = timeout_s or self.timeout_s
 
         def done(msg: Any, exc: BaseException | None) -> None:
@@ -424,30 +465,26 @@ class Client:
             else:
                 _resolve(fut, msg)
 
-        def send() -> None:
+        def run() -> None:
             session = self._session
             if session is None or not session.connected:
                 done(None, ConnectionError("not connected"))
                 return
-            if not self._may_send(session, message):
+            if not self._may_send(session, login):
                 done(None, ConnectionError("not logged in yet (reconnecting)"))
                 return
             try:
-                session.request(message, done, timeout_s=timeout, response=response)
+                start(session, done, timeout)
             except Exception as exc:
                 done(None, exc)
 
-        self._loop.call_soon_threadsafe(send)
+        self._loop.call_soon_threadsafe(run)
         return self._wait(fut, timeout + 1)
 
-    def _may_send(self, session: ClientSession, message: Message) -> bool:
+    def _may_send(self, session: ClientSession, login: bool) -> bool:
         """Loop thread: False for anything but a login on a reconnected, not yet logged-in
         session (msg_server closes a connection that sends other commands before login)."""
-        return (
-            self._credentials is None
-            or session is self._logged_in_session
-            or isinstance(message, login_pb.IMLoginReq)
-        )
+        return self._credentials is None or session is self._logged_in_session or login
 
     def send(self, message: Message, seq: int = 0, *, partial: bool = False) -> None:
         """Send without waiting for anything."""
@@ -456,7 +493,7 @@ class Client:
             session = self._session
             if session is None or not session.connected:
                 raise ClientError("not connected")
-            if not self._may_send(session, message):
+            if not self._may_send(session, isinstance(message, login_pb.IMLoginReq)):
                 raise ClientError("not logged in yet (reconnecting)")
             session.send(message, seq, partial=partial)
 
@@ -633,9 +670,70 @@ class Client:
         return self.request(req, buddy.IMUsersInfoRsp)
 
     def users_status(self, user_ids: Iterable[int]) -> Any:
-        """``IMUsersStatRsp``: online (1) or offline (2) for each of ``user_ids``."""
+        """``IMUsersStatRsp``: online (1) or offline (2) for each of ``user_ids``.
+
+        The same request subscribes this connection to those users on a msg_server
+        that sends presence by subscription (they count against ``watch_limit`` on
+        this connection), but they are not subscribed again after a reconnect:
+        :meth:`watch` is for users whose changes matter.
+        """
         req = buddy.IMUsersStatReq(user_id=self.user_id, user_id_list=list(user_ids))
         return self.request(req, buddy.IMUsersStatRsp)
+
+    def watch(self, user_ids: Iterable[int]) -> dict[int, int]:
+        """Subscribe to the presence of ``user_ids``; ``{user_id: status}`` of those watched.
+
+        Each id is remembered while fewer than ``watch_limit`` are (the first ones
+        asked win; the protocol cannot unsubscribe, so there is no unwatch) and
+        subscribed on this connection with ``IMUsersStatReq`` (see
+        :meth:`ClientSession.watch`); with ``reconnect=True`` every remembered id
+        is subscribed again after each reconnect (module docstring). From then on
+        their changes arrive as ``IMUserStatNotify`` pushes. The answer maps each
+        asked id that is watched to its status now (``USER_STATUS_ONLINE`` /
+        ``_OFFLINE``); ids over the limit are missing from it, and it is empty when
+        none fit. Raises :class:`ClientError` (or ``TimeoutError``) as
+        :meth:`request` does; the ids stay remembered, so a reconnect subscribes them.
+        """
+        asked = list(dict.fromkeys(user_ids))
+        with self._lock:
+            for uid in asked:
+                if uid not in self._watching and len(self._watching) < self.watch_limit:
+                    self._watching[uid] = None
+            wanted = [uid for uid in asked if uid in self._watching]
+        if not wanted:
+            return {}
+        rsp = self._watch_on_session(wanted)
+        if rsp is None:
+            return {}
+        mine = set(wanted)
+        return {s.user_id: s.status for s in rsp.user_stat_list if s.user_id in mine}
+
+    @property
+    def watched(self) -> frozenset[int]:
+        """The users :meth:`watch` keeps subscribed, on this connection and after reconnects."""
+        with self._lock:
+            return frozenset(self._watching)
+
+    def _watch_on_session(
+        self, user_ids: list[int], on_answer: Callable[[Any], None] | None = None
+    ) -> Any:
+        """``IMUsersStatRsp`` of :meth:`ClientSession.watch` on the current session.
+
+        None if the session had no room for any of ``user_ids`` (nothing is sent).
+        ``on_answer(rsp)`` runs on the loop thread as the answer arrives, before any
+        push that follows it on the connection is delivered.
+        """
+
+        def start(session: ClientSession, done: ResponseCallback, timeout: float) -> None:
+            def answered(rsp: Any, exc: BaseException | None) -> None:
+                if exc is None and on_answer is not None:
+                    on_answer(rsp)
+                done(rsp, exc)
+
+            if not session.watch(user_ids, answered, user_id=self.user_id, timeout_s=timeout):
+                done(None, None)
+
+        return self._on_session(start, None)
 
     def recent_sessions(self, since: int = 0) -> Any:
         """``IMRecentContactSessionRsp``: sessions updated at or after ``since``, newest first."""
@@ -780,6 +878,7 @@ class Client:
                     return
                 if res.result_code != 0:
                     raise ClientError(f"login refused for now (result {res.result_code})")
+                self._resubscribe()
                 self._catch_up()
             except (ClientError, TimeoutError, OSError) as exc:
                 if self._ended():
@@ -794,6 +893,21 @@ class Client:
             self._online.set()
             self._set_status(ClientStatus.ONLINE)
             return
+
+    def _resubscribe(self) -> None:
+        """Subscribe the remembered users again; queue their statuses as notifies."""
+        with self._lock:
+            ids = list(self._watching)
+        if not ids:
+            return
+
+        def queue_statuses(rsp: Any) -> None:
+            # On the loop thread, as the answer arrives: a live notify that follows
+            # it on the connection is then queued after it, never overtaken by it.
+            for stat in rsp.user_stat_list:
+                self._deliver(buddy.IMUserStatNotify(user_stat=stat), 0)
+
+        self._watch_on_session(ids, queue_statuses)
 
     def _catch_up(self) -> None:
         """Queue what was missed while offline, then what arrived live meanwhile."""

@@ -14,6 +14,15 @@ and groups. Incoming messages, presence changes and connection status print
 above the prompt (prompt_toolkit's ``patch_stdout``), so typing is never
 interrupted.
 
+Presence: the chat watches (:meth:`Client.watch`, which the SDK renews after
+each reconnect) the users it shows — the peer of the open conversation, the
+peers of recent sessions, then the contacts, up to the SDK's ``watch_limit`` —
+and prints the changes of those users only, whether msg_server sends
+``IMUserStatNotify`` to subscribers or to everyone. People are always shown by
+name: an id it does not know yet is looked up (``IMUsersInfoReq``, cached), and
+only one the server does not know, or cannot be asked about right now, is
+shown as ``user #ID``.
+
 ``send`` prints the stored message's ``msg_id``; ``history`` prints the newest
 ``--count`` messages, oldest first, one per line: ``#ID TIME SENDER: TEXT``.
 
@@ -158,8 +167,22 @@ def _login(args: argparse.Namespace, **kw: Any) -> Client:
 def display_name(user: Any) -> str:
     """What to call a user on screen: nick, else real name, else domain, else the id."""
     return str(
-        user.user_nick_name or user.user_real_name or user.user_domain or f"user {user.user_id}"
+        user.user_nick_name or user.user_real_name or user.user_domain or unknown_user(user.user_id)
     )
+
+
+def unknown_user(user_id: int) -> str:
+    """What to call a user whose name cannot be found (the id marked as one, not bare)."""
+    return f"user #{user_id}"
+
+
+def state_word(status: int | None) -> str:
+    """A presence status (``USER_STATUS_*``) in words; None: not known (not watched)."""
+    if status is None:
+        return "presence not watched"
+    if status == base.USER_STATUS_ONLINE:
+        return "online"
+    return "away" if status == base.USER_STATUS_LEAVE else "offline"
 
 
 def resolve_user(users: Iterable[Any], name: str) -> Any:
@@ -253,7 +276,7 @@ def history_lines(
         elif m.from_session_id in users:
             who = display_name(users[m.from_session_id])
         else:
-            who = f"user {m.from_session_id}"
+            who = unknown_user(m.from_session_id)
         stamp = _clock(m.create_time, with_date)
         lines.append(f"#{m.msg_id} {stamp} {who}: {text_of(client, m.msg_data)}")
     return lines
@@ -281,7 +304,7 @@ class Chat:
 
     Commands run on the prompt's thread; server pushes arrive on the client's
     callback thread. ``_lock`` guards the shared state (users, groups, presence,
-    the current conversation).
+    the current conversation); requests are never made while holding it.
     """
 
     def __init__(self, client: Client, out: Callable[[str], None]) -> None:
@@ -289,7 +312,11 @@ class Chat:
         self.out = out
         self._lock = threading.Lock()
         self.users: dict[int, Any] = {}
+        #: Ids the server said it has no user for (not asked about again for a name).
+        self.missing: set[int] = set()
         self.groups: dict[int, Any] = {}
+        #: Status by user id, of the users watched (and, from a server that sends
+        #: every notify to everyone, of others too).
         self.presence: dict[int, int] = {}
         #: ``(session_type, session_id)`` of the conversation typed text goes to.
         self.current: tuple[int, int] | None = None
@@ -299,15 +326,43 @@ class Chat:
     # -- start ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Fetch users, presence and groups."""
+        """Fetch users and groups, and watch the users shown (:meth:`watch_shown`)."""
         users = {u.user_id: u for u in self.client.all_users().user_list}
-        others = [uid for uid in users if uid != self.client.user_id]
-        stats = self.client.users_status(others).user_stat_list if others else []
         groups = {g.group_id: g for g in self.client.groups()}
         with self._lock:
             self.users = users
-            self.presence = {s.user_id: s.status for s in stats}
             self.groups = groups
+        self.watch_shown()
+
+    # -- presence -------------------------------------------------------------------------
+
+    def watch_shown(self) -> None:
+        """Watch the users this chat shows, most wanted first (the bound keeps the first).
+
+        The peer of the open conversation, the peers of recent sessions (newest
+        first), then the contacts in the order ``/who`` lists them. Only users not
+        watched yet are asked for: the SDK itself renews the others after a reconnect.
+        """
+        sessions = self.client.recent_sessions().contact_session_list
+        with self._lock:
+            current = self.current
+            contacts = sorted(self.users.values(), key=lambda u: display_name(u).casefold())
+        ids: list[int] = []
+        if current is not None and current[0] == base.SESSION_TYPE_SINGLE:
+            ids.append(current[1])
+        ids += [s.session_id for s in sessions if s.session_type == base.SESSION_TYPE_SINGLE]
+        ids += [u.user_id for u in contacts]
+        self.watch(ids)
+
+    def watch(self, user_ids: Iterable[int]) -> None:
+        """Watch those of ``user_ids`` not watched yet (not this user) and note their status."""
+        watched = self.client.watched
+        me = self.client.user_id
+        new = [uid for uid in dict.fromkeys(user_ids) if uid != me and uid not in watched]
+        if new:
+            statuses = self.client.watch(new)
+            with self._lock:
+                self.presence.update(statuses)
 
     def greet(self) -> None:
         me = self.client.user_info
@@ -320,12 +375,42 @@ class Chat:
 
     # -- names ----------------------------------------------------------------------------
 
-    def name(self, user_id: int) -> str:
+    def name(self, user_id: int, *, again: bool = False) -> str:
+        """What to call ``user_id`` here ("you" for this user); looked up if not known yet.
+
+        ``again``: ask the server even if it said before that there is no such
+        user (a message or a notify from the id shows that there is one now).
+        """
         if user_id == self.client.user_id:
             return "you"
+        self.learn_users([user_id], again=again)
         with self._lock:
             user = self.users.get(user_id)
-        return display_name(user) if user is not None else f"user {user_id}"
+        return display_name(user) if user is not None else unknown_user(user_id)
+
+    def learn_users(self, user_ids: Iterable[int], *, again: bool = False) -> None:
+        """Fetch, with one ``IMUsersInfoReq``, the users among ``user_ids`` not known yet.
+
+        The ids the server does not answer for go to :attr:`missing` and are not
+        asked about again unless ``again``; when the server cannot be asked
+        (offline, no answer) nothing is recorded, so the next name asks again.
+        """
+        with self._lock:
+            unknown = [
+                uid
+                for uid in dict.fromkeys(user_ids)
+                if uid not in self.users and (again or uid not in self.missing)
+            ]
+        if not unknown:
+            return
+        try:
+            infos = self.client.users_info(unknown).user_info_list
+        except (ClientError, TimeoutError):
+            return
+        with self._lock:
+            for u in infos:
+                self.users[u.user_id] = u
+            self.missing.update(uid for uid in unknown if uid not in self.users)
 
     def session_label(self, session_type: int, session_id: int) -> str:
         if session_type == base.SESSION_TYPE_GROUP:
@@ -386,6 +471,8 @@ class Chat:
     def cmd_to(self, rest: str) -> None:
         if not rest:
             raise ChatError("usage: /to NAME")
+        if rest.isdigit():
+            self.learn_users([int(rest)], again=True)  # an id it has not seen yet
         with self._lock:
             users = list(self.users.values())
         user = resolve_user(users, rest)
@@ -413,6 +500,7 @@ class Chat:
             groups = list(self.groups.values())
         if not groups:
             self.out("no groups (/newgroup NAME PEER,PEER creates one)")
+        self.learn_users(uid for g in groups for uid in g.group_member_list)
         for g in groups:
             members = ", ".join(self.name(uid) for uid in g.group_member_list)
             self.out(f"  #{g.group_id} {g.group_name}: {members}")
@@ -445,7 +533,7 @@ class Chat:
         for u in users:
             if u.user_id == self.client.user_id:
                 continue
-            state = "online" if presence.get(u.user_id) == base.USER_STATUS_ONLINE else "offline"
+            state = state_word(presence.get(u.user_id))
             n = unread.get((base.SESSION_TYPE_SINGLE, u.user_id), 0)
             parts.append(f"{display_name(u)} ({state}{f', {n} unread' if n else ''})")
         self.out("contacts: " + (", ".join(parts) if parts else "none"))
@@ -456,6 +544,9 @@ class Chat:
         if not sessions:
             self.out("recent: none")
             return
+        peers = [s.session_id for s in sessions if s.session_type == base.SESSION_TYPE_SINGLE]
+        self.learn_users(peers + [s.latest_msg_from_user_id for s in sessions if s.latest_msg_id])
+        self.watch(peers)
         self.out("recent:")
         for s in sessions:
             label = self.session_label(s.session_type, s.session_id)
@@ -480,14 +571,17 @@ class Chat:
         with self._lock:
             self.current = (session_type, session_id)
         self.out(f"--- {self.session_label(session_type, session_id)} ---")
+        if session_type == base.SESSION_TYPE_SINGLE:
+            self.watch([session_id])
         self._show_history(HISTORY_ON_SWITCH)
 
     def _show_history(self, count: int) -> None:
         assert self.current is not None
         session_type, session_id = self.current
+        msgs = newest_messages(self.client, session_id, session_type, count)
+        self.learn_users(m.from_session_id for m in msgs)
         with self._lock:
             users = dict(self.users)
-        msgs = newest_messages(self.client, session_id, session_type, count)
         for line in history_lines(self.client, users, msgs) or ["(no messages yet)"]:
             self.out(line)
         if msgs:
@@ -503,12 +597,14 @@ class Chat:
             with self._lock:
                 before = self.presence.get(stat.user_id)
                 self.presence[stat.user_id] = stat.status
-            if before != stat.status:
-                state = "online" if stat.status == base.USER_STATUS_ONLINE else "offline"
-                self.out(f"* {self.name(stat.user_id)} is {state}")
+            # Only the users shown: a server that sends every notify to everyone must
+            # not make this chat print more than one that sends them to subscribers.
+            if before != stat.status and stat.user_id in self.client.watched:
+                self.out(f"* {self.name(stat.user_id, again=True)} is {state_word(stat.status)}")
         elif isinstance(message, group_pb.IMGroupChangeMemberNotify):
             self._refresh_groups()
             verb = "joined" if message.change_type == base.GROUP_MODIFY_TYPE_ADD else "left"
+            self.learn_users(message.chg_user_id_list)
             who = ", ".join(self.name(uid) for uid in message.chg_user_id_list)
             self.out(
                 f"* {self.session_label(base.SESSION_TYPE_GROUP, message.group_id)}: {who} {verb}"
@@ -526,10 +622,10 @@ class Chat:
             key = (base.SESSION_TYPE_SINGLE, m.to_session_id)
         else:
             key = (base.SESSION_TYPE_SINGLE, m.from_user_id)
-        if m.from_user_id not in self.users:
-            self._learn_user(m.from_user_id)
         text = text_of(self.client, m.msg_data)
-        sender = self.name(m.from_user_id)
+        # Looked up before the line is printed; if that cannot be done now, the line
+        # still prints (as "user #ID") and the next line from the id asks again.
+        sender = self.name(m.from_user_id, again=True)
         stamp = _clock(m.create_time)
         if key == self.current:
             self.out(f"[{stamp}] {sender}: {text}")
@@ -543,22 +639,25 @@ class Chat:
         elif m.from_user_id == self.client.user_id:
             self.out(f"[{stamp}] you → {self.name(key[1])}: {text}")
         else:
-            self.out(f"[{stamp}] {sender} → you: {text}   (/to {sender} to reply)")
-
-    def _learn_user(self, user_id: int) -> None:
-        try:
-            infos = self.client.users_info([user_id]).user_info_list
-        except (ClientError, TimeoutError):
-            return
-        with self._lock:
-            for u in infos:
-                self.users[u.user_id] = u
+            with self._lock:
+                named = m.from_user_id in self.users
+            reply = sender if named else str(m.from_user_id)
+            self.out(f"[{stamp}] {sender} → you: {text}   (/to {reply} to reply)")
+        if not group and m.from_user_id != self.client.user_id:
+            try:
+                self.watch([m.from_user_id])  # now a recent session: one of those shown
+            except (ClientError, TimeoutError):
+                pass  # offline: the next watch_shown (after the reconnect) has them
 
     def on_status(self, status: ClientStatus) -> None:
         if status is ClientStatus.OFFLINE:
             self.out("* connection lost; reconnecting...")
         elif status is ClientStatus.ONLINE and self.client.reconnects:
             self.out("* back online")
+            try:
+                self.watch_shown()  # the SDK renewed the watched; recent sessions may be new
+            except (ClientError, TimeoutError) as exc:
+                self.out(f"* presence not renewed: {_one_line(exc)}")
         elif status is ClientStatus.KICKED:
             self.end("kicked: this user logged in elsewhere")
         elif status is ClientStatus.FAILED:

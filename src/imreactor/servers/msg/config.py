@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from ...config import ConfigError, check_minimums, option
 
+#: The values of ``presence``: who gets an ``IMUserStatNotify`` (docs/servers.md, "Presence").
+PRESENCE_MODES = ("subscribed", "broadcast")
+
 
 @dataclass
 class MsgConfig:
@@ -33,6 +36,17 @@ class MsgConfig:
     max_pdu_bytes: int = option(1 << 20, "largest PDU a client may send")
     reconnect_delays_s: list[float] = option(
         [4.0, 8.0, 16.0, 32.0, 64.0], "waits between reconnect attempts to peer servers"
+    )
+    # Presence (servers/msg/server.py; docs/servers.md, msg_server "Presence").
+    presence: str = option(
+        "subscribed",
+        'who gets IMUserStatNotify: "subscribed" (the connections that named the user in an'
+        ' IMUsersStatReq) or "broadcast" (every online user, as TeamTalk does; for small teams)',
+    )
+    max_subscriptions: int = option(
+        1000,
+        'users one connection may subscribe to (presence = "subscribed"); the status of'
+        " further ones is still answered, but they are not subscribed",
     )
     # Failed-login throttling (servers/msg/throttle.py; docs/servers.md, "Login throttling").
     throttle_account_free: int = option(
@@ -72,8 +86,14 @@ class MsgConfig:
                 "throttle_max_delay_s": 0,
                 "throttle_lockout_s": 0,
                 "throttle_max_entries": 1,
+                "max_subscriptions": 0,
             },
         )
+        # from_mapping checks types; which strings are modes is ours to check.
+        if self.presence not in PRESENCE_MODES:
+            raise ConfigError(
+                f'msg.presence: must be "subscribed" or "broadcast", got {self.presence!r}'
+            )
         for kind in ("account", "address"):
             free = getattr(self, f"throttle_{kind}_free")
             lockout = getattr(self, f"throttle_{kind}_lockout")

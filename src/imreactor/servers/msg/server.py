@@ -6,8 +6,17 @@ Flows (WIRE.md §5):
   links are down → ``IMValidateReq`` to db_proxy → on failure result 6 and close;
   on success the older connection of the same class (desktop or mobile) is
   kicked (``IMKickUser``) and closed, login_server gets ``IMUserCntUpdate``, the
-  client gets ``IMLoginRes`` with its request's seq, and online users get
-  ``IMUserStatNotify`` if the user just came online.
+  client gets ``IMLoginRes`` with its request's seq.
+- **presence**: ``IMUsersStatReq`` is answered with each named user's status and, with
+  ``presence = "subscribed"``, subscribes the connection to them (at most
+  ``max_subscriptions`` per connection, until it closes): ``IMUserStatNotify`` about a
+  user goes to the connections subscribed to that user. Alone, this server sees every
+  transition itself; with route_servers, a user may be online on several msg_servers, so
+  only route_server knows when one comes online or goes offline everywhere: this server
+  subscribes route_server to every user watched here (``WATCH_SET`` on each connect,
+  ``WATCH_ADD`` for each newly watched user; see ``servers/route/server.py``) and passes
+  its notifies on. With ``presence = "broadcast"`` every online user gets every notify
+  (TeamTalk's behaviour) and route_server is asked for no subscription.
 - **before login** only login and heartbeats are served: anything else closes
   the connection; so does missing the login deadline.
 - **1:1 message**: ``IMMsgData`` from a client gets its sender from the
@@ -53,6 +62,7 @@ from ...pdu.proto import im_server_pb2 as server_pb
 from ...pdu.proto import im_switch_service_pb2 as switch_pb
 from ...pdu.registry import ids_of
 from ..links import Link, LinkSet
+from ..route.server import WATCH_ADD, WATCH_SET
 from .config import MsgConfig
 from .groups import GroupCache, GroupEntry
 from .ordering import Sequencer
@@ -66,6 +76,11 @@ USER_ACTION_DEL = 2
 MAX_BAD_PDUS = 10
 _ATTACH = struct.Struct(">III")
 _ATTACH_TYPE_HANDLE = 1
+#: Users per WATCH_SET/WATCH_ADD request to route_server: one PDU stays about 60 KB.
+WATCH_CHUNK_USERS = 10_000
+#: Users nobody here watches any more that route_server may go on telling us about before
+#: we send it the set still watched (and never fewer than are still watched).
+IDLE_WATCHES_KEPT = 1024
 
 
 def _limits(config: MsgConfig, kind: str) -> Limits:
@@ -101,6 +116,9 @@ class ClientConn(ImConnection):
         self._tokens = float(server.config.msg_burst)
         self._tokens_at = 0.0
         self._dropped = 0
+        #: The users whose presence this connection subscribed to; None until it first
+        #: does, so that a connection that never asks costs one slot.
+        self.watching: set[int] | None = None
         #: Orders relayed messages; only with several msg_servers (one server is in order).
         self.sequencer: Sequencer | None = (
             Sequencer(server.loop, server.config.reorder_wait_s)
@@ -135,6 +153,7 @@ class ClientConn(ImConnection):
             self._login_timer.cancel()
             self._login_timer = None
         self.server.clients.pop(self.handle, None)
+        self.server.unwatch(self)
         if self.logged_in:
             self.server.user_gone(self)
 
@@ -170,6 +189,12 @@ _MSG_DATA_IDS = ids_of(msg_pb.IMMsgData)  # for bad_pdu reports, not looked up p
 _BEFORE_LOGIN = frozenset({ids_of(login_pb.IMLoginReq)[1], ids_of(other_pb.IMHeartBeat)[1]})
 
 
+def _stat_notify(user_id: int, status: int) -> Any:
+    return buddy.IMUserStatNotify(
+        user_stat=base.UserStat(user_id=user_id, status=base.UserStatType.ValueType(status))
+    )
+
+
 class UserConns:
     """The connections of one user on this server: at most one desktop and one mobile."""
 
@@ -184,6 +209,23 @@ class UserConns:
             yield self.desktop
         if self.mobile is not None:
             yield self.mobile
+
+
+class Watch:
+    """The connections here subscribed to one user's presence, and what they were told.
+
+    ``status`` is the user's status as last told to them (0: not known yet), so that a
+    notify that repeats it (from a second route_server, or a route_server re-learning
+    who is online after its restart) reaches nobody twice. With route_servers an entry
+    outlives its last watcher (``conns`` empty) while route_server still sends its
+    notifies; :meth:`MsgServer.unwatch` forgets such entries in batches.
+    """
+
+    __slots__ = ("conns", "status")
+
+    def __init__(self, status: int) -> None:
+        self.conns: set[ClientConn] = set()
+        self.status = status
 
 
 #: Queries forwarded to db_proxy as they are (``user_id`` set from the session).
@@ -231,6 +273,11 @@ class MsgServer:
             loop.time,
         )
         self.users: dict[int, UserConns] = {}
+        self.subscribed = config.presence == "subscribed"
+        #: user id → the connections here watching them (``presence = "subscribed"``).
+        self.watchers: dict[int, Watch] = {}
+        #: Entries of :attr:`watchers` with no connection left (route_server still has them).
+        self._idle_watches = 0
         self._server: Server | None = None
         delays = tuple(config.reconnect_delays_s)
 
@@ -340,6 +387,10 @@ class MsgServer:
                     client_type=base.ClientType.ValueType(c.client_type),
                 )
         link.send(info)
+        if self.subscribed:
+            # After the users: the answer then counts them. Sent even when empty: it is
+            # what makes this link a subscribed one (broadcast until then).
+            self._watch_to_route(link, list(self.watchers), replace=True)
 
     def _status_to_route(self, conn: ClientConn, status: int) -> None:
         self.route.broadcast(
@@ -497,6 +548,7 @@ class MsgServer:
         )
         # Detach before closing: the close notification must not log the user out.
         self._detach(older)
+        self.unwatch(older)  # a kicked connection is told nothing more
         older.kicked = True
         older.user_id = 0
         older.conn.close()
@@ -535,10 +587,11 @@ class MsgServer:
         conn.conn.close()
 
     def _notify_status(self, user_id: int, status: int) -> None:
-        notify = buddy.IMUserStatNotify(
-            user_stat=base.UserStat(user_id=user_id, status=base.UserStatType.ValueType(status))
-        )
-        self._broadcast_status(notify)
+        """A transition this server saw itself (no route_server): tell who must know."""
+        if self.subscribed:
+            self._watched_status(user_id, status)
+            return
+        self._broadcast_status(_stat_notify(user_id, status))
 
     def _broadcast_status(self, notify: Any) -> None:
         """An ``IMUserStatNotify`` to every online user but its subject, encoded once."""
@@ -548,6 +601,122 @@ class MsgServer:
             if other_id != subject:
                 for c in conns:
                     c.send_frame(frame)
+
+    # -- presence subscriptions -------------------------------------------------------------
+
+    def _watch(self, conn: ClientConn, user_ids: Iterable[int]) -> list[int]:
+        """Subscribe ``conn`` to ``user_ids`` while it watches fewer than ``max_subscriptions``.
+
+        Returns the users nobody here watched before (route_server must be told of them).
+        Without route_server, a new entry's status is known here and now.
+        """
+        limit = self.config.max_subscriptions
+        watching = conn.watching
+        added: list[int] = []
+        for user_id in user_ids:
+            if watching is not None and user_id in watching:
+                continue
+            if watching is None:
+                if limit == 0:
+                    break
+                watching = conn.watching = set()
+            elif len(watching) >= limit:
+                break  # the rest is answered, not subscribed
+            watching.add(user_id)
+            entry = self.watchers.get(user_id)
+            if entry is None:
+                # Alone, this server knows the status; with route_server, its answer will.
+                status = 0
+                if not self.route.configured:
+                    online = user_id in self.users
+                    status = base.USER_STATUS_ONLINE if online else base.USER_STATUS_OFFLINE
+                entry = self.watchers[user_id] = Watch(status)
+                added.append(user_id)
+            elif not entry.conns:
+                self._idle_watches -= 1
+            entry.conns.add(conn)
+        return added
+
+    def unwatch(self, conn: ClientConn) -> None:
+        """End ``conn``'s subscriptions (it is closing); idempotent.
+
+        Without route_server an entry goes with its last watcher. With one, it stays
+        (route_server keeps sending its notifies, and the protocol has no way to
+        unsubscribe one user) until the idle entries outnumber both the live ones and
+        :data:`IDLE_WATCHES_KEPT`; then they go at once and every route_server gets the
+        live set (``WATCH_SET``): each rebuild is paid for by as many closed watches.
+        """
+        watching, conn.watching = conn.watching, None
+        if not watching:
+            return
+        keep = self.route.configured
+        watchers = self.watchers
+        for user_id in watching:
+            entry = watchers[user_id]
+            entry.conns.discard(conn)
+            if not entry.conns:
+                if keep:
+                    self._idle_watches += 1
+                else:
+                    del watchers[user_id]
+        idle = self._idle_watches
+        if idle > IDLE_WATCHES_KEPT and idle > len(watchers) - idle:
+            self.watchers = {uid: e for uid, e in watchers.items() if e.conns}
+            self._idle_watches = 0
+            log.info("presence: %d users still watched; route_server told", len(self.watchers))
+            users = list(self.watchers)
+            for link in self.route.live:
+                self._watch_to_route(link, users, replace=True)
+
+    def _watch_to_route(self, link: Link, user_ids: list[int], *, replace: bool) -> None:
+        """Subscribe ``link``'s route_server to ``user_ids``: instead of its set if ``replace``.
+
+        In chunks of :data:`WATCH_CHUNK_USERS` (the first one a ``WATCH_SET`` when
+        replacing, even if empty). The answers give each user's status now.
+        """
+        for start in range(0, max(len(user_ids), 1), WATCH_CHUNK_USERS):
+            link.request(
+                buddy.IMUsersStatReq(
+                    user_id=0,
+                    user_id_list=user_ids[start : start + WATCH_CHUNK_USERS],
+                    attach_data=WATCH_SET if replace and start == 0 else WATCH_ADD,
+                ),
+                self._watch_answered,
+                timeout_s=self.config.db_timeout_s,
+                response=buddy.IMUsersStatRsp,
+            )
+
+    def _watch_answered(self, rsp: Any, exc: BaseException | None) -> None:
+        """Take the status a new entry starts from (what its watcher's own answer says).
+
+        Never a notify: an answer is not a transition. Right after a route_server
+        restart it may not know every msg_server's users yet, and telling watchers
+        "offline" then would be a storm of false flaps; a change missed while the
+        link was down is missed, as in TeamTalk (a client re-asks after a reconnect).
+        """
+        if exc is not None:
+            # Nothing to redo: the link's next connect sends the whole set again.
+            log.info("presence subscription not answered: %s", exc)
+            return
+        for stat in rsp.user_stat_list:
+            entry = self.watchers.get(stat.user_id)
+            if entry is not None and entry.status == 0:
+                entry.status = stat.status
+
+    def _watched_status(self, user_id: int, status: int) -> None:
+        """``user_id`` just became ``status``: tell its watchers here, unless they know it.
+
+        They know it when it repeats what they were last told: a second route_server's
+        copy of a notify, or a route_server re-learning who is online after a restart.
+        """
+        entry = self.watchers.get(user_id)
+        if entry is None or entry.status == status:
+            return
+        entry.status = status
+        if entry.conns:
+            frame = encode_message(_stat_notify(user_id, status))
+            for c in entry.conns:
+                c.send_frame(frame)
 
     # -- messages -------------------------------------------------------------------------
 
@@ -682,6 +851,12 @@ class MsgServer:
 
     def _on_users_stat(self, conn: ImConnection, msg: Any, seq: int) -> None:
         assert isinstance(conn, ClientConn)
+        if self.subscribed:
+            added = self._watch(conn, msg.user_id_list)
+            if added:
+                # Every route_server, not one: any of them may be the one that stays up.
+                for link in self.route.live:
+                    self._watch_to_route(link, added, replace=False)
         route = self.route.pick()
         if route is not None:
             # Presence is cluster-wide: route_server knows every msg_server's users.
@@ -832,7 +1007,10 @@ class MsgServer:
             self._kick(older, msg.reason or base.KICK_REASON_DUPLICATE_USER)
 
     def _from_route_stat_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
-        self._broadcast_status(msg)
+        if self.subscribed:
+            self._watched_status(msg.user_stat.user_id, msg.user_stat.status)
+        else:
+            self._broadcast_status(msg)
 
     def _from_route_group_change(self, link: ImConnection, msg: Any, seq: int) -> None:
         self.groups.invalidate(msg.group_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import option
+from ...config import check_minimums, option
 
 
 @dataclass
@@ -13,3 +13,12 @@ class RouteConfig:
     port: int = option(8200, "TCP port msg_servers connect to")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
     timeout_s: float = option(30.0, "close a msg_server link silent for this long")
+    max_link_subscriptions: int = option(
+        100_000,
+        "users one msg_server link may subscribe to; a link that asks for more gets every"
+        " presence notify (as a TeamTalk msg_server does) until it sends a smaller set again"
+        " (it does on every reconnect)",
+    )
+
+    def __post_init__(self) -> None:
+        check_minimums(self, "route", {"max_link_subscriptions": 0})

@@ -13,8 +13,20 @@ knows only what its own links told it). Per link, route_server keeps the set of
 
 A user is online while at least one link hosts them. When a user goes from offline
 everywhere to online somewhere, or back, ``IMUserStatNotify`` goes to every connected
-msg_server, the one that caused it included. A second device of an online user, or one
-of several devices going away, changes nothing visible.
+msg_server that wants it, the one that caused it included. A second device of an online
+user, or one of several devices going away, changes nothing visible.
+
+Who wants a notify (presence subscriptions, an extension in ``IMUsersStatReq``): a link is
+a *broadcast* link, told about every user, until it sends an ``IMUsersStatReq`` whose
+``attach_data`` is :data:`WATCH_SET`; from then on it is told only about the users that
+request and later :data:`WATCH_ADD` ones named. ``WATCH_SET`` replaces the link's set,
+``WATCH_ADD`` adds to it (and changes nothing on a broadcast link); a set that would hold
+more than ``max_link_subscriptions`` users makes the link a broadcast link again until its
+next ``WATCH_SET``. Both are answered like any ``IMUsersStatReq``. An original TeamTalk
+msg_server never sends them, so it stays a broadcast link and misses nothing; our
+msg_server sends ``WATCH_SET`` on every connect unless its ``presence`` is "broadcast";
+an original route_server answers them as plain queries and ignores the rest. Plain
+``IMUsersStatReq`` (a client's query relayed) stays a query and subscribes nothing.
 
 What each command from a msg_server does (the link it came from is never a target, and
 each target link gets a relayed PDU once, however many of its users it concerns):
@@ -29,7 +41,8 @@ each target link gets a relayed PDU once, however many of its users it concerns)
   as ``client_type`` (desktop below 0x10, mobile 0x1X);
 - ``IMGroupChangeMemberNotify``: to every other link;
 - ``IMUsersStatReq``: answered with ``IMUsersStatRsp`` (the request's seq, ``user_id`` and
-  ``attach_data``; each user 1 online if any link hosts them, else 2 offline).
+  ``attach_data``; each user 1 online if any link hosts them, else 2 offline); with
+  ``WATCH_SET`` or ``WATCH_ADD`` it also subscribes the link (above).
 
 A relayed PDU carries the body bytes exactly as received (unknown fields, ``attach_data``
 and all) with seq 0, as every server push does: a receiver must never take a relayed
@@ -44,7 +57,8 @@ default); a PDU length outside 16..max closes that link alone (the framing layer
 
 Cost: a relay is one dict lookup per user concerned (user id → the links hosting them),
 never a scan of all users; a group message stops looking up members once every other
-link is a target. Everything here runs on the loop thread.
+link is a target. A presence change costs one set lookup per link (links are msg_servers:
+few). Everything here runs on the loop thread.
 """
 
 from __future__ import annotations
@@ -73,6 +87,12 @@ _SEQ_OFFSET: Final = 12  # where the header's u16 seq_num lives
 L = TypeVar("L", bound=Hashable)
 
 _NO_HOSTS: Final[Mapping[Any, set[int]]] = {}
+
+#: ``attach_data`` of an ``IMUsersStatReq`` that makes its users the whole set a link is
+#: subscribed to. No TeamTalk server sends it: theirs is 12 bytes (type, handle, service).
+WATCH_SET: Final = b"imreactor:presence:watch-set"
+#: ``attach_data`` of an ``IMUsersStatReq`` that adds its users to a link's subscriptions.
+WATCH_ADD: Final = b"imreactor:presence:watch-add"
 
 
 class Presence(Generic[L]):
@@ -246,13 +266,18 @@ class RouteServer:
     # -- presence -------------------------------------------------------------------------
 
     def _announce(self, user_id: int, status: int) -> None:
-        """``IMUserStatNotify`` to every link, the one that caused it included."""
+        """``IMUserStatNotify`` to every link that wants it, the one that caused it included.
+
+        A broadcast link wants every user; a subscribed link the users in its set.
+        """
         notify = buddy_pb.IMUserStatNotify(
             user_stat=base.UserStat(user_id=user_id, status=base.UserStatType.ValueType(status))
         )
         pdu = encode_message(notify)
         for link in self.links:
-            link.send_frame(pdu)
+            watching = link.watching
+            if watching is None or user_id in watching:
+                link.send_frame(pdu)
 
     def _on_online_user_info(self, link: ImConnection, msg: Any, seq: int) -> None:
         assert isinstance(link, RouteLink)
@@ -277,6 +302,14 @@ class RouteServer:
             self._announce(msg.user_id, base.USER_STATUS_ONLINE)
 
     def _on_users_stat_req(self, link: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(link, RouteLink)
+        mark = msg.attach_data
+        if mark in (WATCH_SET, WATCH_ADD):
+            link.subscribe(
+                msg.user_id_list,
+                replace=mark == WATCH_SET,
+                limit=self.config.max_link_subscriptions,
+            )
         rsp = buddy_pb.IMUsersStatRsp(user_id=msg.user_id)
         online = self.presence.is_online
         for user_id in msg.user_id_list:
@@ -367,6 +400,37 @@ class RouteLink(ImConnection):
         self.frame: Frame = b""
         #: The msg_server's address, for log lines (kept after the socket is gone).
         self.peer = "?"
+        #: The users this link is subscribed to; None: a broadcast link, told about everyone
+        #: (what a TeamTalk msg_server expects). Dies with the link.
+        self.watching: set[int] | None = None
+
+    def subscribe(self, user_ids: Iterable[int], *, replace: bool, limit: int) -> None:
+        """Subscribe to ``user_ids``: instead of the current set if ``replace``, else besides it.
+
+        Adding to a broadcast link changes nothing: it is told about everyone already,
+        and the users it named while it was one are not known any more. Past ``limit``
+        users the link becomes a broadcast link, which costs route_server nothing to
+        keep, until the next ``replace``.
+        """
+        if replace:
+            watching: set[int] = set()
+        elif self.watching is not None:
+            watching = self.watching
+        else:
+            return
+        was_broadcast = self.watching is None
+        watching.update(user_ids)
+        self.watching = watching
+        if len(watching) > limit:
+            log.warning(
+                "msg_server %s: subscribes to more than %d users; it gets every presence"
+                " notify until it sends a smaller set",
+                self.peer,
+                limit,
+            )
+            self.watching = None
+        elif was_broadcast:
+            log.info("msg_server %s: presence by subscription (%d users)", self.peer, len(watching))
 
     def frame_received(self, service_id: int, command_id: int, seq: int, frame: Frame) -> None:
         self.frame = frame
