@@ -59,17 +59,18 @@ import json
 import logging
 import math
 import os
+import random
 import resource
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -84,6 +85,9 @@ from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .session import ClientSession, password_digest
 
+if TYPE_CHECKING:
+    from ..storage.passwords import PasswordHasher
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PASSWORD = "imreactor"
@@ -91,6 +95,9 @@ DEFAULT_DURATION_S = 10.0
 #: Pacing tick with ``--rate``, and the most credit a stall may bank (as seconds of rate).
 PACE_TICK_S = 0.005
 PACE_BURST_S = 0.1
+#: Mean wait before a login is tried again; each wait is drawn from half to one and a half
+#: times it, so clients refused together (a busy db_proxy, a restarting server) do not all
+#: return together.
 LOGIN_RETRY_DELAY_S = 0.2
 #: Closing at the end waits this long for the servers to close their side.
 SHUTDOWN_WAIT_S = 3.0
@@ -113,6 +120,7 @@ ERROR_KINDS = (
     "misdelivered",  # arrived where it was not sent, or with the wrong sender/recipient
     "id_conflicts",  # two messages of one conversation acked with the same msg_id
     "id_gaps",  # msg_ids missing inside a conversation whose messages were all acked
+    "process_failures",  # a load process of a --processes run died or reported nothing
 )
 
 
@@ -138,6 +146,8 @@ class LoadOptions:
     size: int = 64
     password: str = DEFAULT_PASSWORD
     user_prefix: str = "load"
+    first_user: int = 0  # the users are <prefix><first_user>.. (even: pairs stay pairs)
+    source_host: str | None = None  # bind every connection's local end to this address
     login_concurrency: int = 64
     login_retry_s: float = 10.0
     login_timeout_s: float = 10.0
@@ -199,9 +209,14 @@ class LoadOptions:
             raise ValueError("--count must be at least 1")
         if self.login_concurrency < 1:
             raise ValueError("--login-concurrency must be at least 1")
+        if self.first_user < 0 or self.first_user % 2:
+            raise ValueError("first_user must be even and not negative")
+        if self.group_size is not None and self.first_user:
+            raise ValueError("a group run starts at the first user")
 
     def user_names(self) -> list[str]:
-        return [f"{self.user_prefix}{i}" for i in range(self.user_count)]
+        first = self.first_user
+        return [f"{self.user_prefix}{first + i}" for i in range(self.user_count)]
 
 
 @dataclass
@@ -315,6 +330,8 @@ _IDLE, _QUERY, _CONNECTING, _LOGIN, _READY, _FAILED = range(6)
 
 
 class _User:
+    """One user; ``index`` is its number in the whole run (``first_user`` + position)."""
+
     __slots__ = ("endpoints", "index", "name", "user_id")
 
     def __init__(self, index: int, name: str) -> None:
@@ -508,7 +525,15 @@ class LoadRun:
         self._progress_tty = progress is not None and progress.isatty()
         self._keepalive = Keepalive(loop)
         self._run_id = os.urandom(4).hex().encode()
-        self.users = [_User(i, name) for i, name in enumerate(options.user_names())]
+        self.users = [
+            _User(options.first_user + i, name) for i, name in enumerate(options.user_names())
+        ]
+        self._source: tuple[str, int] | None = None
+        if options.source_host is not None:
+            self._source = (options.source_host, 0)
+        #: Called once every login has finished, with what starts the sending phase
+        #: (``None``: start at once); a ``--processes`` child waits for its parent here.
+        self.before_sending: Callable[[Callable[[], None]], None] | None = None
         self.endpoints: list[_Endpoint] = []
         types = [base.CLIENT_TYPE_WINDOWS, base.CLIENT_TYPE_ANDROID][: options.devices]
         for user in self.users:
@@ -558,7 +583,7 @@ class LoadRun:
         self._sending = False
         self._draining = False
         self._awaiting: set[tuple[int, tuple[int, int]]] = set()
-        self._ack_latency: list[float] = []
+        self.ack_samples: list[float] = []
         self._conv_ids: dict[tuple[int, int], list[int]] = {}
         self._conv_unacked: set[tuple[int, int]] = set()
         self._ready: deque[_Sender] = deque()
@@ -568,6 +593,9 @@ class LoadRun:
         self._last_progress = (0.0, 0)
         self._cpu_start = _cpu_s()
         self._report: LoadReport | None = None
+        #: Filled by :meth:`report`: each verified delivery's latency, and the last one's time.
+        self.delivery_samples: list[float] = []
+        self.t_last_delivery = 0.0
 
     # -- problems ------------------------------------------------------------------------
 
@@ -624,7 +652,11 @@ class LoadRun:
         query = _MsgServerQuery(self._http_host, "/msg_server", answered)
         try:
             conn = self.loop.connect(
-                self._target[0], self._target[1], query, timeout_s=self.options.login_timeout_s
+                self._target[0],
+                self._target[1],
+                query,
+                timeout_s=self.options.login_timeout_s,
+                source=self._source,
             )
         except OSError as exc:
             self._retry(ep, "login_failures", f"login_server: {exc}")
@@ -643,7 +675,9 @@ class LoadRun:
             policy=CLIENT_SIDE,
         )
         try:
-            conn = self.loop.connect(host, port, session, timeout_s=self.options.login_timeout_s)
+            conn = self.loop.connect(
+                host, port, session, timeout_s=self.options.login_timeout_s, source=self._source
+            )
         except OSError as exc:
             self._retry(ep, "login_failures", f"connect to {host}:{port}: {exc}")
             return
@@ -705,7 +739,8 @@ class LoadRun:
         if transient and self.loop.time() - ep.first_try < self.options.login_retry_s:
             self.login_retries += 1
             ep.state = _IDLE
-            self.loop.call_later(LOGIN_RETRY_DELAY_S, self._attempt, ep)
+            delay = LOGIN_RETRY_DELAY_S * random.uniform(0.5, 1.5)
+            self.loop.call_later(delay, self._attempt, ep)
             return
         self._fail(ep, kind, why)
 
@@ -726,6 +761,8 @@ class LoadRun:
             self.t_logins_done = self.loop.time()
             if self.options.group_size is not None:
                 self._create_group()
+            elif self.before_sending is not None:
+                self.before_sending(self._start_sending)
             else:
                 self._start_sending()
         else:
@@ -964,7 +1001,7 @@ class LoadRun:
         record.t_ack = now
         self.t_send_end = now
         self.acked += 1
-        self._ack_latency.append(now - record.t_sent)
+        self.ack_samples.append(now - record.t_sent)
 
     def _stop_sending(self) -> None:
         self._sending = False
@@ -1187,6 +1224,8 @@ class LoadRun:
                         f"{min(distinct)} and {max(distinct)}",
                         missing,
                     )
+        self.delivery_samples = delivery_latency
+        self.t_last_delivery = t_last_delivery
         t_end = self.t_logins_done or self.loop.time()
         login_s = max(t_end - self.t_start, 1e-9)
         send_s = max(self.t_send_end - self.t_send_start, 0.0) if self.t_send_start else 0.0
@@ -1219,7 +1258,7 @@ class LoadRun:
             deliveries=delivered,
             delivery_s=round(delivery_s, 3),
             deliveries_per_s=round(delivered / delivery_s, 1) if delivery_s > 0 else 0.0,
-            ack_latency=Latency.of(self._ack_latency),
+            ack_latency=Latency.of(self.ack_samples),
             delivery_latency=Latency.of(delivery_latency),
             errors=dict(self.errors),
             info=dict(self.info),
@@ -1254,6 +1293,20 @@ def run_load(options: LoadOptions, *, progress: IO[str] | None = None) -> LoadRe
     Raises ValueError for impossible options. SIGINT (in the main thread) stops
     sending and still verifies; a second SIGINT stops waiting.
     """
+    return execute(options, progress=progress).report()
+
+
+def execute(
+    options: LoadOptions,
+    *,
+    progress: IO[str] | None = None,
+    prepare: Callable[[LoadRun], None] | None = None,
+) -> LoadRun:
+    """:func:`run_load`, returning the finished run (its :meth:`LoadRun.report` made).
+
+    ``prepare(run)`` is called on the new run before it starts (to set
+    :attr:`LoadRun.before_sending`, say).
+    """
     options.check()
     limit = raise_nofile_limit()
     needed = len(options.user_names()) * options.devices + 64
@@ -1262,32 +1315,41 @@ def run_load(options: LoadOptions, *, progress: IO[str] | None = None) -> LoadRe
     loop = EventLoop()
     try:
         run = LoadRun(loop, options, progress=progress)
+        if prepare is not None:
+            prepare(run)
         if threading.current_thread() is threading.main_thread():
             loop.add_signal_handler(signal.SIGINT, run.interrupt)
         loop.call_soon(run.start)
         loop.run()
-        report = run.report()
+        run.report()
         run.shutdown()
         loop.run()
     finally:
         loop.close()
-    return report
+    return run
 
 
 # -- users -------------------------------------------------------------------------------------
 
 
 def create_users(
-    database: str, names: Sequence[str], password: str, *, threads: int | None = None
+    database: str,
+    names: Sequence[str],
+    password: str,
+    *,
+    threads: int | None = None,
+    hasher: PasswordHasher | None = None,
 ) -> int:
     """Create those of ``names`` that do not exist yet (nick = name), with what clients
     send as the password (:func:`password_digest`); returns how many were created.
 
     Hashing is slow by design (scrypt), so the work is spread over ``threads``.
+    ``hasher`` (default: the storage's, at full cost) makes the hashes; a cheaper one
+    makes test data faster to create and its cold logins cheaper, nothing else.
     """
     from ..storage import ConflictError, open_storage
 
-    store = open_storage(database)
+    store = open_storage(database, hasher=hasher)
     digest = password_digest(password)
 
     def one(name: str) -> bool:
@@ -1336,6 +1398,20 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="users load0..loadN-1 (default 200; ignored with --group-size)",
     )
     ap.add_argument("--user-prefix", default="load", help="user name prefix (default load)")
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="spread the users over N load processes, each on its own loopback source "
+        "address, and merge their verification (1:1 runs; see client/load_multi.py)",
+    )
+    ap.add_argument(
+        "--source-host",
+        metavar="ADDR",
+        help="bind every connection's local end to ADDR (default: the OS picks; with "
+        "--processes and loopback targets, 127.0.1.<k+1> for process k)",
+    )
     ap.add_argument("--password", default=DEFAULT_PASSWORD, help="every user's password")
     ap.add_argument(
         "--pairs", type=int, default=None, help="sending pairs (default users // 2; rest idle)"
@@ -1416,6 +1492,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         size=args.size,
         password=args.password,
         user_prefix=args.user_prefix,
+        source_host=args.source_host,
         login_concurrency=args.login_concurrency,
         login_retry_s=args.login_retry,
         login_timeout_s=args.login_timeout,
@@ -1427,9 +1504,13 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
 
 def run(args: argparse.Namespace) -> int:
     """0 if the run verified clean, 1 if not, 2 for unusable options."""
+    from .load_multi import run_processes, split
+
     try:
         options = options_from(args)
         options.check()
+        if args.processes != 1:
+            split(options, args.processes)  # refuses what cannot be split, before any work
     except ValueError as exc:
         print(f"imreactor load: {exc}", file=sys.stderr)
         return 2
@@ -1446,7 +1527,11 @@ def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         created = create_users(database, options.user_names(), options.password)
         print(f"created {created} users in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    report = run_load(options, progress=None if args.no_progress else sys.stderr)
+    progress = None if args.no_progress else sys.stderr
+    if args.processes != 1:
+        report = run_processes(options, args.processes, progress=progress)
+    else:
+        report = run_load(options, progress=progress)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -672,6 +672,10 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     return host, number
 
 
+#: Linux's IP_BIND_ADDRESS_NO_PORT (None elsewhere): see :func:`connect`.
+_BIND_NO_PORT: int | None = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", None)
+
+
 def connect(
     loop: EventLoop,
     host: str,
@@ -702,6 +706,10 @@ def connect(
         if nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source is not None:
+            if source[1] == 0 and _BIND_NO_PORT is not None:
+                # Let connect() pick the port for the whole 4-tuple: a bind to port 0
+                # would reserve a port per socket and exhaust the range at ~28k.
+                sock.setsockopt(socket.IPPROTO_IP, _BIND_NO_PORT, 1)
             sock.bind(source)
         conn = Connection(loop, sock, protocol, flow)
         conn._start_connect(address, timeout_s)
