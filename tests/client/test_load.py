@@ -239,6 +239,16 @@ def test_wrong_password_is_a_refused_login_and_fails(load_suite: RunningSuite) -
 GROUP_ID = 77
 
 
+class FakeConn(ImConnection):
+    """The fake's side of one client connection: who logged in on it."""
+
+    __slots__ = ("user_id",)
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.user_id = 0
+
+
 class FakeMsgServer:
     """A msg_server stand-in with one injected fault, plus login_server's HTTP answer.
 
@@ -296,9 +306,10 @@ class FakeMsgServer:
         return 200, "application/json", json.dumps(answer).encode()
 
     def _conn(self) -> ImConnection:
-        return ImConnection(self.dispatch, None, SERVER_SIDE_CLIENT)
+        return FakeConn(self.dispatch, None, SERVER_SIDE_CLIENT)
 
     def _login(self, conn: ImConnection, req: Any, seq: int) -> None:
+        assert isinstance(conn, FakeConn)
         ok = req.user_name != self.refuse
         user_id = 1000 + int(req.user_name.lstrip("abcdefghijklmnopqrstuvwxyz"))
         res = login_pb.IMLoginRes(
@@ -320,12 +331,13 @@ class FakeMsgServer:
                     status=1,
                 )
             )
-            conn.user_id = user_id  # type: ignore[attr-defined]
+            conn.user_id = user_id
             self.conns.setdefault(user_id, []).append(conn)
         conn.send(res, seq)
 
     def _group_create(self, conn: ImConnection, req: Any, seq: int) -> None:
-        creator: int = conn.user_id  # type: ignore[attr-defined]
+        assert isinstance(conn, FakeConn)
+        creator: int = conn.user_id
         self.members = [creator, *(m for m in req.member_id_list if m != creator)]
         if self.fault == "lose_member":
             self.members.pop()
@@ -339,12 +351,13 @@ class FakeMsgServer:
         conn.send(rsp, seq)
 
     def _msg(self, conn: ImConnection, msg: Any, seq: int) -> None:
+        assert isinstance(conn, FakeConn)
         self.messages += 1
         faulty = self.messages == self.fault_at
         if faulty and self.fault == "close":
             conn.conn.abort()
             return
-        sender: int = conn.user_id  # type: ignore[attr-defined]
+        sender: int = conn.user_id
         peer = msg.to_session_id
         group = msg.msg_type == base.MSG_TYPE_GROUP_TEXT
         conv = (0, peer) if group else (min(sender, peer), max(sender, peer))

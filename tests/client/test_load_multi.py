@@ -70,6 +70,7 @@ def test_split_refuses_what_cannot_be_split(
 def test_two_processes_against_a_cluster_verify_clean(
     load_cluster: RunningSuite,  # noqa: F811
 ) -> None:
+    calls: list[str] = []
     report = run_processes(
         LoadOptions(
             msg_servers=msg_servers(load_cluster),
@@ -79,8 +80,11 @@ def test_two_processes_against_a_cluster_verify_clean(
             count=400,
         ),
         2,
+        on_ready=lambda: calls.append("ready"),
+        on_done=lambda: calls.append("done"),
     )
     assert report.ok, report.text()
+    assert calls == ["ready", "done"]
     assert report.target.endswith("from 2 processes")
     assert (report.users, report.connections, report.logins_ok) == (12, 24, 24)
     assert (report.senders, report.sent, report.acked) == (6, 400, 400)

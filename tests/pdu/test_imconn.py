@@ -567,7 +567,7 @@ def test_late_seqs_kept_are_bounded(loop: EventLoop, clock: FakeClock) -> None:
     for _ in range(LATE_SEQS_KEPT + 10):
         client.request(login_req(), Responses(), timeout_s=1.0)
     advance(loop, clock, 1.5)
-    assert len(client._late) == LATE_SEQS_KEPT
+    assert client._late is not None and len(client._late) == LATE_SEQS_KEPT
     assert client._pending == {}
 
 

@@ -8,6 +8,7 @@ parametrized), with demo users alice, bob, carol and dave created first.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +38,28 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+def free_port_run(n: int) -> int:
+    """A port p with p..p+n-1 all free right now on 127.0.0.1 (``imreactor up`` numbers
+    msg_servers up from one port). Drawn below the ephemeral range, which outgoing
+    connections take ports from at any time."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 30000 - n)
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError(f"no run of {n} free ports found")
 
 
 class RunningSuite:

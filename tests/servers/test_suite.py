@@ -24,13 +24,14 @@ from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
 
-from .conftest import free_ports
+from .conftest import free_port_run, free_ports
 
 
 def start_up(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], list[int], str]:
-    http, login, db, route, msg = free_ports(5)
+    http, login, db, route = free_ports(4)
+    msg = free_port_run(3)  # --msg-servers up to 3 take consecutive ports
     proc = subprocess.Popen(
         [
             sys.executable,

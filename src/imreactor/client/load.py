@@ -1301,11 +1301,13 @@ def execute(
     *,
     progress: IO[str] | None = None,
     prepare: Callable[[LoadRun], None] | None = None,
+    before_shutdown: Callable[[LoadRun], None] | None = None,
 ) -> LoadRun:
     """:func:`run_load`, returning the finished run (its :meth:`LoadRun.report` made).
 
     ``prepare(run)`` is called on the new run before it starts (to set
-    :attr:`LoadRun.before_sending`, say).
+    :attr:`LoadRun.before_sending`, say); ``before_shutdown(run)`` once the report
+    is made, while every connection is still open (the loop is not running then).
     """
     options.check()
     limit = raise_nofile_limit()
@@ -1322,6 +1324,8 @@ def execute(
         loop.call_soon(run.start)
         loop.run()
         run.report()
+        if before_shutdown is not None:
+            before_shutdown(run)
         run.shutdown()
         loop.run()
     finally:

@@ -20,7 +20,10 @@ writes ``{"ready": {...}}``; once every child is ready (or gone), the parent
 writes ``go`` to each, so that every child sends while all users are online;
 at the end the child writes ``{"result": ...}``: its report, its raw ack and
 delivery latencies and its phase times on ``time.monotonic`` (one clock for
-every process of the machine). The parent merges: counters add up, phase spans
+every process of the machine), and keeps its connections open until the parent,
+once every result is in, writes ``bye``. The two barriers give the caller two
+moments with every user online (``on_ready``: before any message; ``on_done``:
+after every delivery) to measure the servers at. The parent merges: counters add up, phase spans
 run from the earliest start to the latest end over all children, percentiles
 come from the merged samples. A child that dies or reports nothing counts as
 ``process_failures``, which fails the run.
@@ -148,21 +151,24 @@ def child_main() -> int:
 
         run.before_sending = before_sending
 
-    run = execute(options, prepare=prepare)
-    write(
-        {
-            "result": {
-                "report": run.report().to_json(),
-                "ack_s": run.ack_samples,
-                "delivery_s": run.delivery_samples,
-                "t_start": run.t_start,
-                "t_logins_done": run.t_logins_done,
-                "t_send_start": run.t_send_start,
-                "t_send_end": run.t_send_end,
-                "t_last_delivery": run.t_last_delivery,
+    def report(run: LoadRun) -> None:
+        write(
+            {
+                "result": {
+                    "report": run.report().to_json(),
+                    "ack_s": run.ack_samples,
+                    "delivery_s": run.delivery_samples,
+                    "t_start": run.t_start,
+                    "t_logins_done": run.t_logins_done,
+                    "t_send_start": run.t_send_start,
+                    "t_send_end": run.t_send_end,
+                    "t_last_delivery": run.t_last_delivery,
+                }
             }
-        }
-    )
+        )
+        sys.stdin.readline()  # "bye", or EOF: the parent is gone
+
+    execute(options, prepare=prepare, before_shutdown=report)
     return 0
 
 
@@ -196,11 +202,18 @@ def _read(child: _Child, events: Queue[tuple[_Child, dict[str, Any] | None]]) ->
 
 
 def run_processes(
-    options: LoadOptions, processes: int, *, progress: IO[str] | None = None
+    options: LoadOptions,
+    processes: int,
+    *,
+    progress: IO[str] | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_done: Callable[[], None] | None = None,
 ) -> LoadReport:
     """Run ``options`` split over ``processes`` children; the merged report.
 
-    Raises ValueError as :func:`split` does. Blocks until every child is done.
+    ``on_ready()`` runs once every child has logged in (before ``go``), ``on_done()``
+    once every child has reported (before ``bye``). Raises ValueError as
+    :func:`split` does. Blocks until every child is done.
     """
     shares = split(options, processes)
     events: Queue[tuple[_Child, dict[str, Any] | None]] = Queue()
@@ -223,7 +236,7 @@ def run_processes(
     if main:
         signal.signal(signal.SIGINT, lambda sig, frame: _interrupt(children))
     try:
-        _wait(children, events, t0, progress)
+        _wait(children, events, t0, progress, on_ready, on_done)
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
@@ -251,9 +264,12 @@ def _wait(
     events: Queue[tuple[_Child, dict[str, Any] | None]],
     t0: float,
     progress: IO[str] | None,
+    on_ready: Callable[[], None] | None,
+    on_done: Callable[[], None] | None,
 ) -> None:
-    """Collect readiness, send ``go`` once all are ready or gone, collect results."""
-    went = False
+    """Collect readiness, send ``go`` once all are ready or gone; collect results,
+    send ``bye`` once all have reported or gone."""
+    went = said_bye = False
     while not all(c.gone for c in children):
         child, obj = events.get()
         if obj is None:
@@ -262,8 +278,16 @@ def _wait(
             child.ready = True
         elif "result" in obj:
             child.result = obj["result"]
+        if went and not said_bye and all(c.result is not None or c.gone for c in children):
+            said_bye = True
+            if on_done is not None:
+                on_done()
+            for c in children:
+                _tell(c, "bye")
         if not went and all(c.ready or c.gone for c in children):
             went = True
+            if on_ready is not None:
+                on_ready()
             if progress is not None:
                 ready = sum(c.ready for c in children)
                 progress.write(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from google.protobuf.message import DecodeError, Message
 
@@ -81,6 +81,11 @@ Handler = Callable[["ImConnection", Any, int], Any]
 
 ResponseCallback = Callable[[Any, "BaseException | None"], Any]
 """``callback(message, exc)``: the response to a request, or why there is none."""
+
+# A request waiting for its answer: the response class, the callback, the timeout timer.
+_Pending = tuple["type[Message] | None", ResponseCallback, "Timer | None"]
+#: What a connection without timed-out requests looks up seqs in (never written).
+_NO_LATE: Final[dict[int, int]] = {}
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,28 @@ class ImConnection(FrameProtocol):
     Contract for subclasses: override :meth:`on_connected`, :meth:`on_closed`,
     :meth:`bad_pdu` as needed; never override ``data_received``. Handlers get
     ``(conn, message, seq)`` where ``conn`` is this object. Loop thread only.
+
+    Slotted, as :class:`FrameProtocol` is: a server holds one per client, so an idle
+    client costs what these attributes cost and no dict; the request tables are made
+    on the first request. Subclasses without ``__slots__`` get a ``__dict__`` as usual.
     """
+
+    __slots__ = (
+        "_last_recv",
+        "_last_send",
+        "_late",
+        "_next_seq",
+        "_pending",
+        "_recv_flag",
+        "_send_flag",
+        "bad_pdus",
+        "current_deadline",
+        "dispatcher",
+        "handler_errors",
+        "keepalive",
+        "late_answers",
+        "policy",
+    )
 
     def __init__(
         self,
@@ -217,9 +243,10 @@ class ImConnection(FrameProtocol):
         self._last_recv = 0.0
         self._last_send = 0.0
         self._next_seq = 0
-        self._pending: dict[int, tuple[type[Message] | None, ResponseCallback, Timer | None]] = {}
+        # Both None until the first request (most client connections never make one).
+        self._pending: dict[int, _Pending] | None = None
         # Timed-out seq -> the command id its answer would have (0: any), oldest first.
-        self._late: dict[int, int] = {}
+        self._late: dict[int, int] | None = None
         #: Answers that arrived after their request had timed out (logged, then dropped).
         self.late_answers = 0
         #: While a handler runs, the loop-clock time after which the peer no longer waits
@@ -241,7 +268,7 @@ class ImConnection(FrameProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.keepalive is not None:
             self.keepalive.discard(self)
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending or {}, None
         lost = ConnectionError(f"connection closed before the response ({exc or 'closed'})")
         for _cls, callback, timer in pending.values():
             if timer is not None:
@@ -289,7 +316,9 @@ class ImConnection(FrameProtocol):
         after ``timeout_s``, or with ``ConnectionError`` if the link closes.
         Returns the seq used.
         """
-        seq = self._allocate_seq()
+        if self._pending is None:
+            self._pending = {}
+        seq = self._allocate_seq(self._pending)
         # Sent before it is registered: a message that cannot be serialized raises
         # here and leaves no pending entry whose callback would also run later.
         # (A write never delivers input, so no answer can arrive first.)
@@ -301,10 +330,10 @@ class ImConnection(FrameProtocol):
         self._pending[seq] = (response, callback, timer)
         return seq
 
-    def _allocate_seq(self) -> int:
+    def _allocate_seq(self, pending: dict[int, _Pending]) -> int:
         # seq 0 is what server pushes carry, so requests use 1..65535, skipping
         # those still waiting for an answer and those whose late answer may come.
-        pending, late = self._pending, self._late
+        late = self._late if self._late is not None else _NO_LATE
         if len(pending) >= MAX_SEQ:
             raise RuntimeError("65535 requests outstanding on one connection")
         if len(pending) + len(late) >= MAX_SEQ:
@@ -317,9 +346,11 @@ class ImConnection(FrameProtocol):
                 return seq
 
     def _request_timed_out(self, seq: int, timeout_s: float) -> None:
-        entry = self._pending.pop(seq, None)
+        entry = self._pending.pop(seq, None) if self._pending is not None else None
         if entry is not None:
             late = self._late
+            if late is None:
+                late = self._late = {}
             if len(late) >= LATE_SEQS_KEPT:
                 del late[next(iter(late))]
             expected = entry[0]

@@ -101,14 +101,34 @@ def _host_of(conn: ImConnection) -> str:
 
 
 class ClientConn(ImConnection):
-    """msg_server's side of one client connection."""
+    """msg_server's side of one client connection.
+
+    Slotted and lean, because a server holds tens of thousands of idle ones: what a
+    logged-in connection keeps is its ids and counters; the user's profile is not kept
+    (login answers it and forgets it), and the per-connection sequencer is made when
+    the first relayed message or ack needs it.
+    """
+
+    __slots__ = (
+        "_dropped",
+        "_login_timer",
+        "_sequencer",
+        "_tokens",
+        "_tokens_at",
+        "client_type",
+        "handle",
+        "kicked",
+        "login_pending",
+        "server",
+        "user_id",
+        "watching",
+    )
 
     def __init__(self, server: MsgServer) -> None:
         super().__init__(server.client_dispatch, server.keepalive, server.client_policy)
         self.handle = next(server.handles)  #: never reused, unlike fds: safe in attach_data
         self.server = server
         self.user_id = 0
-        self.user_info: Any = None
         self.client_type = 0
         self.login_pending = False
         self.kicked = False
@@ -119,16 +139,19 @@ class ClientConn(ImConnection):
         #: The users whose presence this connection subscribed to; None until it first
         #: does, so that a connection that never asks costs one slot.
         self.watching: set[int] | None = None
-        #: Orders relayed messages; only with several msg_servers (one server is in order).
-        self.sequencer: Sequencer | None = (
-            Sequencer(server.loop, server.config.reorder_wait_s)
-            if server.config.route_servers
-            else None
-        )
+        self._sequencer: Sequencer | None = None
 
     @property
     def logged_in(self) -> bool:
         return self.user_id != 0
+
+    @property
+    def sequencer(self) -> Sequencer | None:
+        """What orders this connection's relayed messages and acks; None with one msg_server
+        (whose deliveries are in order already). Made on first use."""
+        if self._sequencer is None and self.server.ordered:
+            self._sequencer = Sequencer(self.server.loop, self.server.config.reorder_wait_s)
+        return self._sequencer
 
     def attach(self) -> bytes:
         """The original's 12-byte attach_data naming this connection."""
@@ -147,8 +170,8 @@ class ClientConn(ImConnection):
             self.conn.close()
 
     def on_closed(self, exc: BaseException | None) -> None:
-        if self.sequencer is not None:
-            self.sequencer.close()
+        if self._sequencer is not None:
+            self._sequencer.close()
         if self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
@@ -274,6 +297,8 @@ class MsgServer:
         )
         self.users: dict[int, UserConns] = {}
         self.subscribed = config.presence == "subscribed"
+        #: Several msg_servers: deliveries to a connection may need reordering.
+        self.ordered = bool(config.route_servers)
         #: user id → the connections here watching them (``presence = "subscribed"``).
         self.watchers: dict[int, Watch] = {}
         #: Entries of :attr:`watchers` with no connection left (route_server still has them).
@@ -508,7 +533,6 @@ class MsgServer:
         else:
             conns.desktop = conn
         conn.user_id = user_id
-        conn.user_info = user_info
         conn.client_type = client_type
         if conn._login_timer is not None:
             conn._login_timer.cancel()
