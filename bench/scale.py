@@ -19,10 +19,12 @@ msg_servers, per-connection rate limits lifted) on a copy of a prepared database
    before the first message; server CPU from /proc over the sending window.
 
 Printed per size: cold and returning logins/s, the storms' durations, bytes of
-msg_server RSS per online user (RSS with everyone online minus RSS at start, over the
-users), msg_server (and route_server, db_proxy) CPU per acked message, ack and delivery
-p50/p99, the verification, then how each figure grows from the smallest size to each
-larger one (the ratio, in this run: the machine is noisy, the ratios less so).
+msg_server RSS per online user (RSS with everyone online minus RSS once the same users
+had been online and logged out, over the users; and apart, what the allocator kept
+after that first storm over RSS at start), msg_server (and route_server, db_proxy)
+CPU per acked message, ack and delivery p50/p99, the verification, then how each
+figure grows from the smallest size to each larger one (the ratio, in this run: the
+machine is noisy, the ratios less so).
 
 The prepared database (users only) is kept in ``--work`` (default ``bench/.cache``) and
 reused by later runs. Every server and load process shares this machine's cores.
@@ -40,6 +42,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ from imreactor.storage.passwords import PasswordHasher
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from im_e2e import free_ports, role_cpu_seconds  # noqa: E402
+from proc_cpu import cpu_seconds  # noqa: E402
 
 PASSWORD = "imreactor"
 #: The cheaper scrypt cost of the population's hashes (the default is 2**14).
@@ -154,15 +158,29 @@ def run_size(size: int, template: Path, opts: argparse.Namespace, work: Path) ->
         first = run_processes(storm, procs, progress=sys.stderr)
         out["first"] = first
         print(f"[{size}] first storm: {first.login_s:.1f} s ({first.logins_per_s:,.0f}/s)")
+        time.sleep(2)  # the servers finish the logouts
+        offline_rss = {c.name: rss_bytes(c.proc.pid) for c in msg_children(children)}
         marks: dict[str, Any] = {}
+
+        victim = msg_children(children)[0]
+
+        def kill_victim() -> None:
+            marks["cpu_victim"] = sum(cpu_seconds(victim.proc.pid))
+            victim.proc.kill()
+            print(f"[{size}] killed {victim.name} (SIGKILL)", file=sys.stderr, flush=True)
 
         def on_ready() -> None:
             marks["rss"] = {c.name: rss_bytes(c.proc.pid) for c in msg_children(children)}
             marks["cpu0"] = cpu_by_role(children)
             marks["t0"] = time.monotonic()
+            if opts.kill_after is not None:
+                marks["killer"] = threading.Timer(opts.kill_after, kill_victim)
+                marks["killer"].start()
 
         def on_done() -> None:
-            marks["cpu1"] = cpu_by_role(children)
+            if "killer" in marks:
+                marks["killer"].cancel()
+            marks["cpu1"] = cpu_by_role(children, marks.get("cpu_victim"), victim)
             marks["t1"] = time.monotonic()
 
         main = run_processes(
@@ -178,6 +196,8 @@ def run_size(size: int, template: Path, opts: argparse.Namespace, work: Path) ->
                 login_timeout_s=60,
                 login_retry_s=900,
                 drain_s=10,
+                reconnect=opts.kill_after is not None,
+                reconnect_jitter_s=opts.reconnect_jitter,
             ),
             procs,
             progress=sys.stderr,
@@ -185,8 +205,14 @@ def run_size(size: int, template: Path, opts: argparse.Namespace, work: Path) ->
             on_done=on_done,
         )
         out["main"] = main
-        grown = sum(marks["rss"][n] - base_rss[n] for n in base_rss)
+        # What an online user costs: RSS with everyone online minus RSS after the same
+        # users were online once and logged out (the allocator keeps what a storm's
+        # peak took; that one-off growth is printed on its own).
+        grown = sum(marks["rss"][n] - offline_rss[n] for n in base_rss)
         out["bytes_per_user"] = grown / size
+        out["kept_after_storm_per_user"] = (
+            sum(offline_rss[n] - base_rss[n] for n in base_rss) / size
+        )
         out["rss_mib"] = {n: round(v / 2**20, 1) for n, v in marks["rss"].items()}
         acked = max(main.acked, 1)
         out["cpu_us_per_msg"] = {
@@ -202,11 +228,18 @@ def run_size(size: int, template: Path, opts: argparse.Namespace, work: Path) ->
     return out
 
 
-def cpu_by_role(children: list[Child]) -> dict[str, float]:
-    return {
-        role: role_cpu_seconds(children, role)
+def cpu_by_role(
+    children: list[Child], victim_cpu: float | None = None, victim: Child | None = None
+) -> dict[str, float]:
+    """CPU seconds so far per role; a killed ``victim`` counts what it had used then."""
+    alive = [c for c in children if c is not victim or victim_cpu is None]
+    cpu = {
+        role: role_cpu_seconds(alive, role)
         for role in ("msg_server", "route_server", "db_proxy_server", "login_server")
     }
+    if victim is not None and victim_cpu is not None:
+        cpu["msg_server"] += victim_cpu
+    return cpu
 
 
 def ms(value: float | None) -> str:
@@ -229,11 +262,18 @@ def table(results: list[dict[str, Any]]) -> str:
     row("first storm s (cheap scrypt)", "{:.1f}", lambda r: report(r, "first").login_s)
     row("returning storm s", "{:.1f}", lambda r: report(r, "main").login_s)
     row("returning logins/s", "{:,.0f}", lambda r: report(r, "main").logins_per_s)
-    row("msg_server bytes per user", "{:,.0f}", lambda r: r["bytes_per_user"])
+    row("msg_server bytes per online user", "{:,.0f}", lambda r: r["bytes_per_user"])
+    row(
+        "  kept after a storm, per user",
+        "{:,.0f}",
+        lambda r: r["kept_after_storm_per_user"],
+    )
     row("acked msgs/s", "{:,.0f}", lambda r: report(r, "main").msgs_per_s)
     row("msg_server CPU µs per msg", "{:.0f}", lambda r: r["cpu_us_per_msg"]["msg_server"])
     row("route_server CPU µs per msg", "{:.0f}", lambda r: r["cpu_us_per_msg"]["route_server"])
     row("db_proxy CPU µs per msg", "{:.0f}", lambda r: r["cpu_us_per_msg"]["db_proxy_server"])
+    row("reconnects", "{:,.0f}", lambda r: report(r, "main").reconnects)
+    row("all back and caught up within s", "{:.1f}", lambda r: report(r, "main").back_max_s)
     row("ack p50 ms", "{:.1f}", lambda r: report(r, "main").ack_latency.p50_ms)
     row("ack p99 ms", "{:.1f}", lambda r: report(r, "main").ack_latency.p99_ms)
     row("delivery p50 ms", "{:.1f}", lambda r: report(r, "main").delivery_latency.p50_ms)
@@ -278,6 +318,16 @@ def main() -> int:
     ap.add_argument("--login-concurrency", type=int, default=1000, help="per load process")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".cache")
     ap.add_argument("--keep", action="store_true", help="keep each run's data dir and logs")
+    ap.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="reconnect storm: S seconds into the traffic, SIGKILL the first msg_server; its "
+        "clients reconnect (through login_server) and catch up, and every acked message "
+        "must still arrive",
+    )
+    ap.add_argument("--reconnect-jitter", type=float, default=5.0, help="with --kill-after")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     opts = ap.parse_args()
     template = prepare(opts.work, max(opts.sizes), opts.cold)

@@ -154,6 +154,8 @@ class LoadOptions:
     ack_timeout_s: float = 10.0
     drain_s: float = 5.0
     receipts: bool = True
+    reconnect: bool = False  # a dropped connection logs in again and catches up (1:1 runs)
+    reconnect_jitter_s: float = 5.0  # each reconnect waits a random 0..this first
 
     @property
     def pair_count(self) -> int:
@@ -209,6 +211,10 @@ class LoadOptions:
             raise ValueError("--count must be at least 1")
         if self.login_concurrency < 1:
             raise ValueError("--login-concurrency must be at least 1")
+        if self.reconnect and (self.group_size is not None or self.echo is not None):
+            raise ValueError("--reconnect is for 1:1 runs (no --group-size, no --echo)")
+        if self.reconnect_jitter_s < 0:
+            raise ValueError("--reconnect-jitter must not be negative")
         if self.first_user < 0 or self.first_user % 2:
             raise ValueError("first_user must be even and not negative")
         if self.group_size is not None and self.first_user:
@@ -285,6 +291,11 @@ class LoadReport:
     info: dict[str, int]
     problems: list[str]
     loader_cpu_s: float
+    #: With ``reconnect``: connections dropped and logged in again, messages they
+    #: fetched from history after it, and the longest drop-to-caught-up time.
+    reconnects: int = 0
+    caught_up: int = 0
+    back_max_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -310,6 +321,11 @@ class LoadReport:
             lines.append(
                 f"  {'deliveries':<17}{self.deliveries:,} of {self.expected_deliveries:,} expected"
                 f" in {self.delivery_s:.2f} s: {self.deliveries_per_s:,.0f}/s"
+            )
+        if self.reconnects:
+            lines.append(
+                f"  {'reconnects':<17}{self.reconnects:,}, each back and caught up within "
+                f"{self.back_max_s:.2f} s; {self.caught_up:,} messages caught up from history"
             )
         lines.append(f"  {'loader CPU':<17}{self.loader_cpu_s:.2f} s")
         bad = {k: v for k, v in self.errors.items() if v}
@@ -345,8 +361,11 @@ class _Endpoint:
     """One client connection and what it received.
 
     ``got``: (sending endpoint, seq) → [copies, and of the first copy: msg_id, arrival
-    time, from_user_id, to_session_id, msg_type];
-    ``last_id``: conversation → highest msg_id received on it.
+    time, from_user_id, to_session_id, msg_type, how it came (:data:`_LIVE`,
+    :data:`_CAUGHT`: fetched from history after a reconnect, :data:`_CAUGHT_AND_LIVE`:
+    that and then pushed once too)];
+    ``last_id``: conversation → highest msg_id received on it;
+    ``lost_at``: when its connection dropped, until it is back and caught up (0 else).
     """
 
     __slots__ = (
@@ -357,6 +376,7 @@ class _Endpoint:
         "index",
         "kicked",
         "last_id",
+        "lost_at",
         "session",
         "state",
         "user",
@@ -373,6 +393,12 @@ class _Endpoint:
         self.kicked = False
         self.got: dict[tuple[int, int], list[Any]] = {}
         self.last_id: dict[tuple[int, int], int] = {}
+        self.lost_at = 0.0
+
+
+_LIVE, _CAUGHT, _CAUGHT_AND_LIVE = range(3)
+#: Messages per history request while catching up after a reconnect.
+CATCH_UP_PAGE = 200
 
 
 class _Sender:
@@ -593,6 +619,14 @@ class LoadRun:
         self._last_progress = (0.0, 0)
         self._cpu_start = _cpu_s()
         self._report: LoadReport | None = None
+        #: With ``reconnect``: endpoints dropped and not yet back; the pair partner of
+        #: each sending pair's users (whose conversation a reconnect catches up).
+        self._lost = 0
+        self.reconnects = 0
+        self.caught_up = 0
+        self._back_s: list[float] = []
+        self._peer: dict[int, _User] = {}
+        self._drain_late = False
         #: Filled by :meth:`report`: each verified delivery's latency, and the last one's time.
         self.delivery_samples: list[float] = []
         self.t_last_delivery = 0.0
@@ -747,10 +781,17 @@ class LoadRun:
     def _fail(self, ep: _Endpoint, kind: str, why: str) -> None:
         ep.state = _FAILED
         self._error(kind, why)
-        self._login_finished()
+        if ep.lost_at:
+            self._back(ep, failed=True)
+        else:
+            self._login_finished()
 
     def _logged_in(self, ep: _Endpoint) -> None:
         ep.state = _READY
+        if ep.lost_at:
+            self._resume(ep)
+            self._catch_up(ep, ep.session)
+            return
         self.logins_ok += 1
         self._login_finished()
 
@@ -777,12 +818,107 @@ class LoadRun:
             return
         if state == _CONNECTING:
             self._retry(ep, "login_failures", f"{ep.user.name}: connect: {exc or 'closed'}")
+        elif state == _READY and self.options.reconnect and not ep.kicked:
+            self._reconnect(ep)
         elif state == _READY:
             ep.state = _FAILED
             if not ep.kicked:
                 self._error("disconnects", f"{ep.user.name}: connection closed ({exc or 'EOF'})")
             self._check_done()
         # _LOGIN: the pending login request already failed with ConnectionError.
+
+    # -- reconnects ----------------------------------------------------------------------
+
+    def _reconnect(self, ep: _Endpoint) -> None:
+        """``ep`` dropped: log in again after a random wait, the way it first did."""
+        now = self.loop.time()
+        if not ep.lost_at:  # not already counted (a drop during its catch-up)
+            ep.lost_at = now
+            self._lost += 1
+        self.reconnects += 1
+        ep.state = _IDLE
+        delay = random.uniform(0.0, self.options.reconnect_jitter_s)
+        ep.first_try = now + delay  # the retry window counts from the first try
+        self.loop.call_later(delay, self._attempt, ep)
+
+    def _resume(self, ep: _Endpoint) -> None:
+        """A sender back online sends again (its rate share, or its in-flight window)."""
+        sender = self._sender_of.get(ep.index)
+        if sender is None:
+            return
+        if self.options.rate is None:
+            self._fill(sender)
+        elif not sender.queued and self._may_send(sender):
+            self._ready.append(sender)
+            sender.queued = True
+
+    def _catch_up(self, ep: _Endpoint, session: ClientSession | None, begin: int = 0) -> None:
+        """Fetch, newest first, what ``ep``'s conversation got past what ``ep`` saw.
+
+        Pages of :data:`CATCH_UP_PAGE` down to the highest msg_id it received; each
+        message of this run it has not received counts as received (caught up). A
+        user outside the sending pairs has no conversation: it is back at once.
+        """
+        peer = self._peer.get(ep.user.index)
+        if peer is None or session is None:
+            self._back(ep)
+            return
+        conv = _conversation(ep.user.user_id, peer.user_id, base.MSG_TYPE_SINGLE_TEXT)
+        floor = ep.last_id.get(conv, 0)
+        req = msg_pb.IMGetMsgListReq(
+            user_id=ep.user.user_id,
+            session_type=base.SESSION_TYPE_SINGLE,
+            session_id=peer.user_id,
+            msg_id_begin=begin,
+            msg_cnt=CATCH_UP_PAGE,
+        )
+
+        def answered(rsp: Any, exc: BaseException | None) -> None:
+            if ep.session is not session or self._closing:
+                return  # that connection is gone; its next login catches up again
+            if exc is not None and self.loop.time() - ep.lost_at >= self.options.login_retry_s:
+                self._error("login_failures", f"{ep.user.name}: catch-up failed: {exc}")
+                self._back(ep, failed=True)
+                return
+            if exc is not None:
+                log.info("%s: catch-up: %s; again in 1 s", ep.user.name, exc)
+                self.loop.call_later(1.0, self._catch_up, ep, session, begin)
+                return
+            older = [m for m in rsp.msg_list if m.msg_id > floor]
+            for m in older:
+                self._caught(ep, peer, m)
+            if older and len(rsp.msg_list) == len(older) and min(m.msg_id for m in older) > 1:
+                self._catch_up(ep, session, min(m.msg_id for m in older) - 1)
+                return
+            last = max((m.msg_id for m in older), default=0)
+            if last > ep.last_id.get(conv, 0):
+                ep.last_id[conv] = last
+            self._back(ep)
+
+        session.request(
+            req, answered, timeout_s=self.options.ack_timeout_s, response=msg_pb.IMGetMsgListRsp
+        )
+
+    def _caught(self, ep: _Endpoint, peer: _User, m: Any) -> None:
+        """A history message of ``ep``'s conversation: received, unless it was already."""
+        key = self._key_of(m.msg_data)
+        if key is None or key in ep.got or key[0] == ep.index:
+            return  # another run's, already here, or sent from this very connection
+        to = peer.user_id if m.from_session_id == ep.user.user_id else ep.user.user_id
+        ep.got[key] = [1, m.msg_id, self.loop.time(), m.from_session_id, to, m.msg_type, _CAUGHT]
+        self.caught_up += 1
+        if self._awaiting:
+            self._awaiting.discard((ep.index, key))
+
+    def _back(self, ep: _Endpoint, *, failed: bool = False) -> None:
+        """``ep`` is caught up (or gave up): the run may end once every drop is back."""
+        if not failed:
+            self._back_s.append(self.loop.time() - ep.lost_at)
+        ep.lost_at = 0.0
+        self._lost -= 1
+        if self._draining and not self._lost and (not self._awaiting or self._drain_late):
+            self._finish()
+        self._check_done()
 
     # -- phase 2: sending ----------------------------------------------------------------
 
@@ -848,6 +984,7 @@ class LoadRun:
                 ep = s.endpoints[0]
                 if ep.state == _READY and r.user_id:
                     self._add_sender(_Sender(ep, r.user_id, [r, s], False))
+            self._peer[a.index], self._peer[b.index] = b, a
         self.t_send_start = self._last_pace = self.loop.time()
         if not self.senders:
             self._finish()
@@ -948,7 +1085,12 @@ class LoadRun:
             return
         ep = sender.endpoint
         conv = sender.conv
-        if exc is not None:
+        if exc is not None and self.options.reconnect and isinstance(exc, ConnectionError):
+            # Its connection dropped: whether it was stored is unknown, as for any
+            # client; it may still arrive (counted as unacked_delivered).
+            self._conv_unacked.add(conv)
+            self.info["unacked_on_reconnect"] = self.info.get("unacked_on_reconnect", 0) + 1
+        elif exc is not None:
             self._conv_unacked.add(conv)
             kind = (
                 "timeouts"
@@ -984,7 +1126,7 @@ class LoadRun:
                 e.index
                 for user in sender.receivers
                 for e in user.endpoints
-                if e is not ep and e.state == _READY
+                if e is not ep and (e.state == _READY or e.lost_at)
             )
             for index in record.expected:
                 if key not in self.endpoints[index].got:
@@ -1016,22 +1158,32 @@ class LoadRun:
         else:
             self.info["other_pushes"] += 1
 
+    def _key_of(self, body: bytes) -> tuple[int, int] | None:
+        """(sending endpoint, seq) of a body this run sent; None for anything else."""
+        parts = body.split(b":", 3)
+        if len(parts) < 4 or parts[0] != self._run_id:
+            return None
+        try:
+            return (int(parts[1]), int(parts[2]))
+        except ValueError:
+            return None
+
     def _delivered(self, ep: _Endpoint, msg: Any) -> None:
         now = self.loop.time()
-        parts = msg.msg_data.split(b":", 3)
-        if len(parts) < 4 or parts[0] != self._run_id:
-            self.info["foreign_messages"] += 1
-            return
-        try:
-            key = (int(parts[1]), int(parts[2]))
-        except ValueError:
+        key = self._key_of(msg.msg_data)
+        if key is None:
             self.info["foreign_messages"] += 1
             return
         entry = ep.got.get(key)
         if entry is not None:
-            entry[0] += 1
+            if entry[6] == _CAUGHT:
+                # Fetched after the reconnect, then pushed too (it was in flight): a
+                # client tells the two apart by msg_id; a second push is a duplicate.
+                entry[6] = _CAUGHT_AND_LIVE
+            else:
+                entry[0] += 1
             return
-        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id, msg.msg_type]
+        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id, msg.msg_type, _LIVE]
         conv = _conversation(msg.from_user_id, msg.to_session_id, msg.msg_type)
         last = ep.last_id.get(conv, 0)
         if msg.msg_id > last:
@@ -1054,15 +1206,18 @@ class LoadRun:
             )
         if self._awaiting:
             self._awaiting.discard((ep.index, key))
-            if self._draining and not self._awaiting:
+            if self._draining and not self._awaiting and not self._lost:
                 self._finish()
 
     # -- phase 3: draining ---------------------------------------------------------------
 
     def _check_done(self) -> None:
         """Start draining once nothing is in flight and no sender may send any more
-        (time or count is up, or every sender's connection is gone)."""
+        (time or count is up, or every sender's connection is gone), and every
+        dropped connection is back (or gave up)."""
         if self.finished or self._draining or self.outstanding or not self.t_send_start:
+            return
+        if self._lost:
             return
         if self._sending and any(self._may_send(s) for s in self.senders):
             return
@@ -1073,7 +1228,14 @@ class LoadRun:
         if not self._awaiting:
             self._finish()
         else:
-            self._timers.append(self.loop.call_later(self.options.drain_s, self._finish))
+            self._timers.append(self.loop.call_later(self.options.drain_s, self._drain_over))
+
+    def _drain_over(self) -> None:
+        """``drain_s`` has passed: finish, unless a dropped connection is still coming back
+        (it may yet fetch what is awaited; :meth:`_back` finishes then)."""
+        self._drain_late = True
+        if not self._lost:
+            self._finish()
 
     def _finish(self) -> None:
         if self.finished:
@@ -1181,7 +1343,8 @@ class LoadRun:
                         f"{src} message {key[1]} acked as msg_id {record.msg_id}, "
                         f"delivered to {where} as {msg_id}",
                     )
-                delivery_latency.append(t_recv - record.t_sent)
+                if entry[6] == _LIVE:  # a history fetch is no delivery latency
+                    delivery_latency.append(t_recv - record.t_sent)
         for ep in self.endpoints:
             for key, entry in ep.got.items():
                 sent = self.sent.get(key)
@@ -1264,6 +1427,9 @@ class LoadRun:
             info=dict(self.info),
             problems=list(self.problems),
             loader_cpu_s=round(_cpu_s() - self._cpu_start, 2),
+            reconnects=self.reconnects,
+            caught_up=self.caught_up,
+            back_max_s=round(max(self._back_s, default=0.0), 3),
         )
         self._report = report
         return report
@@ -1462,6 +1628,19 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not answer deliveries with IMMsgDataAck (clients do)",
     )
+    ap.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="a dropped connection logs in again (after a random wait) and catches up from "
+        "history; acked messages must still all arrive (1:1 runs)",
+    )
+    ap.add_argument(
+        "--reconnect-jitter",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="each reconnect first waits a random 0..S seconds (default 5)",
+    )
     ap.add_argument("--create-users", action="store_true", help="create the users first")
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--database", help="storage URL for --create-users")
@@ -1503,6 +1682,8 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         ack_timeout_s=args.ack_timeout,
         drain_s=args.drain,
         receipts=not args.no_receipts,
+        reconnect=args.reconnect,
+        reconnect_jitter_s=args.reconnect_jitter,
     )
 
 

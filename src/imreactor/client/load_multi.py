@@ -322,7 +322,10 @@ def merge(options: LoadOptions, children: list[_Child]) -> LoadReport:
         "expected_deliveries",
         "deliveries",
         "loader_cpu_s",
+        "reconnects",
+        "caught_up",
     )
+    back_max_s = 0.0
     for child in children:
         result = child.result
         if result is None:
@@ -334,6 +337,7 @@ def merge(options: LoadOptions, children: list[_Child]) -> LoadReport:
             )
             continue
         report = result["report"]
+        back_max_s = max(back_max_s, report["back_max_s"])
         for key in summed:
             totals[key] = totals.get(key, 0) + report[key]
         for kind, n in report["errors"].items():
@@ -394,6 +398,9 @@ def merge(options: LoadOptions, children: list[_Child]) -> LoadReport:
         info=info,
         problems=problems[:MAX_PROBLEMS],
         loader_cpu_s=round(totals.get("loader_cpu_s", 0.0), 2),
+        reconnects=int(totals.get("reconnects", 0)),
+        caught_up=int(totals.get("caught_up", 0)),
+        back_max_s=back_max_s,
     )
 
 
