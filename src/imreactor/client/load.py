@@ -37,6 +37,14 @@ four phases:
    when every message of it was acked, contiguous; nothing may arrive where it
    was not sent.
 
+With ``reconnect`` (1:1 runs), a connection that drops (its msg_server died, say) is
+not an error: after a random wait of up to ``reconnect_jitter_s`` it logs in again the
+way it first did (through login_server unless pinned) and fetches from history
+(``IMGetMsgListReq``) what its conversation got past the last msg_id it had seen; a
+message acked while it was away must arrive live or in that fetch, and the run ends
+only once every dropped connection is back or has given up (``login_retry_s``).
+Messages in flight on a dropped connection were never acked and are not counted.
+
 The report gives acked messages/s over the sending time and deliveries/s:
 verified deliveries over the time from the first send to the last of them.
 
