@@ -80,13 +80,12 @@ def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuit
     )
 
 
-@pytest.fixture(scope="module")
-def load_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    """One SQLite suite with two msg_servers and a route_server for the module."""
+def start_cluster(data_dir: Path) -> Iterator[RunningSuite]:
+    """:func:`start_suite` with two msg_servers and a route_server."""
     http, login, db, route, msg1, msg2 = free_ports(6)
     yield from start_suite(
         SuiteLayout(
-            data_dir=tmp_path_factory.mktemp("cluster"),
+            data_dir=data_dir,
             http_port=http,
             login_port=login,
             msg_ports=[msg1, msg2],
@@ -95,6 +94,12 @@ def load_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSu
             overrides=UNLIMITED,
         )
     )
+
+
+@pytest.fixture(scope="module")
+def load_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
+    """One SQLite suite with two msg_servers and a route_server for the module."""
+    yield from start_cluster(tmp_path_factory.mktemp("cluster"))
 
 
 def msg_servers(suite: RunningSuite) -> list[str]:
@@ -572,6 +577,10 @@ def test_impossible_options_are_refused(tmp_path: Path) -> None:
         LoadOptions(senders=2),
         LoadOptions(msg_servers=[]),
         LoadOptions(msg_servers=["127.0.0.1:x"]),
+        LoadOptions(source_host="not an address"),
+        LoadOptions(reconnect=True, group_size=4),
+        LoadOptions(reconnect_jitter_s=-1.0),
+        LoadOptions(first_user=3),
     ):
         with pytest.raises(ValueError):
             options.check()

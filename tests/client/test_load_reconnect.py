@@ -13,28 +13,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers.conftest import RunningSuite, free_ports
+from servers.conftest import RunningSuite
 
 from imreactor.client.load import LoadOptions, run_load
-from imreactor.servers.suite import SuiteLayout
 
-from .test_load import LOAD_USERS, UNLIMITED, logged_in_at, start_suite
+from .test_load import LOAD_USERS, logged_in_at, start_cluster
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[RunningSuite]:
-    http, login, db, route, msg1, msg2 = free_ports(6)
-    yield from start_suite(
-        SuiteLayout(
-            data_dir=tmp_path / "cluster",
-            http_port=http,
-            login_port=login,
-            msg_ports=[msg1, msg2],
-            db_port=db,
-            route_ports=[route],
-            overrides=UNLIMITED,
-        )
-    )
+    """A cluster of its own: this test kills one of its msg_servers."""
+    yield from start_cluster(tmp_path / "cluster")
 
 
 def test_clients_of_a_killed_msg_server_come_back_and_nothing_acked_is_lost(

@@ -63,6 +63,7 @@ or the drops show up here as timeouts.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import math
@@ -223,6 +224,13 @@ class LoadOptions:
             raise ValueError("--reconnect is for 1:1 runs (no --group-size, no --echo)")
         if self.reconnect_jitter_s < 0:
             raise ValueError("--reconnect-jitter must not be negative")
+        if self.source_host is not None:
+            try:
+                ipaddress.ip_address(self.source_host)
+            except ValueError:
+                raise ValueError(
+                    f"--source-host must be an IP address, not {self.source_host!r}"
+                ) from None
         if self.first_user < 0 or self.first_user % 2:
             raise ValueError("first_user must be even and not negative")
         if self.group_size is not None and self.first_user:

@@ -799,8 +799,9 @@ class MsgServer:
                     if group is not None
                     else base.SESSION_TYPE_SINGLE,
                 )
-                if conn.sequencer is not None:
-                    conn.sequencer.acked(rsp, rsp.msg_id, lambda: conn.send(ack, seq))
+                sequencer = conn.sequencer
+                if sequencer is not None:
+                    sequencer.acked(rsp, rsp.msg_id, lambda: conn.send(ack, seq))
                 else:
                     conn.send(ack, seq)
             if group is None:
@@ -837,8 +838,9 @@ class MsgServer:
                     continue
                 if frame is None:
                     frame = encode_message(msg)
-                if c.sequencer is not None:
-                    c.sequencer.deliver(msg, functools.partial(c.send_frame, frame))
+                sequencer = c.sequencer
+                if sequencer is not None:
+                    sequencer.deliver(msg, functools.partial(c.send_frame, frame))
                 else:
                     c.send_frame(frame)
 
