@@ -15,7 +15,7 @@ from http import HTTPStatus
 
 import httptools
 
-from .net.connection import Connection, Protocol
+from .net.transport import Protocol, Transport
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,14 @@ class HttpProtocol(Protocol):
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.conn: Connection | None = None
+        self.conn: Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: dict[str, str] = {}
         self._header_name = b""
         self._received = 0
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         self.conn = conn
 
     def data_received(self, data: bytes) -> None:

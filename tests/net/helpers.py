@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from imreactor.net import Connection, ConnState, EventLoop, Protocol
+from imreactor.net import Connection, ConnState, EventLoop, Protocol, Transport
 
 #: Upper bound for anything a test waits for: generous, so that a slow machine passes,
 #: and finite, so that a broken reactor fails the test instead of hanging it.
@@ -60,7 +60,7 @@ class Recorder(Protocol):
     """A protocol that records every callback it gets (and the connection state at the time)."""
 
     def __init__(self) -> None:
-        self.conn: Connection | None = None
+        self.conn: Transport | None = None
         self.events: list[str] = []
         self.states: list[tuple[str, ConnState]] = []
         self.received = bytearray()
@@ -73,7 +73,7 @@ class Recorder(Protocol):
         if self.conn is not None:
             self.states.append((event, self.conn.state))
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         self.conn = conn
         self._note("made")
 
@@ -103,9 +103,14 @@ class Recorder(Protocol):
     def closed(self) -> bool:
         return bool(self.lost or self.failed)
 
-    def connection(self) -> Connection:
-        """The connection, which the test expects to exist."""
+    def connection(self) -> Transport:
+        """The transport, which the test expects to exist."""
         assert self.conn is not None, "connection_made was not called"
+        return self.conn
+
+    def tcp(self) -> Connection:
+        """The TCP connection (for what only TCP has: socket options, the fd)."""
+        assert isinstance(self.conn, Connection), "connection_made was not called on TCP"
         return self.conn
 
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import pytest
 
-from imreactor.net import Connection, ConnState, EventLoop, FlowControl
+from imreactor.net import Connection, ConnState, EventLoop, FlowControl, Transport
 from imreactor.net.poller import READABLE
 
 from .helpers import (
@@ -158,7 +158,7 @@ def test_addresses_and_socket_options(loop: EventLoop, run_until: RunUntil) -> N
     server = loop.listen("127.0.0.1", 0, accepted)
     with client(server.port) as cli:
         run_until(lambda: len(accepted) == 1)
-        conn = accepted.made[0].connection()
+        conn = accepted.made[0].tcp()
         assert conn.local_address == cli.getpeername()
         assert conn.remote_address == cli.getsockname()
         sock = conn.socket
@@ -187,7 +187,7 @@ def test_nodelay_off_on_request(loop: EventLoop, run_until: RunUntil) -> None:
     outgoing = Recorder()
     conn = loop.connect("127.0.0.1", server.port, outgoing, nodelay=False)
     run_until(lambda: outgoing.made and len(accepted) == 1)
-    for sock in (conn.socket, accepted.made[0].connection().socket):
+    for sock in (conn.socket, accepted.made[0].tcp().socket):
         assert sock is not None
         assert not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     default = Recorder()
@@ -306,7 +306,7 @@ def test_connection_lost_exactly_once(loop: EventLoop, run_until: RunUntil, path
     with client(server.port) as cli:
         run_until(lambda: len(accepted) == 1)
         proto = accepted.made[0]
-        conn = proto.connection()
+        conn = proto.tcp()
         closes: list[BaseException | None] = []
         conn.add_close_callback(lambda c, exc: closes.append(exc))
         case.trigger(loop, conn, cli)
@@ -459,7 +459,7 @@ class Killer(Recorder):
         scene = self.scene
         if scene.killer is not None:
             return
-        victim = next(p for p in scene.protocols if p is not self).connection()
+        victim = next(p for p in scene.protocols if p is not self).tcp()
         scene.killer = self
         scene.old_fd = victim.fileno
         victim.abort()
@@ -480,7 +480,7 @@ def test_an_event_for_a_closed_fd_never_reaches_the_socket_that_reuses_the_numbe
     server = loop.listen("127.0.0.1", 0, make)
     with client(server.port) as c1, client(server.port) as c2:
         run_until(lambda: len(scene.protocols) == 2 and all(p.made for p in scene.protocols))
-        fds = [p.connection().fileno for p in scene.protocols]
+        fds = [p.tcp().fileno for p in scene.protocols]
         c1.sendall(b"x")
         c2.sendall(b"y")
         # Both server sockets readable before the one poll that reports them together.
@@ -575,9 +575,9 @@ def test_writes_outside_an_iteration_are_sent_at_once(loop: EventLoop, run_until
 class RelayToLast(Recorder):
     """Writes what it receives to the connection accepted after it."""
 
-    peers: list[Connection]
+    peers: list[Transport]
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         super().connection_made(conn)
         self.peers.append(conn)
 
@@ -593,7 +593,7 @@ def test_output_collected_for_a_peer_is_sent_before_its_eof_closes_it(
     # not close B before what A's handler wrote to B (collected, not yet sent) is out.
     # A comes first on every backend: it was registered first (poll, select) and
     # became ready first (epoll, kqueue); test_poller pins that order down.
-    peers: list[Connection] = []
+    peers: list[Transport] = []
 
     def make() -> RelayToLast:
         proto = RelayToLast()

@@ -13,7 +13,15 @@ from collections.abc import Callable
 
 import pytest
 
-from imreactor.net import Connection, ConnState, EventLoop, FlowControl, PeerTooSlow, Timer
+from imreactor.net import (
+    Connection,
+    ConnState,
+    EventLoop,
+    FlowControl,
+    PeerTooSlow,
+    Timer,
+    Transport,
+)
 from imreactor.net.poller import WRITABLE
 
 from .helpers import (
@@ -23,7 +31,6 @@ from .helpers import (
     RunUntil,
     SlowReader,
     client,
-    recv_until_eof,
     roundtrip,
     small_buffers_client,
 )
@@ -49,8 +56,9 @@ class Sender(Recorder):
         self.marks: list[tuple[str, int]] = []
         self.queued_after_first_write = -1
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         super().connection_made(conn)
+        assert isinstance(conn, Connection)  # a TCP socket option
         conn.set_send_buffer_size(32 * 1024)
         self.produce()
 
@@ -182,8 +190,9 @@ def test_graceful_close_flushes_queued_output_before_the_fin(
     states: list[tuple[ConnState, int]] = []
 
     class WriteThenClose(Recorder):
-        def connection_made(self, conn: Connection) -> None:
+        def connection_made(self, conn: Transport) -> None:
             super().connection_made(conn)
+            assert isinstance(conn, Connection)  # a TCP socket option
             conn.set_send_buffer_size(32 * 1024)
             conn.write(data)
             conn.close()
@@ -211,8 +220,9 @@ def test_abort_drops_queued_output(loop: EventLoop, run_until: RunUntil) -> None
     queued_at_abort: list[int] = []
 
     class WriteThenAbort(Recorder):
-        def connection_made(self, conn: Connection) -> None:
+        def connection_made(self, conn: Transport) -> None:
             super().connection_made(conn)
+            assert isinstance(conn, Connection)  # a TCP socket option
             conn.set_send_buffer_size(32 * 1024)
             conn.write(data)
             queued_at_abort.append(conn.write_buffer_size)
@@ -222,11 +232,15 @@ def test_abort_drops_queued_output(loop: EventLoop, run_until: RunUntil) -> None
     server = loop.listen("127.0.0.1", 0, protocols)
     with small_buffers_client(server.port) as sock:
         run_until(lambda: protocols.made and protocols.made[0].lost)
-        got = recv_until_eof(sock)
+        got = bytearray()
+        with pytest.raises(ConnectionResetError):
+            while chunk := sock.recv(1 << 16):
+                got += chunk
     queued = queued_at_abort[0]
     assert queued > 0
-    # What the kernel had taken still arrives (then the FIN); the queued rest never does.
-    assert len(got) == len(data) - queued
+    # The peer is reset, not ended: the queued rest never arrives, and at most what the
+    # kernel had taken did (a reset may discard that too).
+    assert len(got) <= len(data) - queued
     assert got == data[: len(got)]
     assert protocols.made[0].lost == [None]
 
@@ -287,7 +301,7 @@ def test_a_failing_pause_writing_aborts_its_own_connection_not_the_writers(
             run_until(lambda: len(made) == 2)
             writer, paused = made
             assert isinstance(writer, WritesToOther)
-            writer.other = paused.connection()
+            writer.other = paused.tcp()
             with caplog.at_level(logging.ERROR, logger="imreactor.net.connection"):
                 a.sendall(b"flood")
                 run_until(lambda: paused.lost, what="B aborted")

@@ -9,7 +9,15 @@ from typing import cast
 
 import pytest
 
-from imreactor.net import Connection, ConnState, EventLoop, FlowControl, PeerTooSlow, Timer
+from imreactor.net import (
+    Connection,
+    ConnState,
+    EventLoop,
+    FlowControl,
+    PeerTooSlow,
+    Timer,
+    Transport,
+)
 from imreactor.net.testing import FakeClock, MemoryTransport, transport_pair
 
 from .helpers import Recorder
@@ -257,7 +265,7 @@ class IdleKicker(Recorder):
         super().__init__()
         self.timer: Timer | None = None
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         super().connection_made(conn)
         self._arm()
 

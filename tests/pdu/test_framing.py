@@ -33,8 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imreactor.net import Connection, EventLoop, Protocol, Server
-from imreactor.net.connection import CLOSED, CONNECTED, ConnState
+from imreactor.net.connection import CLOSED, CONNECTED
 from imreactor.net.testing import FakeClock, transport_pair
+from imreactor.net.transport import ConnState
 from imreactor.pdu.framing import Frame, FrameError, FrameProtocol
 from imreactor.pdu.header import DEFAULT_MAX_PDU_BYTES, HEADER_LEN, encode_pdu
 

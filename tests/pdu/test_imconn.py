@@ -43,8 +43,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imreactor.net import EventLoop, Protocol, Server
-from imreactor.net.connection import CLOSED, CONNECTED, ConnState
+from imreactor.net.connection import CLOSED, CONNECTED
 from imreactor.net.testing import FakeClock, MemoryTransport, transport_pair
+from imreactor.net.transport import ConnState
 from imreactor.pdu.framing import Frame, FrameProtocol
 from imreactor.pdu.header import HEADER_LEN, budget_ms, encode_pdu, parse_header
 from imreactor.pdu.imconn import (

@@ -658,7 +658,7 @@ def test_heartbeats_are_sent_and_a_silent_link_times_out(start_route: Any) -> No
     assert offline == [(1, OFFLINE)]
     assert time.monotonic() - start >= 1.5  # not long before the 2 s timeout
     silent.sock.settimeout(WAIT_S)
-    with pytest.raises(EOFError):
+    with pytest.raises(ConnectionResetError):  # aborted, not closed in order
         while True:
             silent.recv()
     assert silent.heartbeats >= 1  # route_server kept talking while it waited

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from ..net import Backoff, Connection, EventLoop
+from ..net import Backoff, Connection, EventLoop, Transport
 from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy, ResponseCallback
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.proto import im_base_define_pb2 as base
@@ -282,7 +282,7 @@ class Client:
                 self._closed.clear()
             _resolve(connected, None)
 
-        def on_failed(conn: Connection | None, exc: BaseException | None) -> None:
+        def on_failed(conn: Transport | None, exc: BaseException | None) -> None:
             _fail(connected, ClientError(f"cannot connect to {host}:{port}: {exc}"))
 
         session = ClientSession(

@@ -84,7 +84,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ..net import Connection, ConnState, EventLoop, Protocol, Timer
+from ..net import ConnState, EventLoop, Protocol, Timer, Transport
 from ..net.connection import parse_address
 from ..pdu.imconn import CLIENT_SIDE, Keepalive
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
@@ -404,7 +404,7 @@ class _Endpoint:
         self.client_type = client_type
         self.state = _IDLE
         self.session: ClientSession | None = None
-        self.conn: Connection | None = None
+        self.conn: Transport | None = None
         self.first_try = 0.0
         self.kicked = False
         self.got: dict[tuple[int, int], list[Any]] = {}
@@ -494,9 +494,9 @@ class _MsgServerQuery(Protocol):
         self._done = done
         self._finished = False
         self._answer: tuple[dict[str, Any] | None, str] | None = None
-        self.conn: Connection | None = None
+        self.conn: Transport | None = None
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         self.conn = conn
         conn.write(self._request)
 
@@ -605,7 +605,7 @@ class LoadRun:
         self.info = {"unacked_delivered": 0, "foreign_messages": 0, "other_pushes": 0}
         self.problems: list[str] = []
         self.finished = False
-        self._conns: set[Connection] = set()
+        self._conns: set[Transport] = set()
         self._closing = False
         self._login_queue: deque[_Endpoint] = deque()
         self._logins_active = 0
@@ -735,11 +735,11 @@ class LoadRun:
         self._track(conn)
         conn.add_close_callback(lambda c, exc: self._closed(ep, c, exc))
 
-    def _track(self, conn: Connection) -> None:
+    def _track(self, conn: Transport) -> None:
         self._conns.add(conn)
         conn.add_close_callback(self._untrack)
 
-    def _untrack(self, conn: Connection, exc: BaseException | None) -> None:
+    def _untrack(self, conn: Transport, exc: BaseException | None) -> None:
         self._conns.discard(conn)
         if self._closing and not self._conns:
             self.loop.stop()
@@ -825,7 +825,7 @@ class LoadRun:
         else:
             self._start_logins()
 
-    def _closed(self, ep: _Endpoint, conn: Connection, exc: BaseException | None) -> None:
+    def _closed(self, ep: _Endpoint, conn: Transport, exc: BaseException | None) -> None:
         if ep.conn is not conn:
             return  # an earlier attempt, already dealt with
         state = ep.state

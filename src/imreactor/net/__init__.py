@@ -12,23 +12,17 @@ and the original's procedural API in :mod:`imreactor.net.netlib`.
 """
 
 from .acceptor import Listener, Server, bind_sockets, listen
-from .connection import (
-    Connection,
-    ConnState,
-    FlowControl,
-    PeerTooSlow,
-    Protocol,
-    connect,
-    parse_address,
-)
+from .connection import Connection, FlowControl, PeerTooSlow, connect, parse_address
 from .connector import Backoff, Connector
 from .loop import EventLoop, LoopCallback
 from .poller import available as available_pollers
 from .timers import Timer
+from .transport import CloseCallback, ConnState, Protocol, Transport
 from .workers import DeadlineExpired, PoolFull, WorkerPool
 
 __all__ = [
     "Backoff",
+    "CloseCallback",
     "ConnState",
     "Connection",
     "Connector",
@@ -42,6 +36,7 @@ __all__ = [
     "Protocol",
     "Server",
     "Timer",
+    "Transport",
     "WorkerPool",
     "available_pollers",
     "bind_sockets",

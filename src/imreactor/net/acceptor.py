@@ -13,8 +13,9 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .connection import DEFAULT_FLOW, Connection, ConnState, FlowControl, Protocol, check_port
+from .connection import DEFAULT_FLOW, Connection, FlowControl, check_port
 from .poller import READABLE
+from .transport import ConnState, Protocol
 
 if TYPE_CHECKING:
     from .loop import EventLoop

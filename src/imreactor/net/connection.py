@@ -1,27 +1,12 @@
 """A TCP connection: the socket state machine, buffered writes and flow control.
 
-States (:class:`ConnState`)::
-
-    IDLE ──► CONNECTING ──► CONNECTED ──► CLOSING ──► CLOSED
-               │  (connect fails)  │  (abort / error)    ▲
-               └───────────────────┴─────────────────────┘
-
-A listening socket is a :class:`~imreactor.net.acceptor.Listener` in state
-LISTENING; an accepted connection starts in CONNECTED.
-
-Protocol call order (the contract every protocol may rely on):
-
-- ``connection_made(conn)`` once, when CONNECTED; for an outgoing connection
-  that never connects, ``connection_failed(exc)`` once instead, and nothing else;
-- ``data_received(data)`` any number of times while CONNECTED;
-- ``pause_writing()`` / ``resume_writing()`` in strict pairs, when the queued
-  output crosses the high and then the low water mark;
-- ``connection_lost(exc)`` exactly once after ``connection_made``, from a loop
-  callback (never from inside ``write`` or ``close``), with ``None`` for an
-  orderly close and the exception otherwise;
-- an exception from any of these is logged and aborts this connection only,
-  even when another connection's handler led to the call (its ``write`` to
-  this one crossing the high water mark calls this one's ``pause_writing``).
+It implements :class:`~imreactor.net.transport.Transport`; the states and the
+protocol call order are that contract's (:mod:`imreactor.net.transport`). A
+listening socket is a :class:`~imreactor.net.acceptor.Listener` in state
+LISTENING; an accepted connection starts in CONNECTED. An exception from a
+protocol callback aborts its connection only, even when another connection's
+handler led to the call (its ``write`` to this one crossing the high water mark
+calls this one's ``pause_writing``).
 
 Writes made while the loop runs an iteration (from any handler, timer or
 callback) are collected per connection and sent with one ``send`` at the end of
@@ -37,15 +22,16 @@ sees a producer's output while the producer is still writing.
 
 from __future__ import annotations
 
-import enum
 import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .poller import READABLE, WRITABLE
+from .transport import Buffer, CloseCallback, ConnState, Protocol
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -53,22 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Buffer = bytes | bytearray | memoryview
-CloseCallback = Callable[["Connection", "BaseException | None"], Any]
-
-
-class ConnState(enum.Enum):
-    """The socket states of the original ``CBaseSocket``, made explicit."""
-
-    IDLE = "idle"
-    LISTENING = "listening"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
 IDLE = ConnState.IDLE
+#: ``struct linger {l_onoff = 1, l_linger = 0}``: close() resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 CONNECTING = ConnState.CONNECTING
 CONNECTED = ConnState.CONNECTED
 CLOSING = ConnState.CLOSING
@@ -116,34 +89,6 @@ DEFAULT_FLOW = FlowControl()
 
 class PeerTooSlow(ConnectionError):
     """The peer let more than ``max_buffer`` bytes of output queue up."""
-
-
-class Protocol:
-    """Base class for connection protocols: every callback is optional (no-op here).
-
-    See the module docstring for the call order. Exceptions raised by a callback
-    are logged and abort that connection only.
-    """
-
-    __slots__ = ()  # subclasses may stay slotted: one protocol object per connection
-
-    def connection_made(self, conn: Connection) -> None:
-        """The connection is CONNECTED; keep ``conn`` to write to it."""
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes arrived (any split of the stream: framing is the protocol's job)."""
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """The connection is CLOSED. ``exc`` is None after an orderly close or EOF."""
-
-    def connection_failed(self, exc: BaseException) -> None:
-        """An outgoing connection could not be established (refused, timed out, ...)."""
-
-    def pause_writing(self) -> None:
-        """Queued output went above the high water mark: stop producing."""
-
-    def resume_writing(self) -> None:
-        """Queued output drained to the low water mark: produce again."""
 
 
 class Connection:
@@ -447,7 +392,7 @@ class Connection:
         """Send the output collected during this iteration now (before a FIN, say)."""
         flush_collected((self,))
 
-    def writelines(self, chunks: list[Buffer]) -> None:
+    def writelines(self, chunks: Iterable[Buffer]) -> None:
         """Write several buffers with one send."""
         self.write(b"".join(chunks))
 
@@ -552,9 +497,17 @@ class Connection:
             self._close_now(None)
 
     def abort(self, exc: BaseException | None = None) -> None:
-        """Close now, dropping queued output. Idempotent."""
-        if self.state is not CLOSED:
-            self._close_now(exc)
+        """Close now, dropping queued output; the peer gets a reset (RST), not an EOF,
+        so that it cannot take a cut-off stream for a complete one. Idempotent."""
+        if self.state is CLOSED:
+            return
+        sock = self._sock
+        if sock is not None and self.established:
+            try:  # SO_LINGER with a zero timeout: close() sends RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass  # already reset by the peer: nothing left to tell it
+        self._close_now(exc)
 
     def _fatal_error(self, exc: BaseException) -> None:
         # Resets and broken pipes are routine on the Internet: not worth a traceback.

@@ -18,7 +18,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .connection import DEFAULT_FLOW, Connection, ConnState, FlowControl, Protocol, connect
+from .connection import DEFAULT_FLOW, Connection, FlowControl, connect
+from .transport import ConnState, Protocol, Transport
 
 if TYPE_CHECKING:
     from .loop import EventLoop
@@ -135,11 +136,12 @@ class Connector:
         self._conn = conn
         conn.add_close_callback(self._closed)
 
-    def _closed(self, conn: Connection, exc: BaseException | None) -> None:
+    def _closed(self, conn: Transport, exc: BaseException | None) -> None:
         if conn is not self._conn:
             return
+        established = conn.established
         self._conn = None
-        if conn.established:
+        if established:
             self.backoff.reset()
             log.info("link to %s:%s lost (%s)", self.host, self.port, exc or "closed")
         else:

@@ -56,9 +56,10 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final, Literal, TypeAlias, overload
 
 from .acceptor import Server, listen
-from .connection import Connection, ConnState, FlowControl, Protocol, connect
+from .connection import Connection, FlowControl, connect
 from .loop import EventLoop
 from .timers import Timer
+from .transport import ConnState, Protocol, Transport
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,8 @@ class _NetlibProtocol(Protocol):
         self._listener = listener
         self.rec: _ConnHandle | None = None
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
+        assert isinstance(conn, Connection)  # the netlib facade runs on TCP connections
         listener = self._listener
         if listener is None:
             rec = self.rec

@@ -14,11 +14,9 @@ real time.
 
 :func:`transport_pair` connects two protocols through :class:`MemoryTransport`
 objects instead of sockets, for unit tests of framing, flow control and
-timeouts that need no kernel. A transport has the part of
-:class:`~imreactor.net.connection.Connection` that protocols use (``write``,
-``writelines``, ``close``, ``abort``, ``pause_reading``/``resume_reading``,
-``state``, ``write_buffer_size``, ``add_close_callback``, addresses) and keeps
-the same call-order contract:
+timeouts that need no kernel. :class:`MemoryTransport` implements the
+:class:`~imreactor.net.transport.Transport` contract, as
+:class:`~imreactor.net.connection.Connection` does, and keeps its call order:
 
 - ``connection_made`` once per side, from :func:`transport_pair` itself;
 - ``data_received`` from a loop callback, in order, at most ``chunk_size``
@@ -41,13 +39,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from .connection import DEFAULT_FLOW, Buffer, ConnState, FlowControl, PeerTooSlow, Protocol
+from .connection import DEFAULT_FLOW, FlowControl, PeerTooSlow
+from .transport import Buffer, CloseCallback, ConnState, Protocol
 
 if TYPE_CHECKING:
-    from .connection import Connection
     from .loop import EventLoop
     from .timers import Timer
 
@@ -55,7 +53,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["FakeClock", "MemoryTransport", "transport_pair"]
 
-MemoryCloseCallback = Callable[["MemoryTransport", "BaseException | None"], Any]
 
 _pair_ids = itertools.count(1)
 
@@ -113,9 +110,9 @@ class MemoryTransport:
         self._reading = True
         self._paused = False
         self._timer: Timer | None = None
-        self._close_callbacks: list[MemoryCloseCallback] | None = None
+        self._close_callbacks: list[CloseCallback] | None = None
 
-    # -- the Connection surface -------------------------------------------------------------
+    # -- the Transport contract -------------------------------------------------------------
 
     @property
     def loop(self) -> EventLoop:
@@ -160,7 +157,7 @@ class MemoryTransport:
     def __repr__(self) -> str:
         return f"<MemoryTransport {self.address} {self.state.value}>"
 
-    def add_close_callback(self, callback: MemoryCloseCallback) -> None:
+    def add_close_callback(self, callback: CloseCallback) -> None:
         """Call ``callback(transport, exc)`` once, right after ``connection_lost``."""
         if self.state is ConnState.CLOSED:
             self._loop.call_soon(callback, self, None)
@@ -188,7 +185,7 @@ class MemoryTransport:
                 self._paused = True
                 self._flow_callback(self.protocol.pause_writing, "pause_writing")
 
-    def writelines(self, chunks: list[Buffer]) -> None:
+    def writelines(self, chunks: Iterable[Buffer]) -> None:
         self.write(b"".join(chunks))
 
     def pause_reading(self) -> None:
@@ -227,7 +224,7 @@ class MemoryTransport:
         self.state = ConnState.CONNECTED
         self.established = True
         try:
-            self.protocol.connection_made(cast("Connection", self))
+            self.protocol.connection_made(self)
         except Exception as exc:
             self._protocol_failed("connection_made", exc)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from ..net.connection import CONNECTED, Connection, Protocol
+from ..net.transport import ConnState, Protocol, Transport
 from .header import DEFAULT_MAX_PDU_BYTES, HEADER_LEN, HEADER_ROUTING
 
 log = logging.getLogger(__name__)
@@ -45,13 +45,13 @@ class FrameProtocol(Protocol):
     __slots__ = ("_buf", "_limit", "conn")
 
     max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES
-    conn: Connection
+    conn: Transport
 
     def __init__(self, max_pdu_bytes: int | None = None) -> None:
         self._buf: bytearray | None = None
         self._limit = self.max_pdu_bytes if max_pdu_bytes is None else max_pdu_bytes
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         self.conn = conn
 
     def frame_received(self, service_id: int, command_id: int, seq: int, frame: Frame) -> None:
@@ -96,7 +96,7 @@ class FrameProtocol(Protocol):
         limit = self._limit
         deliver = self.frame_received
         conn = self.conn
-        connected = CONNECTED
+        connected = ConnState.CONNECTED
         header_len = HEADER_LEN
         last_header = size - header_len
         while True:

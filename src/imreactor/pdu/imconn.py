@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from google.protobuf.message import DecodeError, Message
 
-from ..net.connection import Connection
+from ..net.transport import Transport
 from .framing import Frame, FrameProtocol
 from .header import (
     DEFAULT_MAX_PDU_BYTES,
@@ -259,7 +259,7 @@ class ImConnection(FrameProtocol):
 
     # -- life cycle ------------------------------------------------------------------------
 
-    def connection_made(self, conn: Connection) -> None:
+    def connection_made(self, conn: Transport) -> None:
         super().connection_made(conn)
         if self.keepalive is not None:
             self.keepalive.add(self)
