@@ -22,6 +22,9 @@ class DbProxyConfig:
     )
     max_pending: int = option(10000, "requests queued or running before new ones are refused")
     max_batch: int = option(256, "messages stored in one transaction at most")
+    store_timeout_s: float = option(
+        30.0, "a message not yet in a transaction after this long is refused, never stored"
+    )
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
     timeout_s: float = option(30.0, "close a msg_server link silent for this long")
     hash_threads: int = option(
@@ -49,6 +52,7 @@ class DbProxyConfig:
                 "threads": 1,
                 "max_pending": 1,
                 "max_batch": 1,
+                "store_timeout_s": 0.001,
                 "hash_threads": 1,
                 "hash_max_pending": 1,
                 "credential_cache_size": 0,

@@ -40,7 +40,7 @@ from ...pdu.proto import im_buddy_pb2 as buddy
 from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
-from ...storage import Storage, StorageError, open_storage
+from ...storage import ConflictError, NotFoundError, Storage, StorageError, open_storage
 from ...storage.records import GroupType, LoginRecord, NewMessage, SessionType, User
 from .config import DbProxyConfig
 from .credentials import CredentialCache
@@ -98,7 +98,7 @@ class DbProxyServer:
             config.credential_cache_size, config.credential_cache_ttl_s, clock=loop.time
         )
         self.writer: GroupCommitWriter[NewMessage, Any] = GroupCommitWriter(
-            self.store.insert_messages, config.max_batch
+            self.store.insert_messages, config.max_batch, retry_alone=(ConflictError, NotFoundError)
         )
         self.keepalive = Keepalive(loop)
         self.policy = LinkPolicy(
@@ -332,7 +332,7 @@ class DbProxyServer:
             new = NewMessage(
                 request.from_user_id, request.to_session_id, request.msg_type, request.msg_data
             )
-            self.writer.store(new, committed)
+            self.writer.store(new, committed, timeout_s=self.config.store_timeout_s)
 
         def failed(result: Any, exc: BaseException | None) -> None:  # loop thread
             if isinstance(exc, DeadlineExpired):

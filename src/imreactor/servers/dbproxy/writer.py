@@ -7,8 +7,16 @@ result. With N requests in flight, a commit (and its fsync) is shared by up to
 N messages, so durability stops costing throughput, and no message is reported
 stored before its transaction committed.
 
-If a batch fails, its messages are retried one by one, so one bad message
-(or a transient error) does not fail the others with it.
+If a batch fails with an error that one item can cause (``retry_alone``), its
+items are retried one by one, so one bad message does not fail the others; any
+other error (the database is down) fails the batch's items at once, without
+retries that would only fail the same way. Whatever raises, only that batch's
+futures fail: the writer thread never dies, so no waiter blocks for good.
+
+A waiter can give up (:meth:`GroupCommitWriter.store` with a timeout, or
+cancelling the future): an item whose batch has not started yet is then never
+stored; one already in a running transaction is waited for, since only the
+transaction can say whether it was stored.
 
 Order: each item's ``on_commit`` hook runs on the writer thread, in batch order,
 batch after batch. Within a conversation that is ``msg_id`` order, so a caller
@@ -24,6 +32,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -34,21 +43,35 @@ Out = TypeVar("Out")
 _STOP = object()
 
 
+class StoreTimeout(TimeoutError):
+    """The item waited longer than the caller allowed and was not stored."""
+
+
+_Entry = tuple[In, "Future[Out]", "Callable[[Out], Any] | None"]
+
+
 class GroupCommitWriter(Generic[In, Out]):
     """Runs ``store_batch(items) -> results`` (one transaction) on a dedicated thread.
 
     ``store_batch`` must be all-or-nothing and return one result per item, in order.
-    :meth:`submit` is safe from any thread.
+    An exception of a type in ``retry_alone`` means one item may be at fault: the
+    batch is then retried item by item. :meth:`submit` and :meth:`store` are safe
+    from any thread.
     """
 
     def __init__(
-        self, store_batch: Callable[[Sequence[In]], Sequence[Out]], max_batch: int = 256
+        self,
+        store_batch: Callable[[Sequence[In]], Sequence[Out]],
+        max_batch: int = 256,
+        retry_alone: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._store_batch = store_batch
         self.max_batch = max_batch
+        self.retry_alone = retry_alone
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.batches = 0  #: transactions committed
         self.items = 0  #: items stored
+        self.failed_batches = 0  #: transactions that raised (items retried alone count too)
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
@@ -57,6 +80,7 @@ class GroupCommitWriter(Generic[In, Out]):
 
         ``on_commit(result)`` runs on the writer thread after the commit, before
         the future completes, in commit order; it is not called if the item failed.
+        Cancelling the future before its batch starts keeps the item from being stored.
         """
         fut: Future[Out] = Future()
         self._queue.put((item, fut, on_commit))
@@ -68,8 +92,19 @@ class GroupCommitWriter(Generic[In, Out]):
         on_commit: Callable[[Out], Any] | None = None,
         timeout_s: float | None = None,
     ) -> Out:
-        """Submit and wait: for worker threads."""
-        return self.submit(item, on_commit).result(timeout_s)
+        """Submit and wait: for worker threads.
+
+        Raises :class:`StoreTimeout` if ``item``'s batch has not started within
+        ``timeout_s`` (it is then never stored); once its transaction runs, waits
+        for the transaction's outcome.
+        """
+        fut = self.submit(item, on_commit)
+        try:
+            return fut.result(timeout_s)
+        except FutureTimeout:
+            if fut.cancel():
+                raise StoreTimeout(f"not stored: waited {timeout_s} s for the writer") from None
+            return fut.result()
 
     def _run(self) -> None:
         q = self._queue
@@ -77,7 +112,7 @@ class GroupCommitWriter(Generic[In, Out]):
             first = q.get()
             if first is _STOP:
                 return
-            batch = [first]
+            batch: list[_Entry[In, Out]] = [first]  # type: ignore[list-item]
             stop = False
             while len(batch) < self.max_batch:
                 try:
@@ -87,23 +122,38 @@ class GroupCommitWriter(Generic[In, Out]):
                 if entry is _STOP:
                     stop = True
                     break
-                batch.append(entry)
-            self._commit(batch)  # type: ignore[arg-type]
+                batch.append(entry)  # type: ignore[arg-type]
+            # Cancelled items are dropped here, and the rest can no longer be cancelled.
+            live = [e for e in batch if e[1].set_running_or_notify_cancel()]
+            try:
+                self._commit(live)
+            except Exception as exc:  # a bug in a batch must not end the thread
+                log.exception("group commit of %d items failed unexpectedly", len(live))
+                for _, fut, _ in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[In, Future[Out], Callable[[Out], Any] | None]]) -> None:
+    def _commit(self, batch: list[_Entry[In, Out]]) -> None:
+        if not batch:
+            return
         items = [item for item, _, _ in batch]
         try:
             results = self._store_batch(items)
         except Exception as exc:
-            if len(batch) == 1:
-                batch[0][1].set_exception(exc)
+            self.failed_batches += 1
+            if len(batch) > 1 and isinstance(exc, self.retry_alone):
+                log.warning("batch of %d failed (%r); storing one by one", len(batch), exc)
+                for entry in batch:
+                    self._commit([entry])
                 return
-            log.warning("batch of %d failed (%r); storing one by one", len(batch), exc)
-            for entry in batch:
-                self._commit([entry])
+            log.warning("batch of %d failed: %r", len(batch), exc)
+            for _, fut, _ in batch:
+                fut.set_exception(exc)
             return
+        if len(results) != len(batch):
+            raise RuntimeError(f"store_batch gave {len(results)} results for {len(batch)} items")
         self.batches += 1
         self.items += len(batch)
         for (_, fut, on_commit), result in zip(batch, results, strict=True):
