@@ -167,7 +167,15 @@ def run_size(size: int, template: Path, opts: argparse.Namespace, work: Path) ->
         def kill_victim() -> None:
             marks["cpu_victim"] = sum(cpu_seconds(victim.proc.pid))
             victim.proc.kill()
+            victim.proc.wait()
             print(f"[{size}] killed {victim.name} (SIGKILL)", file=sys.stderr, flush=True)
+            if opts.restart_after is not None:
+                marks["restarter"] = threading.Timer(opts.restart_after, restart_victim)
+                marks["restarter"].start()
+
+        def restart_victim() -> None:
+            children[children.index(victim)] = layout.start(victim.name)
+            print(f"[{size}] restarted {victim.name}", file=sys.stderr, flush=True)
 
         def on_ready() -> None:
             marks["rss"] = {c.name: rss_bytes(c.proc.pid) for c in msg_children(children)}
@@ -178,8 +186,9 @@ def run_size(size: int, template: Path, opts: argparse.Namespace, work: Path) ->
                 marks["killer"].start()
 
         def on_done() -> None:
-            if "killer" in marks:
-                marks["killer"].cancel()
+            for timer in ("killer", "restarter"):
+                if timer in marks:
+                    marks[timer].cancel()
             marks["cpu1"] = cpu_by_role(children, marks.get("cpu_victim"), victim)
             marks["t1"] = time.monotonic()
 
@@ -326,6 +335,14 @@ def main() -> int:
         help="reconnect storm: S seconds into the traffic, SIGKILL the first msg_server; its "
         "clients reconnect (through login_server) and catch up, and every acked message "
         "must still arrive",
+    )
+    ap.add_argument(
+        "--restart-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --kill-after: start the killed msg_server again S seconds later (with"
+        " 50,000 users the two others cannot hold them all: 20,000 open files each)",
     )
     ap.add_argument("--reconnect-jitter", type=float, default=5.0, help="with --kill-after")
     ap.add_argument("--json", type=Path, help="also write the figures here")

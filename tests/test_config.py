@@ -184,6 +184,11 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
         ),
         ('[dbproxy]\nhash_max_pending = "x"\n', [], "dbproxy.hash_max_pending: expected int"),
         (
+            "[dbproxy]\nstore_timeout_s = 0\n",
+            [],
+            "dbproxy.store_timeout_s: must be at least 0.001, got 0.0",
+        ),
+        (
             "[msg]\nthrottle_account_lockout = 0\n",
             [],
             "msg.throttle_account_lockout: must be at least 1, got 0",

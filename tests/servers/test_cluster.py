@@ -211,3 +211,26 @@ def test_concurrent_senders_across_servers_stay_in_msg_id_order(
         )
     report = run_load(options)
     assert report.ok, report.text()
+
+
+def test_a_connection_told_the_latest_id_does_not_wait_for_older_ones(
+    make_suite: SuiteFactory,
+) -> None:
+    # A long reorder wait: a first message above id 1 would be held for all of it.
+    suite = make_suite({"msg": {"reorder_wait_s": 60.0}}, msg_servers=2)
+    alice = suite.login("alice", server=0)
+    bob = suite.login("bob", server=0)
+    for i in range(3):
+        alice.send_text(bob.user_id, f"before {i}")
+    bob_web = suite.login("bob", server=1, client_type=base.CLIENT_TYPE_IOS)
+    latest = bob_web.request(
+        msg_pb.IMGetLatestMsgIdReq(
+            user_id=0, session_type=base.SESSION_TYPE_SINGLE, session_id=alice.user_id
+        ),
+        msg_pb.IMGetLatestMsgIdRsp,
+    )
+    assert latest.latest_msg_id == 3
+    ack = alice.send_text(bob.user_id, "after")
+    assert ack.msg_id == 4
+    got = bob_web.wait_for(msg_pb.IMMsgData, 10.0)  # well inside the 60 s of holding
+    assert got.msg_id == 4

@@ -9,6 +9,7 @@ concurrent senders, bad input from one client not noticed by others, rate limit.
 from __future__ import annotations
 
 import queue
+import resource
 import socket
 import threading
 import time
@@ -22,6 +23,7 @@ from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.servers.msg.server import FD_RESERVE, connection_capacity
 from imreactor.servers.suite import DEMO_PASSWORD
 
 from .conftest import RunningSuite, SuiteFactory
@@ -40,6 +42,31 @@ def test_login_refused_with_6_and_closed(suite: RunningSuite, name: str, passwor
     res = c.login(name, password, check=False)
     assert res.result_code == base.REFUSE_REASON_DB_VALIDATE_FAILED
     assert c.wait_closed(5)
+
+
+def test_a_full_server_refuses_logins_at_once_and_takes_them_again_when_freed(
+    make_suite: SuiteFactory,
+) -> None:
+    suite = make_suite({"msg": {"max_conn_cnt": 2}})
+    alice = suite.login("alice")
+    suite.login("bob")
+    c = suite.client()
+    res = c.login("carol", DEMO_PASSWORD, check=False)
+    assert res.result_code == base.REFUSE_REASON_MSG_SERVER_FULL
+    assert c.wait_closed(5)
+    assert "login refused (2 server full)" in suite.log_text("msg_server")
+    alice.close()
+    suite.login("carol")  # a place is free again
+
+
+def test_capacity_is_what_the_open_file_limit_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (20_000, 20_000))
+    assert connection_capacity(100_000) == 20_000 - FD_RESERVE
+    assert connection_capacity(500) == 500
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (10, 10))
+    assert connection_capacity(100_000) == 1  # never nothing: the limit is logged instead
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY,) * 2)
+    assert connection_capacity(100_000) == 100_000
 
 
 def test_duplicate_login_kicks_the_older_connection_of_the_same_class(

@@ -12,6 +12,7 @@ import pytest
 
 from imreactor.net import EventLoop
 from imreactor.net.testing import FakeClock
+from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.msg.ordering import Sequencer, conversation_of
 
@@ -117,3 +118,60 @@ def test_conversations_are_independent(seq: Sequencer, seen: list[int]) -> None:
     deliver(seq, seen, msg(1, 1, 9))
     assert seen == [1, 1]
     seq.close()
+
+
+def test_an_answer_naming_the_latest_id_releases_a_first_message(
+    seq: Sequencer, seen: list[int]
+) -> None:
+    deliver(seq, seen, msg(8, 1, 2))
+    assert seen == []
+    # User 2 asked for its unread counts: the session with user 1 is at id 7.
+    rsp = msg_pb.IMUnreadMsgCntRsp(user_id=2, total_cnt=1)
+    rsp.unreadinfo_list.add(
+        session_id=1,
+        session_type=base.SESSION_TYPE_SINGLE,
+        unread_cnt=1,
+        latest_msg_id=7,
+        latest_msg_data=b"",
+        latest_msg_type=base.MSG_TYPE_SINGLE_TEXT,
+        latest_msg_from_user_id=1,
+    )
+    seq.learned(rsp, 2)
+    assert seen == [8]
+    deliver(seq, seen, msg(9, 1, 2))  # and what follows goes straight through
+    assert seen == [8, 9]
+
+
+def test_a_history_page_and_a_latest_id_answer_count_too(seq: Sequencer, seen: list[int]) -> None:
+    deliver(seq, seen, msg(5, 1, 2))
+    deliver(seq, seen, msg(3, 7, 70, 0x11))  # a group message, id 3
+    page = msg_pb.IMGetMsgListRsp(
+        user_id=2, session_type=base.SESSION_TYPE_SINGLE, session_id=1, msg_id_begin=4
+    )
+    page.msg_list.add(msg_id=3, from_session_id=1, create_time=0, msg_type=1, msg_data=b"")
+    page.msg_list.add(msg_id=4, from_session_id=1, create_time=0, msg_type=1, msg_data=b"")
+    seq.learned(page, 2)
+    assert seen == [5]
+    latest = msg_pb.IMGetLatestMsgIdRsp(
+        user_id=2, session_type=base.SESSION_TYPE_GROUP, session_id=70, latest_msg_id=2
+    )
+    seq.learned(latest, 2)
+    assert seen == [5, 3]
+
+
+def test_a_learned_id_makes_smaller_held_ones_late_and_first(
+    seq: Sequencer, seen: list[int]
+) -> None:
+    deliver(seq, seen, msg(5, 1, 2))
+    deliver(seq, seen, msg(7, 1, 2))
+    latest = msg_pb.IMGetLatestMsgIdRsp(
+        user_id=2, session_type=base.SESSION_TYPE_SINGLE, session_id=1, latest_msg_id=6
+    )
+    seq.learned(latest, 2)
+    assert seen == [5, 7]  # 5 is late but goes out before 7, never after
+    stale = msg_pb.IMGetLatestMsgIdRsp(
+        user_id=2, session_type=base.SESSION_TYPE_SINGLE, session_id=1, latest_msg_id=3
+    )
+    seq.learned(stale, 2)  # an older answer does not move the order back
+    deliver(seq, seen, msg(8, 1, 2))
+    assert seen == [5, 7, 8]

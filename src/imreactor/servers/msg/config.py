@@ -17,7 +17,9 @@ class MsgConfig:
     ip1: str = option("127.0.0.1", "address advertised to clients (priorIP)")
     ip2: str = option("127.0.0.1", "backup address advertised to clients (backupIP)")
     host_name: str = option("msg_server", "name reported to login_server")
-    max_conn_cnt: int = option(100000, "users this server accepts before login_server skips it")
+    max_conn_cnt: int = option(
+        100000, "client connections held at most (fewer if the open-file limit leaves fewer)"
+    )
     login_servers: list[str] = option(["127.0.0.1:8100"], "login_server msg_server ports")
     db_proxies: list[str] = option(["127.0.0.1:10600"], "db_proxy_server addresses")
     route_servers: list[str] = option([], "route_server addresses (empty: single server)")

@@ -35,6 +35,7 @@ import functools
 import itertools
 import logging
 import math
+import resource
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -65,7 +66,7 @@ from ..links import Link, LinkSet
 from ..route.server import WATCH_ADD, WATCH_SET
 from .config import MsgConfig
 from .groups import GroupCache, GroupEntry
-from .ordering import Sequencer
+from .ordering import NAMES_LATEST, Sequencer
 from .throttle import Limits, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,19 @@ class Watch:
         self.status = status
 
 
+#: Descriptors msg_server keeps apart from clients': links, listener, poller, logs.
+FD_RESERVE = 128
+
+
+def connection_capacity(max_conn_cnt: int) -> int:
+    """Client connections this process can hold: ``max_conn_cnt``, or fewer if the
+    open-file limit leaves fewer (one descriptor each, :data:`FD_RESERVE` kept)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return max_conn_cnt
+    return max(1, min(max_conn_cnt, soft - FD_RESERVE))
+
+
 #: Queries forwarded to db_proxy as they are (``user_id`` set from the session).
 FORWARDED: list[tuple[type[Message], type[Message]]] = [
     (msg_pb.IMUnreadMsgCntReq, msg_pb.IMUnreadMsgCntRsp),
@@ -288,6 +302,16 @@ class MsgServer:
             max_pdu_bytes=config.max_pdu_bytes,
         )
         self.clients: dict[int, ClientConn] = {}
+        #: Connections beyond this are refused at login (MSG_SERVER_FULL), so that a
+        #: full server turns clients away at once instead of leaving them to time out
+        #: in an accept queue; login_server is told it as max_conn_cnt.
+        self.capacity = connection_capacity(config.max_conn_cnt)
+        if self.capacity < config.max_conn_cnt:
+            log.info(
+                "holding at most %d clients (the open-file limit), not max_conn_cnt %d",
+                self.capacity,
+                config.max_conn_cnt,
+            )
         self.handles = itertools.count(1)
         self.throttle = LoginThrottle(
             _limits(config, "account"),
@@ -395,7 +419,7 @@ class MsgServer:
                 ip1=c.ip1,
                 ip2=c.ip2,
                 port=self.port,
-                max_conn_cnt=c.max_conn_cnt,
+                max_conn_cnt=self.capacity,
                 cur_conn_cnt=self.online_count,
                 host_name=c.host_name,
             )
@@ -454,6 +478,9 @@ class MsgServer:
             return
         refuse = 0
         db = self.db.pick()
+        if len(self.clients) > self.capacity:
+            self._login_refused(conn, seq, base.REFUSE_REASON_MSG_SERVER_FULL, "server full")
+            return
         if db is None:
             refuse = base.REFUSE_REASON_NO_DB_SERVER
         elif self.login.configured and not self.login.live:
@@ -1077,6 +1104,8 @@ class MsgServer:
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:
                 conn.send(rsp, seq)
+                if rsp_cls in NAMES_LATEST and (sequencer := conn.sequencer) is not None:
+                    sequencer.learned(rsp, conn.user_id)
             if then is not None:
                 then(rsp)
 
