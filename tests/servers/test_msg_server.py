@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from imreactor.client import Client
+from imreactor.client.session import password_digest
 from imreactor.pdu.header import encode_pdu
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
@@ -324,6 +325,7 @@ THROTTLE = {
     "throttle_delay_s": 1.0,
     "throttle_max_delay_s": 1.0,
     "throttle_lockout_s": 3.0,
+    "throttle_answer_delay_s": 0.0,  # answered at once: the timeline below stays short
 }
 
 
@@ -366,3 +368,37 @@ def test_failed_logins_are_throttled_per_account_and_per_address(
     while (res := attempt("alice", DEMO_PASSWORD, "127.0.0.4")).result_code != 0:
         assert "too many" in res.result_string and time.monotonic() < deadline
         time.sleep(0.3)
+
+
+@pytest.mark.parametrize("database", ["sqlite"], indirect=True)  # no database involved
+def test_a_throttled_login_is_answered_late_and_others_are_not(make_suite: SuiteFactory) -> None:
+    suite = make_suite({"msg": {**THROTTLE, "throttle_answer_delay_s": 0.5}})
+    suite.login("carol").close()  # msg_server is linked
+
+    def attempt(name: str, password: str, source: str) -> tuple[Any, float]:
+        c = suite.client(source_host=source)
+        start = time.monotonic()
+        res = c.login(name, password, check=False)
+        elapsed = time.monotonic() - start
+        c.close()
+        return res, elapsed
+
+    for _ in range(2):  # the free failure, then the one that starts a 1 s wait
+        assert attempt("alice", "wrong", "127.0.0.2")[0].result_code == 6
+    res, elapsed = attempt("alice", "wrong", "127.0.0.2")
+    assert "too many failed logins" in res.result_string
+    assert elapsed >= 0.45  # held back for throttle_answer_delay_s (at most its wait)
+    # A guesser closing before its answer leaves nothing behind: the server goes on.
+    c = suite.client(source_host="127.0.0.2")
+    req = login_pb.IMLoginReq(
+        user_name="alice",
+        password=password_digest("x"),
+        online_status=base.USER_STATUS_ONLINE,
+        client_type=base.CLIENT_TYPE_WINDOWS,
+    )
+    c.send(req)
+    c.close()
+    assert attempt("bob", DEMO_PASSWORD, "127.0.0.5")[0].result_code == 0
+    # Timers fire in order: once this later throttled answer came, the orphaned one ran.
+    assert "too many" in attempt("alice", "wrong", "127.0.0.2")[0].result_string
+    assert "Traceback" not in suite.log_text("msg_server")

@@ -71,6 +71,11 @@ class MsgConfig:
         900.0,
         "how long a lockout lasts; a name or address with no failure for this long is forgotten",
     )
+    throttle_answer_delay_s: float = option(
+        1.0,
+        "a throttled login is answered after this long (at most its wait): a guesser waits"
+        " instead of retrying at once; 0 answers at once",
+    )
     throttle_max_entries: int = option(
         100_000, "names (and, separately, addresses) remembered at most; oldest forgotten first"
     )
@@ -87,6 +92,7 @@ class MsgConfig:
                 "throttle_delay_s": 0,
                 "throttle_max_delay_s": 0,
                 "throttle_lockout_s": 0,
+                "throttle_answer_delay_s": 0,
                 "throttle_max_entries": 1,
                 "max_subscriptions": 0,
             },
@@ -104,6 +110,11 @@ class MsgConfig:
                     f"msg.throttle_{kind}_lockout: must be more than throttle_{kind}_free"
                     f" ({free}), got {lockout!r}"
                 )
+        if self.throttle_answer_delay_s >= self.login_timeout_s:
+            raise ConfigError(
+                "msg.throttle_answer_delay_s: must be less than login_timeout_s"
+                f" ({self.login_timeout_s!r}), got {self.throttle_answer_delay_s!r}"
+            )
         if self.throttle_max_delay_s > self.throttle_lockout_s:
             raise ConfigError(
                 "msg.throttle_max_delay_s: must be at most throttle_lockout_s"

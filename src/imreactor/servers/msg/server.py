@@ -467,14 +467,18 @@ class MsgServer:
         address = _host_of(conn)
         wait = self.throttle.retry_after(name, address)
         if wait > 0.0:
-            # No db request, so no hash: a guesser's attempts cost a dict lookup.
+            # No db request, so no hash: a guesser's attempts cost a dict lookup. The answer
+            # is held back (a timer, no CPU) so that a guesser waits instead of spinning on
+            # answers it gets at once: a flood's rate, and so its cost to everyone else's
+            # logins, is then bounded by its connections, not by our speed.
             log.debug("login of %r from %s throttled for %.0f s", name, address, wait)
-            self._login_refused(
-                conn,
-                seq,
-                base.REFUSE_REASON_DB_VALIDATE_FAILED,
-                f"too many failed logins; try again in {math.ceil(wait)} s",
-            )
+            why = f"too many failed logins; try again in {math.ceil(wait)} s"
+            delay = min(wait, self.config.throttle_answer_delay_s)
+            if delay > 0.0:
+                conn.login_pending = True  # a second IMLoginReq meanwhile is ignored
+                self.loop.call_later(delay, self._throttled_answer, conn, seq, why)
+            else:
+                self._login_refused(conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, why)
             return
         refuse = 0
         db = self.db.pick()
@@ -528,6 +532,11 @@ class MsgServer:
             timeout_s=self.config.db_timeout_s,
             response=server_pb.IMValidateRsp,
         )
+
+    def _throttled_answer(self, conn: ClientConn, seq: int, why: str) -> None:
+        conn.login_pending = False
+        if conn.conn.state is ConnState.CONNECTED:
+            self._login_refused(conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, why)
 
     def _login_refused(self, conn: ClientConn, seq: int, code: int, why: str) -> None:
         log.info("%r: login refused (%d %s)", conn.conn, code, why)
