@@ -73,7 +73,8 @@ class MsgConfig:
     )
     throttle_answer_delay_s: float = option(
         1.0,
-        "a throttled login is answered after this long (at most its wait): a guesser waits"
+        "a throttled login is answered after this long (at most its wait and half of"
+        " login_timeout_s): a guesser waits"
         " instead of retrying at once; 0 answers at once",
     )
     throttle_max_entries: int = option(
@@ -110,11 +111,6 @@ class MsgConfig:
                     f"msg.throttle_{kind}_lockout: must be more than throttle_{kind}_free"
                     f" ({free}), got {lockout!r}"
                 )
-        if self.throttle_answer_delay_s >= self.login_timeout_s:
-            raise ConfigError(
-                "msg.throttle_answer_delay_s: must be less than login_timeout_s"
-                f" ({self.login_timeout_s!r}), got {self.throttle_answer_delay_s!r}"
-            )
         if self.throttle_max_delay_s > self.throttle_lockout_s:
             raise ConfigError(
                 "msg.throttle_max_delay_s: must be at most throttle_lockout_s"

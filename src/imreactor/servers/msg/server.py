@@ -473,7 +473,9 @@ class MsgServer:
             # logins, is then bounded by its connections, not by our speed.
             log.debug("login of %r from %s throttled for %.0f s", name, address, wait)
             why = f"too many failed logins; try again in {math.ceil(wait)} s"
-            delay = min(wait, self.config.throttle_answer_delay_s)
+            # Answered well before the login deadline would close the connection unanswered.
+            config = self.config
+            delay = min(wait, config.throttle_answer_delay_s, config.login_timeout_s / 2)
             if delay > 0.0:
                 conn.login_pending = True  # a second IMLoginReq meanwhile is ignored
                 self.loop.call_later(delay, self._throttled_answer, conn, seq, why)
