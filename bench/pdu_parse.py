@@ -86,7 +86,7 @@ def run_imconn(chunks: list[bytes]) -> tuple[int, float]:
         nonlocal handled
         handled += 1
 
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     dispatcher.register(im_message_pb2.IMMsgData, on_msg_data)
     proto = ImConnection(dispatcher, None, LinkPolicy(heartbeat_s=None, timeout_s=None))
     proto.connection_made(cast(Connection, NullTransport()))

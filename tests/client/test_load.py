@@ -289,7 +289,7 @@ class FakeMsgServer:
         self.members: list[int] = []
         self.held: tuple[ImConnection, Any] | None = None
         self.loop = EventLoop()
-        d = Dispatcher(default=lambda conn, msg, seq: None)
+        d = Dispatcher[ImConnection](default=lambda conn, msg, seq: None)
         d.register(login_pb.IMLoginReq, self._login)
         d.register(msg_pb.IMMsgData, self._msg)
         d.register(group_pb.IMGroupCreateReq, self._group_create)

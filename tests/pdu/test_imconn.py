@@ -219,11 +219,11 @@ def pdu_of(message: Message, seq: int = 0) -> bytes:
 # -- dispatch --------------------------------------------------------------------------------
 
 
-def test_dispatch_by_command_id_with_conn_message_seq(loop: EventLoop) -> None:
+def test_dispatch_by_message_class_with_conn_message_seq(loop: EventLoop) -> None:
     by_class, by_id, by_deco = Recorder(), Recorder(), Recorder()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     dispatcher.register(im_message_pb2.IMMsgData, by_class)
-    dispatcher.register(0x0103, by_id)
+    dispatcher.register(im_login_pb2.IMLoginReq, by_id)
     dispatcher.on(im_message_pb2.IMClientTimeReq)(by_deco)
     proto = ImConnection(dispatcher, policy=QUIET)
     stub = attach(loop, proto)
@@ -244,8 +244,8 @@ def test_dispatch_by_command_id_with_conn_message_seq(loop: EventLoop) -> None:
 
 def test_register_replaces_the_handler(loop: EventLoop) -> None:
     first, second = Recorder(), Recorder()
-    dispatcher = Dispatcher()
-    dispatcher.register(CID_MSG_DATA, first)
+    dispatcher = Dispatcher[ImConnection]()
+    dispatcher.register(im_message_pb2.IMMsgData, first)
     dispatcher.register(im_message_pb2.IMMsgData, second)
     proto = ImConnection(dispatcher, policy=QUIET)
     attach(loop, proto)
@@ -269,7 +269,7 @@ def test_unknown_command_without_default_is_logged_and_kept(
     loop: EventLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     handled = Recorder()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     dispatcher.register(im_message_pb2.IMMsgData, handled)
     proto = Refusals(dispatcher, policy=QUIET)
     stub = attach(loop, proto)
@@ -305,7 +305,7 @@ def test_undecodable_body_is_refused_and_the_connection_kept(
     loop: EventLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     handled = Recorder()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     dispatcher.register(im_message_pb2.IMMsgData, handled)
     proto = Refusals(dispatcher, policy=QUIET)
     stub = attach(loop, proto)
@@ -327,7 +327,7 @@ def test_undecodable_body_is_refused_and_the_connection_kept(
 
 def test_missing_required_fields_are_refused_by_name(loop: EventLoop) -> None:
     handled = Recorder()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     dispatcher.register(im_login_pb2.IMLoginReq, handled)
     proto = Refusals(dispatcher, policy=QUIET)
     stub = attach(loop, proto)
@@ -347,7 +347,7 @@ def test_missing_required_fields_are_refused_by_name(loop: EventLoop) -> None:
 
 def test_missing_required_field_of_a_nested_message_is_refused(loop: EventLoop) -> None:
     handled = Recorder()
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     dispatcher.register(im_login_pb2.IMLoginRes, handled)
     proto = Refusals(dispatcher, policy=QUIET)
     attach(loop, proto)
@@ -380,7 +380,9 @@ def test_heartbeat_sent_after_heartbeat_s_without_sending(
     loop: EventLoop, clock: FakeClock
 ) -> None:
     keepalive = Keepalive(loop, tick_s=1.0)
-    proto = ImConnection(Dispatcher(), keepalive, LinkPolicy(heartbeat_s=5.0, timeout_s=None))
+    proto = ImConnection(
+        Dispatcher[ImConnection](), keepalive, LinkPolicy(heartbeat_s=5.0, timeout_s=None)
+    )
     stub = attach(loop, proto)
     advance(loop, clock, 4.5)
     assert stub.sent() == []
@@ -394,7 +396,9 @@ def test_heartbeat_sent_after_heartbeat_s_without_sending(
 
 def test_no_heartbeat_while_traffic_flows(loop: EventLoop, clock: FakeClock) -> None:
     keepalive = Keepalive(loop, tick_s=1.0)
-    proto = ImConnection(Dispatcher(), keepalive, LinkPolicy(heartbeat_s=5.0, timeout_s=None))
+    proto = ImConnection(
+        Dispatcher[ImConnection](), keepalive, LinkPolicy(heartbeat_s=5.0, timeout_s=None)
+    )
     stub = attach(loop, proto)
     for _ in range(30):  # one message every 2 s for a minute
         proto.send(msg_data())
@@ -409,7 +413,9 @@ def test_closed_after_timeout_s_without_receiving(
     loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     keepalive = Keepalive(loop, tick_s=1.0)
-    proto = Closing(Dispatcher(), keepalive, LinkPolicy(heartbeat_s=None, timeout_s=30.0))
+    proto = Closing(
+        Dispatcher[ImConnection](), keepalive, LinkPolicy(heartbeat_s=None, timeout_s=30.0)
+    )
     stub = attach(loop, proto)
     advance(loop, clock, 29.5)
     assert stub.state is CONNECTED
@@ -425,7 +431,9 @@ def test_closed_after_timeout_s_without_receiving(
 
 def test_not_closed_while_the_peer_sends(loop: EventLoop, clock: FakeClock) -> None:
     keepalive = Keepalive(loop, tick_s=1.0)
-    proto = ImConnection(Dispatcher(), keepalive, LinkPolicy(heartbeat_s=None, timeout_s=30.0))
+    proto = ImConnection(
+        Dispatcher[ImConnection](), keepalive, LinkPolicy(heartbeat_s=None, timeout_s=30.0)
+    )
     stub = attach(loop, proto)
     for _ in range(20):  # a heartbeat every 10 s for 200 s
         advance(loop, clock, 10.0)
@@ -438,7 +446,7 @@ def test_not_closed_while_the_peer_sends(loop: EventLoop, clock: FakeClock) -> N
 def test_one_keepalive_timer_for_a_group(loop: EventLoop, clock: FakeClock) -> None:
     keepalive = Keepalive(loop, tick_s=1.0)
     policy = LinkPolicy(heartbeat_s=5.0, timeout_s=None)
-    protos = [ImConnection(Dispatcher(), keepalive, policy) for _ in range(50)]
+    protos = [ImConnection(Dispatcher[ImConnection](), keepalive, policy) for _ in range(50)]
     stubs = [attach(loop, p) for p in protos]
     assert len(keepalive) == 50
     assert loop.pending_timers == 1
@@ -453,9 +461,13 @@ def test_one_keepalive_timer_for_a_group(loop: EventLoop, clock: FakeClock) -> N
 
 def test_heartbeats_keep_a_linked_pair_alive(loop: EventLoop, clock: FakeClock) -> None:
     keepalive = Keepalive(loop, tick_s=1.0)
-    client = ImConnection(Dispatcher(), keepalive, LinkPolicy(heartbeat_s=5.0, timeout_s=None))
+    client = ImConnection(
+        Dispatcher[ImConnection](), keepalive, LinkPolicy(heartbeat_s=5.0, timeout_s=None)
+    )
     server = ImConnection(
-        Dispatcher(), keepalive, LinkPolicy(heartbeat_s=None, timeout_s=8.0, echo_heartbeat=True)
+        Dispatcher[ImConnection](),
+        keepalive,
+        LinkPolicy(heartbeat_s=None, timeout_s=8.0, echo_heartbeat=True),
     )
     cs, ss = link(loop, client, server)
     advance(loop, clock, 60.0)
@@ -478,13 +490,13 @@ class Responses:
 
 def answering_server(loop: EventLoop) -> tuple[ImConnection, ImConnection]:
     """A client linked to a server that answers IMLoginReq with IMLoginRes(seq echoed)."""
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
 
     @dispatcher.on(im_login_pb2.IMLoginReq)
     def login(conn: ImConnection, message: im_login_pb2.IMLoginReq, seq: int) -> None:
         conn.send(login_res(server_time=seq), seq)
 
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     server = ImConnection(dispatcher, policy=QUIET)
     link(loop, client, server)
     return client, server
@@ -517,7 +529,7 @@ def test_request_times_out_and_a_late_answer_is_logged_as_late(
     loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     late = Recorder()
-    client_dispatch = Dispatcher()
+    client_dispatch = Dispatcher[ImConnection]()
     client_dispatch.register(im_login_pb2.IMLoginRes, late)
     client = Refusals(client_dispatch, policy=QUIET)
     silent = ImConnection(Dispatcher(default=lambda c, m, s: None), policy=QUIET)
@@ -563,7 +575,7 @@ def test_a_late_seq_only_swallows_the_expected_answer(loop: EventLoop, clock: Fa
 
 
 def test_late_seqs_kept_are_bounded(loop: EventLoop, clock: FakeClock) -> None:
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     attach(loop, client)
     for _ in range(LATE_SEQS_KEPT + 10):
         client.request(login_req(), Responses(), timeout_s=1.0)
@@ -573,8 +585,8 @@ def test_late_seqs_kept_are_bounded(loop: EventLoop, clock: FakeClock) -> None:
 
 
 def test_requests_carry_their_budget_only_where_the_policy_says(loop: EventLoop) -> None:
-    plain = ImConnection(Dispatcher(), policy=QUIET)
-    budgeted = ImConnection(Dispatcher(), policy=replace(QUIET, carry_budget=True))
+    plain = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
+    budgeted = ImConnection(Dispatcher[ImConnection](), policy=replace(QUIET, carry_budget=True))
     plain_stub, budget_stub = attach(loop, plain), attach(loop, budgeted)
     plain.request(login_req(), Responses(), timeout_s=2.5)
     budgeted.request(login_req(), Responses(), timeout_s=2.5)
@@ -588,7 +600,7 @@ def test_requests_carry_their_budget_only_where_the_policy_says(loop: EventLoop)
 
 
 def test_closing_fails_every_pending_request(loop: EventLoop, clock: FakeClock) -> None:
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     stub = attach(loop, client)
     got = [Responses() for _ in range(5)]
     for i, cb in enumerate(got):
@@ -605,7 +617,7 @@ def test_closing_fails_every_pending_request(loop: EventLoop, clock: FakeClock) 
 
 
 def test_seq_is_never_0_wraps_and_skips_seqs_in_use(loop: EventLoop) -> None:
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     stub = attach(loop, client)
     got = Responses()
     seqs = [client.request(login_req(), got, timeout_s=None) for _ in range(0xFFFF)]
@@ -623,7 +635,7 @@ def test_seq_is_never_0_wraps_and_skips_seqs_in_use(loop: EventLoop) -> None:
 
 
 def test_seq_skips_in_use_after_wrapping(loop: EventLoop) -> None:
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     attach(loop, client)
     got, stuck = Responses(), Responses()
     assert [client.request(login_req(), stuck, timeout_s=None) for _ in range(3)] == [1, 2, 3]
@@ -645,7 +657,7 @@ def test_seq_skips_in_use_after_wrapping(loop: EventLoop) -> None:
 def test_unserializable_request_raises_and_leaves_nothing_pending(
     loop: EventLoop, clock: FakeClock
 ) -> None:
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     stub = attach(loop, client)
     got = Responses()
     with pytest.raises(EncodeError):
@@ -700,7 +712,7 @@ def test_partial_relay_keeps_unknown_and_missing_fields(
     body = im_message_pb2.IMMsgData(**fields).SerializePartialToString() + b"".join(unknown)
     loop = EventLoop()
     try:
-        relay = ImConnection(Dispatcher(), policy=QUIET)
+        relay = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
         stub = attach(loop, relay)
         message = im_message_pb2.IMMsgData()
         message.ParseFromString(body)
@@ -713,7 +725,7 @@ def test_partial_relay_keeps_unknown_and_missing_fields(
 def test_relay_through_a_handler_keeps_unknown_fields(loop: EventLoop) -> None:
     unknown = varint(99 << 3) + varint(12345) + varint(100 << 3 | 2) + b"\x03new"
     body = msg_data().SerializeToString() + unknown
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
 
     @dispatcher.on(im_message_pb2.IMMsgData)
     def relay(conn: ImConnection, message: im_message_pb2.IMMsgData, seq: int) -> None:
@@ -727,7 +739,7 @@ def test_relay_through_a_handler_keeps_unknown_fields(loop: EventLoop) -> None:
 
 
 def test_full_send_refuses_missing_required_fields(loop: EventLoop) -> None:
-    proto = ImConnection(Dispatcher(), policy=QUIET)
+    proto = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     stub = attach(loop, proto)
     incomplete = im_message_pb2.IMMsgData(from_user_id=1)
     with pytest.raises(EncodeError):
@@ -776,7 +788,7 @@ def serve(loop: EventLoop, factory: Callable[[], FrameProtocol]) -> Server:
 
 
 def test_dispatch_and_response_over_sockets(real_loop: EventLoop) -> None:
-    dispatcher = Dispatcher()
+    dispatcher = Dispatcher[ImConnection]()
     served: list[tuple[Any, int]] = []
 
     @dispatcher.on(im_login_pb2.IMLoginReq)
@@ -789,7 +801,7 @@ def test_dispatch_and_response_over_sockets(real_loop: EventLoop) -> None:
         served.append((message, seq))
 
     server = serve(real_loop, lambda: ImConnection(dispatcher, policy=QUIET))
-    client = ImConnection(Dispatcher(), policy=QUIET)
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     conn = real_loop.connect("127.0.0.1", server.port, client)
     try:
         run_until(real_loop, lambda: conn.state is CONNECTED)
@@ -807,7 +819,7 @@ def test_dispatch_and_response_over_sockets(real_loop: EventLoop) -> None:
 
 def test_heartbeat_echo_over_sockets(real_loop: EventLoop) -> None:
     policy = LinkPolicy(heartbeat_s=None, timeout_s=None, echo_heartbeat=True)
-    server = serve(real_loop, lambda: ImConnection(Dispatcher(), policy=policy))
+    server = serve(real_loop, lambda: ImConnection(Dispatcher[ImConnection](), policy=policy))
     client = RawClient()
     conn = real_loop.connect("127.0.0.1", server.port, client)
     try:
@@ -827,7 +839,7 @@ def test_real_timeout_and_heartbeats_that_prevent_it(real_loop: EventLoop) -> No
     accepted: list[Closing] = []
 
     def factory() -> Closing:
-        proto = Closing(Dispatcher(), keepalive, policy)
+        proto = Closing(Dispatcher[ImConnection](), keepalive, policy)
         accepted.append(proto)
         return proto
 
@@ -835,7 +847,7 @@ def test_real_timeout_and_heartbeats_that_prevent_it(real_loop: EventLoop) -> No
     client_keepalive = Keepalive(real_loop, tick_s=0.1)
     silent = RawClient()
     chatty = ImConnection(
-        Dispatcher(), client_keepalive, LinkPolicy(heartbeat_s=0.1, timeout_s=None)
+        Dispatcher[ImConnection](), client_keepalive, LinkPolicy(heartbeat_s=0.1, timeout_s=None)
     )
     conns = [
         real_loop.connect("127.0.0.1", server.port, silent),
@@ -862,7 +874,7 @@ def test_real_timeout_and_heartbeats_that_prevent_it(real_loop: EventLoop) -> No
 
 
 def test_header_of_a_sent_message(loop: EventLoop) -> None:
-    proto = ImConnection(Dispatcher(), policy=QUIET)
+    proto = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
     stub = attach(loop, proto)
     proto.send(msg_data(), 0x4242)
     [pdu] = stub.sent()

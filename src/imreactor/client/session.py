@@ -53,7 +53,9 @@ class ClientSession(ImConnection):
     ) -> None:
         if watch_limit < 0:
             raise ValueError(f"watch_limit must be at least 0, not {watch_limit}")
-        dispatcher = Dispatcher(default=lambda conn, message, seq: on_push(message, seq))
+        dispatcher = Dispatcher[ClientSession](
+            default=lambda conn, message, seq: on_push(message, seq)
+        )
         super().__init__(dispatcher, keepalive, policy)
         self._on_closed = on_closed
         self._on_connected = on_connected

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast
 
 from google.protobuf.message import DecodeError, Message
 
@@ -76,8 +76,12 @@ def encode_message(
     return encode_pdu(service_id, command_id, seq, body, reserved)
 
 
-Handler = Callable[["ImConnection", Any, int], Any]
-"""``handler(conn, message, seq)``: one decoded request or notification."""
+C = TypeVar("C", bound="ImConnection")
+M = TypeVar("M", bound=Message)
+
+Handler = Callable[[C, M, int], object]
+"""``handler(conn, message, seq)``: one decoded request or notification of class ``M``
+on a connection of class ``C``."""
 
 ResponseCallback = Callable[[Any, "BaseException | None"], Any]
 """``callback(message, exc)``: the response to a request, or why there is none."""
@@ -116,32 +120,35 @@ SERVER_SIDE_CLIENT = LinkPolicy(heartbeat_s=None, timeout_s=120.0, echo_heartbea
 SERVER_SIDE_MOBILE = LinkPolicy(heartbeat_s=None, timeout_s=300.0, echo_heartbeat=True)
 
 
-class Dispatcher:
-    """Command id → handler, plus a default for commands nobody registered.
+class Dispatcher(Generic[C]):
+    """Message class → handler, plus a default for commands nobody registered.
 
     Peers dispatch on the command id alone (command ids are unique across
-    services). One dispatcher is shared by every connection of a server.
+    services). One dispatcher is shared by every connection of one kind, whose class
+    is ``C``; :meth:`register` ties each handler's message parameter to the class it
+    is registered for, so handlers are type-checked against what they will get.
     """
 
-    def __init__(self, default: Handler | None = None) -> None:
-        self._handlers: dict[int, Handler] = {}
-        self.default = default
+    def __init__(self, default: Handler[C, Message] | None = None) -> None:
+        # Erased to Any here: register() has checked each pairing.
+        self._handlers: dict[int, Handler[C, Any]] = {}
+        self.default: Handler[C, Any] | None = default
 
-    def register(self, command: int | type[Message], handler: Handler) -> None:
-        """Route a command id (or the id of a message class) to ``handler``; replaces."""
-        command_id = command if isinstance(command, int) else ids_of(command)[1]
-        self._handlers[command_id] = handler
+    def register(self, message: type[M], handler: Handler[C, M]) -> None:
+        """Route ``message``'s command id to ``handler``; replaces an earlier one."""
+        self._handlers[ids_of(message)[1]] = handler
 
-    def on(self, command: int | type[Message]) -> Callable[[Handler], Handler]:
+    def on(self, message: type[M]) -> Callable[[Handler[C, M]], Handler[C, M]]:
         """Decorator form of :meth:`register`."""
 
-        def deco(handler: Handler) -> Handler:
-            self.register(command, handler)
+        def deco(handler: Handler[C, M]) -> Handler[C, M]:
+            self.register(message, handler)
             return handler
 
         return deco
 
-    def get(self, command_id: int) -> Handler | None:
+    def get(self, command_id: int) -> Handler[C, Any] | None:
+        """The handler of ``command_id``, else the default (None if there is none)."""
         return self._handlers.get(command_id, self.default)
 
 
@@ -230,12 +237,13 @@ class ImConnection(FrameProtocol):
 
     def __init__(
         self,
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher[Self],
         keepalive: Keepalive | None = None,
         policy: LinkPolicy = SERVER_LINK,
     ) -> None:
         super().__init__(policy.max_pdu_bytes)
-        self.dispatcher = dispatcher
+        # Checked against Self above; stored erased, since handlers get ``self``.
+        self.dispatcher: Dispatcher[Any] = dispatcher
         self.keepalive = keepalive
         self.policy = policy
         self._recv_flag = False

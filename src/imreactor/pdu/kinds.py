@@ -20,6 +20,10 @@ NOT_READY = frozenset(
     }
 )
 
+#: ``IMUserCntUpdate.user_action``: a user came online on (1) or left (2) a msg_server.
+USER_ACTION_ADD = 1
+USER_ACTION_DEL = 2
+
 
 def is_mobile(client_type: int) -> bool:
     """Mobile clients have bit 0x10 set; a user holds one desktop and one mobile connection."""

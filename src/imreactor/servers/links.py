@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Link(ImConnection):
     """One server-to-server link; tells its :class:`LinkSet` when it goes up or down."""
 
-    def __init__(self, owner: LinkSet, dispatcher: Dispatcher, policy: LinkPolicy) -> None:
+    def __init__(self, owner: LinkSet, dispatcher: Dispatcher[Link], policy: LinkPolicy) -> None:
         super().__init__(dispatcher, owner.keepalive, policy)
         self.owner = owner
 
@@ -45,7 +45,7 @@ class LinkSet:
         loop: EventLoop,
         kind: str,
         addresses: list[tuple[str, int]],
-        dispatcher: Dispatcher,
+        dispatcher: Dispatcher[Link],
         keepalive: Keepalive,
         *,
         policy: LinkPolicy = SERVER_LINK,

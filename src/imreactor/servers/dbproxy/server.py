@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -48,7 +48,7 @@ from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
-Work = Callable[[Storage, Any], Message | None]
+M = TypeVar("M", bound=Message)
 
 
 def user_info(user: User) -> base.UserInfo:
@@ -104,7 +104,7 @@ class DbProxyServer:
         self.policy = LinkPolicy(
             heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s, carry_budget=True
         )
-        self.dispatcher = Dispatcher()
+        self.dispatcher = Dispatcher[ImConnection]()
         self._server: Server | None = None
         self.requests = 0
         self.failures = 0
@@ -112,27 +112,23 @@ class DbProxyServer:
         self.expired = 0
         #: Logins answered "busy" because the hash pool was full.
         self.busy = 0
-        handlers: dict[type[Message], Work] = {
-            msg_pb.IMMsgDataReadAck: self._read_ack,
-            msg_pb.IMUnreadMsgCntReq: self._unread,
-            msg_pb.IMGetMsgListReq: self._msg_list,
-            msg_pb.IMGetLatestMsgIdReq: self._latest_msg_id,
-            msg_pb.IMGetMsgByIdReq: self._msg_by_id,
-            buddy.IMRecentContactSessionReq: self._recent_sessions,
-            buddy.IMUsersInfoReq: self._users_info,
-            buddy.IMRemoveSessionReq: self._remove_session,
-            buddy.IMAllUserReq: self._all_users,
-            buddy.IMDepartmentReq: self._departments,
-            buddy.IMChangeSignInfoReq: self._change_sign_info,
-            group_pb.IMNormalGroupListReq: self._normal_groups,
-            group_pb.IMGroupInfoListReq: self._group_infos,
-            group_pb.IMGroupCreateReq: self._group_create,
-            group_pb.IMGroupChangeMemberReq: self._group_change_member,
-            group_pb.IMGroupShieldReq: self._group_shield,
-            server_pb.IMGroupGetShieldReq: self._group_get_shield,
-        }
-        for cls, work in handlers.items():
-            self.dispatcher.register(cls, self._runner(work))
+        self._serve(msg_pb.IMMsgDataReadAck, self._read_ack)
+        self._serve(msg_pb.IMUnreadMsgCntReq, self._unread)
+        self._serve(msg_pb.IMGetMsgListReq, self._msg_list)
+        self._serve(msg_pb.IMGetLatestMsgIdReq, self._latest_msg_id)
+        self._serve(msg_pb.IMGetMsgByIdReq, self._msg_by_id)
+        self._serve(buddy.IMRecentContactSessionReq, self._recent_sessions)
+        self._serve(buddy.IMUsersInfoReq, self._users_info)
+        self._serve(buddy.IMRemoveSessionReq, self._remove_session)
+        self._serve(buddy.IMAllUserReq, self._all_users)
+        self._serve(buddy.IMDepartmentReq, self._departments)
+        self._serve(buddy.IMChangeSignInfoReq, self._change_sign_info)
+        self._serve(group_pb.IMNormalGroupListReq, self._normal_groups)
+        self._serve(group_pb.IMGroupInfoListReq, self._group_infos)
+        self._serve(group_pb.IMGroupCreateReq, self._group_create)
+        self._serve(group_pb.IMGroupChangeMemberReq, self._group_change_member)
+        self._serve(group_pb.IMGroupShieldReq, self._group_shield)
+        self._serve(server_pb.IMGroupGetShieldReq, self._group_get_shield)
         self.dispatcher.register(msg_pb.IMMsgData, self._on_msg_data)
         self.dispatcher.register(server_pb.IMValidateReq, self._on_validate)
 
@@ -160,12 +156,22 @@ class DbProxyServer:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _runner(self, work: Work) -> Callable[[ImConnection, Any, int], None]:
-        def handle(link: ImConnection, request: Any, seq: int) -> None:
+    def _serve(self, request: type[M], work: Callable[[Storage, M], Message | None]) -> None:
+        """Answer ``request`` with what ``work`` returns, run on the worker pool."""
+        self.dispatcher.register(request, self._runner(work))
+
+    def _runner(
+        self, work: Callable[[Storage, M], Message | None]
+    ) -> Callable[[ImConnection, M, int], None]:
+        def handle(link: ImConnection, request: M, seq: int) -> None:
             self.requests += 1
             # Not every request has the field (IMMsgDataReadAck has none).
             has_attach = "attach_data" in request.DESCRIPTOR.fields_by_name
-            attach = request.attach_data if has_attach and request.HasField("attach_data") else b""
+            attach: bytes = (
+                getattr(request, "attach_data")  # noqa: B009 - a field only some requests have
+                if has_attach and request.HasField("attach_data")
+                else b""
+            )
 
             def done(response: Message | None, exc: BaseException | None) -> None:
                 if isinstance(exc, DeadlineExpired):
@@ -209,7 +215,7 @@ class DbProxyServer:
 
     # -- logins ---------------------------------------------------------------------------
 
-    def _on_validate(self, link: ImConnection, req: Any, seq: int) -> None:
+    def _on_validate(self, link: ImConnection, req: server_pb.IMValidateReq, seq: int) -> None:
         """Read the account on the worker pool, then check the password (cache or hash).
 
         The answer echoes ``attach_data``. Refusals: result 2 for an unknown name, a
@@ -307,7 +313,7 @@ class DbProxyServer:
             fn, *args, key=(id(link), attach), callback=callback, deadline=link.current_deadline
         )
 
-    def _on_msg_data(self, link: ImConnection, req: Any, seq: int) -> None:
+    def _on_msg_data(self, link: ImConnection, req: msg_pb.IMMsgData, seq: int) -> None:
         """Store a message; answer from the commit itself, so answers leave in msg_id order.
 
         The worker (keyed by client connection, like every request) hands the
@@ -354,11 +360,11 @@ class DbProxyServer:
             log.warning("worker pool full; IMMsgData refused")
             failed(None, PoolFull("worker pool full"))
 
-    def _read_ack(self, store: Storage, req: Any) -> None:
+    def _read_ack(self, store: Storage, req: msg_pb.IMMsgDataReadAck) -> None:
         store.read_ack(req.user_id, _session_type(req.session_type), req.session_id, req.msg_id)
         return None
 
-    def _unread(self, store: Storage, req: Any) -> Message:
+    def _unread(self, store: Storage, req: msg_pb.IMUnreadMsgCntReq) -> Message:
         infos = store.unread_counts(req.user_id)
         rsp = msg_pb.IMUnreadMsgCntRsp(
             user_id=req.user_id, total_cnt=sum(i.unread_cnt for i in infos)
@@ -375,7 +381,7 @@ class DbProxyServer:
             )
         return rsp
 
-    def _msg_list(self, store: Storage, req: Any) -> Message:
+    def _msg_list(self, store: Storage, req: msg_pb.IMGetMsgListReq) -> Message:
         msgs = store.get_msg_list(
             req.user_id,
             _session_type(req.session_type),
@@ -391,7 +397,7 @@ class DbProxyServer:
             msg_list=[msg_info(m) for m in msgs],
         )
 
-    def _latest_msg_id(self, store: Storage, req: Any) -> Message:
+    def _latest_msg_id(self, store: Storage, req: msg_pb.IMGetLatestMsgIdReq) -> Message:
         latest = store.latest_msg_id(req.user_id, _session_type(req.session_type), req.session_id)
         return msg_pb.IMGetLatestMsgIdRsp(
             user_id=req.user_id,
@@ -400,7 +406,7 @@ class DbProxyServer:
             latest_msg_id=latest,
         )
 
-    def _msg_by_id(self, store: Storage, req: Any) -> Message:
+    def _msg_by_id(self, store: Storage, req: msg_pb.IMGetMsgByIdReq) -> Message:
         msgs = store.get_msgs_by_ids(
             req.user_id, _session_type(req.session_type), req.session_id, list(req.msg_id_list)
         )
@@ -411,7 +417,7 @@ class DbProxyServer:
             msg_list=[msg_info(m) for m in msgs],
         )
 
-    def _recent_sessions(self, store: Storage, req: Any) -> Message:
+    def _recent_sessions(self, store: Storage, req: buddy.IMRecentContactSessionReq) -> Message:
         sessions = store.recent_sessions(req.user_id, req.latest_update_time)
         rsp = buddy.IMRecentContactSessionRsp(user_id=req.user_id)
         for s in sessions:
@@ -427,13 +433,13 @@ class DbProxyServer:
             )
         return rsp
 
-    def _users_info(self, store: Storage, req: Any) -> Message:
+    def _users_info(self, store: Storage, req: buddy.IMUsersInfoReq) -> Message:
         users = store.get_users(list(req.user_id_list))
         return buddy.IMUsersInfoRsp(
             user_id=req.user_id, user_info_list=[user_info(u) for u in users]
         )
 
-    def _remove_session(self, store: Storage, req: Any) -> Message:
+    def _remove_session(self, store: Storage, req: buddy.IMRemoveSessionReq) -> Message:
         ok = store.remove_session(req.user_id, _session_type(req.session_type), req.session_id)
         return buddy.IMRemoveSessionRsp(
             user_id=req.user_id,
@@ -442,7 +448,7 @@ class DbProxyServer:
             session_id=req.session_id,
         )
 
-    def _all_users(self, store: Storage, req: Any) -> Message:
+    def _all_users(self, store: Storage, req: buddy.IMAllUserReq) -> Message:
         users = store.users_updated_since(req.latest_update_time)
         latest = max((u.updated for u in users), default=req.latest_update_time)
         return buddy.IMAllUserRsp(
@@ -451,7 +457,7 @@ class DbProxyServer:
             user_list=[user_info(u) for u in users],
         )
 
-    def _departments(self, store: Storage, req: Any) -> Message:
+    def _departments(self, store: Storage, req: buddy.IMDepartmentReq) -> Message:
         depts = store.departments_updated_since(req.latest_update_time)
         latest = max((d.updated for d in depts), default=req.latest_update_time)
         rsp = buddy.IMDepartmentRsp(user_id=req.user_id, latest_update_time=latest)
@@ -465,7 +471,7 @@ class DbProxyServer:
             )
         return rsp
 
-    def _change_sign_info(self, store: Storage, req: Any) -> Message:
+    def _change_sign_info(self, store: Storage, req: buddy.IMChangeSignInfoReq) -> Message:
         ok = store.change_sign_info(req.user_id, req.sign_info)
         return buddy.IMChangeSignInfoRsp(
             user_id=req.user_id, result_code=0 if ok else 1, sign_info=req.sign_info
@@ -473,14 +479,14 @@ class DbProxyServer:
 
     # -- groups ---------------------------------------------------------------------------
 
-    def _normal_groups(self, store: Storage, req: Any) -> Message:
+    def _normal_groups(self, store: Storage, req: group_pb.IMNormalGroupListReq) -> Message:
         groups = store.groups_of_user(req.user_id, GroupType.NORMAL)
         rsp = group_pb.IMNormalGroupListRsp(user_id=req.user_id)
         for g in groups:
             rsp.group_version_list.add(group_id=g.group_id, version=g.version)
         return rsp
 
-    def _group_infos(self, store: Storage, req: Any) -> Message:
+    def _group_infos(self, store: Storage, req: group_pb.IMGroupInfoListReq) -> Message:
         wanted = {g.group_id: g.version for g in req.group_version_list}
         infos = store.group_infos(list(wanted), req.user_id)
         rsp = group_pb.IMGroupInfoListRsp(user_id=req.user_id)
@@ -499,7 +505,7 @@ class DbProxyServer:
             )
         return rsp
 
-    def _group_create(self, store: Storage, req: Any) -> Message:
+    def _group_create(self, store: Storage, req: group_pb.IMGroupCreateReq) -> Message:
         info = store.create_group(
             req.user_id,
             req.group_name,
@@ -515,7 +521,7 @@ class DbProxyServer:
             user_id_list=list(info.members),
         )
 
-    def _group_change_member(self, store: Storage, req: Any) -> Message:
+    def _group_change_member(self, store: Storage, req: group_pb.IMGroupChangeMemberReq) -> Message:
         changed = list(req.member_id_list)
         if req.change_type == base.GROUP_MODIFY_TYPE_ADD:
             members = store.add_group_members(req.group_id, changed)
@@ -530,13 +536,13 @@ class DbProxyServer:
             chg_user_id_list=changed,
         )
 
-    def _group_shield(self, store: Storage, req: Any) -> Message:
+    def _group_shield(self, store: Storage, req: group_pb.IMGroupShieldReq) -> Message:
         ok = store.set_group_shield(req.group_id, req.user_id, req.shield_status)
         return group_pb.IMGroupShieldRsp(
             user_id=req.user_id, group_id=req.group_id, result_code=0 if ok else 1
         )
 
-    def _group_get_shield(self, store: Storage, req: Any) -> Message:
+    def _group_get_shield(self, store: Storage, req: server_pb.IMGroupGetShieldReq) -> Message:
         statuses = store.group_shield_statuses(req.group_id, list(req.user_id))
         rsp = server_pb.IMGroupGetShieldRsp(group_id=req.group_id)
         for uid, status in statuses.items():

@@ -17,6 +17,7 @@ from typing import Any
 from ...http import HttpProtocol, Request, Response, Router
 from ...net import EventLoop, Server
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
+from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_server_pb2 as server_pb
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
-USER_ACTION_ADD = 1
-USER_ACTION_DEL = 2
 
 
 @dataclass
@@ -51,7 +50,7 @@ class MsgServerRegistry:
     def __len__(self) -> int:
         return len(self._servers)
 
-    def register(self, link: ImConnection, info: Any) -> None:
+    def register(self, link: ImConnection, info: server_pb.IMMsgServInfo) -> None:
         self._servers[link] = MsgServerEntry(
             info.ip1, info.ip2, info.port, info.max_conn_cnt, info.cur_conn_cnt, info.host_name
         )
@@ -103,20 +102,11 @@ class LoginServer:
         self._servers: list[Server] = []
         self._link_policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
 
-        self.msg_dispatch = Dispatcher()
-        self.msg_dispatch.register(
-            server_pb.IMMsgServInfo,
-            self._on_msg_serv_info,
-        )
-        self.msg_dispatch.register(
-            server_pb.IMUserCntUpdate,
-            self._on_user_cnt_update,
-        )
-        self.client_dispatch = Dispatcher()
-        self.client_dispatch.register(
-            login_pb.IMMsgServReq,
-            self._on_msg_serv_req,
-        )
+        self.msg_dispatch = Dispatcher[_MsgServerLink]()
+        self.msg_dispatch.register(server_pb.IMMsgServInfo, self._on_msg_serv_info)
+        self.msg_dispatch.register(server_pb.IMUserCntUpdate, self._on_user_cnt_update)
+        self.client_dispatch = Dispatcher[ImConnection]()
+        self.client_dispatch.register(login_pb.IMMsgServReq, self._on_msg_serv_req)
         self.router = Router()
         self.router.add("/msg_server", self._http_msg_server)
         self.router.add("/healthz", self._http_healthz)
@@ -146,10 +136,14 @@ class LoginServer:
     def _msg_link(self) -> ImConnection:
         return _MsgServerLink(self, self.msg_dispatch, self.keepalive, self._link_policy)
 
-    def _on_msg_serv_info(self, link: ImConnection, msg: Any, seq: int) -> None:
+    def _on_msg_serv_info(
+        self, link: _MsgServerLink, msg: server_pb.IMMsgServInfo, seq: int
+    ) -> None:
         self.registry.register(link, msg)
 
-    def _on_user_cnt_update(self, link: ImConnection, msg: Any, seq: int) -> None:
+    def _on_user_cnt_update(
+        self, link: _MsgServerLink, msg: server_pb.IMUserCntUpdate, seq: int
+    ) -> None:
         self.registry.update_count(link, msg.user_action)
 
     # -- clients over TCP -----------------------------------------------------------------
@@ -157,7 +151,7 @@ class LoginServer:
     def _client_link(self) -> ImConnection:
         return ImConnection(self.client_dispatch, self.keepalive, self._link_policy)
 
-    def _on_msg_serv_req(self, link: ImConnection, msg: Any, seq: int) -> None:
+    def _on_msg_serv_req(self, link: ImConnection, msg: login_pb.IMMsgServReq, seq: int) -> None:
         code, entry = self.registry.pick()
         rsp = login_pb.IMMsgServRsp(result_code=base.ResultType.ValueType(code))
         if entry is not None:
@@ -205,7 +199,11 @@ class _MsgServerLink(ImConnection):
     """login_server's side of a msg_server link: forgets the msg_server when it closes."""
 
     def __init__(
-        self, owner: LoginServer, dispatcher: Dispatcher, keepalive: Keepalive, policy: LinkPolicy
+        self,
+        owner: LoginServer,
+        dispatcher: Dispatcher[_MsgServerLink],
+        keepalive: Keepalive,
+        policy: LinkPolicy,
     ) -> None:
         super().__init__(dispatcher, keepalive, policy)
         self.owner = owner

@@ -197,7 +197,7 @@ class RouteServer:
         self._closing = False
         self._policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
 
-        d = self.dispatcher = Dispatcher()
+        d = self.dispatcher = Dispatcher[RouteLink]()
         d.register(server_pb.IMOnlineUserInfo, self._on_online_user_info)
         d.register(server_pb.IMUserStatusUpdate, self._on_user_status_update)
         d.register(buddy_pb.IMUsersStatReq, self._on_users_stat_req)
@@ -279,8 +279,9 @@ class RouteServer:
             if watching is None or user_id in watching:
                 link.send_frame(pdu)
 
-    def _on_online_user_info(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_online_user_info(
+        self, link: RouteLink, msg: server_pb.IMOnlineUserInfo, seq: int
+    ) -> None:
         entries = [
             (stat.user_id, stat.client_type)
             for stat in msg.user_stat_list
@@ -293,16 +294,16 @@ class RouteServer:
         for user_id in came:
             self._announce(user_id, base.USER_STATUS_ONLINE)
 
-    def _on_user_status_update(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_user_status_update(
+        self, link: RouteLink, msg: server_pb.IMUserStatusUpdate, seq: int
+    ) -> None:
         if msg.user_status == base.USER_STATUS_OFFLINE:
             if self.presence.remove(link, msg.user_id, msg.client_type):
                 self._announce(msg.user_id, base.USER_STATUS_OFFLINE)
         elif self.presence.add(link, msg.user_id, msg.client_type):
             self._announce(msg.user_id, base.USER_STATUS_ONLINE)
 
-    def _on_users_stat_req(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_users_stat_req(self, link: RouteLink, msg: buddy_pb.IMUsersStatReq, seq: int) -> None:
         mark = msg.attach_data
         if mark in (WATCH_SET, WATCH_ADD):
             link.subscribe(
@@ -345,8 +346,7 @@ class RouteServer:
                 pdu = origin.relay_pdu()
             link.send_frame(pdu)
 
-    def _on_msg_data(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_msg_data(self, link: RouteLink, msg: msg_pb.IMMsgData, seq: int) -> None:
         if msg.msg_type in GROUP_MSG_TYPES:
             data = msg.attach_data
             count, extra = divmod(len(data), 4)
@@ -362,16 +362,13 @@ class RouteServer:
             users = (msg.to_session_id, msg.from_user_id)
         self._relay(link, self._links_hosting(users, link))
 
-    def _on_read_notify(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_read_notify(self, link: RouteLink, msg: msg_pb.IMMsgDataReadNotify, seq: int) -> None:
         self._relay(link, self._links_hosting((msg.user_id,), link))
 
-    def _on_p2p_cmd(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_p2p_cmd(self, link: RouteLink, msg: switch_pb.IMP2PCmdMsg, seq: int) -> None:
         self._relay(link, self._links_hosting((msg.to_user_id,), link))
 
-    def _on_kick_user(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_kick_user(self, link: RouteLink, msg: server_pb.IMServerKickUser, seq: int) -> None:
         mobile = is_mobile(msg.client_type)
         targets = [
             other
@@ -380,8 +377,9 @@ class RouteServer:
         ]
         self._relay(link, targets)
 
-    def _on_group_change(self, link: ImConnection, msg: Any, seq: int) -> None:
-        assert isinstance(link, RouteLink)
+    def _on_group_change(
+        self, link: RouteLink, msg: group_pb.IMGroupChangeMemberNotify, seq: int
+    ) -> None:
         self._relay(link, [other for other in self.links if other is not link])
 
 
@@ -393,7 +391,11 @@ class RouteLink(ImConnection):
     """
 
     def __init__(
-        self, owner: RouteServer, dispatcher: Dispatcher, keepalive: Keepalive, policy: LinkPolicy
+        self,
+        owner: RouteServer,
+        dispatcher: Dispatcher[RouteLink],
+        keepalive: Keepalive,
+        policy: LinkPolicy,
     ) -> None:
         super().__init__(dispatcher, keepalive, policy)
         self.owner = owner
