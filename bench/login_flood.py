@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from imreactor.client.load import create_users
-from imreactor.client.session import password_digest
 from imreactor.pdu.header import HEADER_LEN, parse_header
 from imreactor.pdu.imconn import encode_message
+from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.registry import ids_of

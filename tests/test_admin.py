@@ -22,7 +22,7 @@ import pytest
 from servers.conftest import free_ports
 
 from imreactor.client import Client, ClientError
-from imreactor.client.session import password_digest
+from imreactor.pdu.password import password_digest
 from imreactor.storage import GroupType, Storage, open_storage
 
 CLI_TIMEOUT_S = 60

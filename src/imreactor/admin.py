@@ -196,7 +196,7 @@ def opened(args: argparse.Namespace, *, create: bool) -> Iterator[Storage]:
 
 
 def _digest(password: str) -> str:
-    from .client.session import password_digest
+    from .pdu.password import password_digest
 
     if not password:
         raise AdminError("the password must not be empty")

@@ -19,9 +19,9 @@ from servers.conftest import RunningSuite
 from imreactor.client import Client, ClientError
 from imreactor.client.blocking import ClientStatus, LoginRefused
 from imreactor.client.crypto import DEFAULT_AES_KEY, TextCipher
-from imreactor.client.session import password_digest
 from imreactor.net import Backoff
 from imreactor.pdu.kinds import NOT_READY
+from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_group_pb2 as group_pb

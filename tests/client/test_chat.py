@@ -21,7 +21,7 @@ from servers.conftest import RunningSuite, free_ports
 
 from imreactor.client import Client
 from imreactor.client.chat import display_name
-from imreactor.client.session import password_digest
+from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_message_pb2 as msg_pb

@@ -12,8 +12,9 @@ import pytest
 from net.helpers import drive_until
 from servers.conftest import RunningSuite
 
-from imreactor.client.session import ClientSession, password_digest
+from imreactor.client.session import ClientSession
 from imreactor.net import EventLoop
+from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_login_pb2 as login_pb

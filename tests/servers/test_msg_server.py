@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from imreactor.client import Client
-from imreactor.client.session import password_digest
 from imreactor.pdu.header import encode_pdu
+from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_login_pb2 as login_pb

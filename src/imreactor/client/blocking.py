@@ -50,13 +50,14 @@ from google.protobuf.message import Message
 from ..net import Backoff, Connection, EventLoop, Transport
 from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy, ResponseCallback
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
+from ..pdu.password import password_digest
 from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_buddy_pb2 as buddy
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .crypto import TextCipher
-from .session import DEFAULT_WATCH_LIMIT, ClientSession, password_digest
+from .session import DEFAULT_WATCH_LIMIT, ClientSession
 
 log = logging.getLogger(__name__)
 
@@ -429,8 +430,10 @@ class Client:
     def request(self, message: Message, response: type[M], timeout_s: float | None = None) -> M:
         """Send ``message`` and wait for the response of type ``response``.
 
-        Raises :class:`ClientError` if the connection is down or closes first, and
-        ``TimeoutError`` if no answer comes within the timeout.
+        Raises :class:`ClientError` if the connection is down or closes first, or if no
+        answer comes within the timeout (the session's ``TimeoutError`` is wrapped). A
+        bare ``TimeoutError`` means the client's own loop thread did not answer within
+        the timeout plus one second (a stuck loop, not a slow server).
         """
 
         def start(session: ClientSession, done: ResponseCallback, timeout: float) -> None:
@@ -452,8 +455,9 @@ class Client:
 
         ``start`` sends a request on the current session and makes sure ``done(answer,
         exc)`` is called once. What fails (no session, not logged in yet, ``start``
-        raising, ``done`` with an exception) raises :class:`ClientError`; no answer
-        within the timeout raises ``TimeoutError``. ``login``: ``start`` sends the
+        raising, ``done`` with an exception, including the session's timeout) raises
+        :class:`ClientError`; only a loop thread that does not run ``done`` within the
+        timeout plus one second raises ``TimeoutError``. ``login``: ``start`` sends the
         login itself (allowed before a reconnected session is logged in).
         """
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -691,8 +695,8 @@ class Client:
         their changes arrive as ``IMUserStatNotify`` pushes. The answer maps each
         asked id that is watched to its status now (``USER_STATUS_ONLINE`` /
         ``_OFFLINE``); ids over the limit are missing from it, and it is empty when
-        none fit. Raises :class:`ClientError` (or ``TimeoutError``) as
-        :meth:`request` does; the ids stay remembered, so a reconnect subscribes them.
+        none fit. Raises :class:`ClientError` as :meth:`request` does
+        (timeouts included); the ids stay remembered, so a reconnect subscribes them.
         """
         asked = list(dict.fromkeys(user_ids))
         with self._lock:

@@ -88,11 +88,12 @@ from ..net import ConnState, EventLoop, Protocol, Timer, Transport
 from ..net.connection import parse_address
 from ..pdu.imconn import CLIENT_SIDE, Keepalive
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
+from ..pdu.password import password_digest
 from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
-from .session import ClientSession, password_digest
+from .session import ClientSession
 
 if TYPE_CHECKING:
     from ..storage.passwords import PasswordHasher

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,11 +25,6 @@ PushCallback = Callable[[Any, int], Any]
 #: default); a client that stays within its own bound never depends on which ones the
 #: server would keep.
 DEFAULT_WATCH_LIMIT = 1000
-
-
-def password_digest(password: str) -> str:
-    """What TeamTalk clients send as the password: the lowercase hex MD5 of the plaintext."""
-    return hashlib.md5(password.encode("utf-8")).hexdigest()
 
 
 class ClientSession(ImConnection):

@@ -214,7 +214,7 @@ def stop_children(children: list[Child]) -> None:
 
 
 def create_demo_users(database: str) -> list[str]:
-    from ..client.session import password_digest
+    from ..pdu.password import password_digest
     from ..storage import open_storage
 
     store = open_storage(database)
