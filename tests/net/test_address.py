@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from imreactor.net import parse_address
+from imreactor.net.connection import is_port
 
 
 @pytest.mark.parametrize(
@@ -25,3 +26,21 @@ def test_forms(text: str, expected: tuple[str, int]) -> None:
 def test_bad_ports_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text, 1)
+
+
+@pytest.mark.parametrize(
+    ("port", "allow_zero", "ok"),
+    [
+        (0, True, True),
+        (0, False, False),
+        (1, False, True),
+        (65535, False, True),
+        (65536, True, False),
+        (-1, True, False),
+        (True, True, False),
+        ("80", True, False),
+        (80.0, True, False),
+    ],
+)
+def test_is_port(port: object, allow_zero: bool, ok: bool) -> None:
+    assert is_port(port, allow_zero=allow_zero) is ok

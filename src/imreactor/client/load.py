@@ -86,6 +86,7 @@ import httptools
 
 from ..net import ConnState, EventLoop, Protocol, Timer, Transport
 from ..net.connection import parse_address
+from ..net.limits import raise_open_files_limit
 from ..pdu.imconn import CLIENT_SIDE, Keepalive
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.password import password_digest
@@ -1457,19 +1458,6 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass  # keep what we have; a large run may then fail to connect
-    return soft
-
-
 def run_load(options: LoadOptions, *, progress: IO[str] | None = None) -> LoadReport:
     """Run a whole load test on a new loop in the calling thread; returns its report.
 
@@ -1493,9 +1481,9 @@ def execute(
     is made, while every connection is still open (the loop is not running then).
     """
     options.check()
-    limit = raise_nofile_limit()
+    limit = raise_open_files_limit()
     needed = len(options.user_names()) * options.devices + 64
-    if limit < needed:
+    if limit is not None and limit < needed:
         log.warning("RLIMIT_NOFILE is %d; %d connections need about %d", limit, needed, needed)
     loop = EventLoop()
     try:

@@ -601,9 +601,20 @@ def flush_collected(conns: Iterable[Connection]) -> None:
             conn._queue(memoryview(data)[sent:])
 
 
+def is_port(port: object, *, allow_zero: bool = True) -> bool:
+    """Whether ``port`` is an ``int`` in 0..65535 (1..65535 without ``allow_zero``).
+
+    The one port check of the project: ``getaddrinfo`` would silently wrap a
+    larger number (70000 becomes 4464), so every entry point refuses it first.
+    """
+    if not isinstance(port, int) or isinstance(port, bool):
+        return False
+    return (0 if allow_zero else 1) <= port <= 0xFFFF
+
+
 def check_port(port: int) -> None:
-    """Refuse a port outside 0..65535 (``getaddrinfo`` would silently wrap it)."""
-    if not 0 <= port <= 0xFFFF:
+    """Raise ``ValueError`` for a port that :func:`is_port` refuses."""
+    if not is_port(port):
         raise ValueError(f"port {port} is outside 0..65535")
 
 

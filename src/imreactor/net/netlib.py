@@ -56,7 +56,7 @@ from collections.abc import Callable, Hashable
 from typing import Any, Final, Literal, TypeAlias, overload
 
 from .acceptor import Server, listen
-from .connection import Connection, FlowControl, connect
+from .connection import Connection, FlowControl, connect, is_port
 from .loop import EventLoop
 from .timers import Timer
 from .transport import ConnState, Protocol, Transport
@@ -391,14 +391,6 @@ def netlib_get_loop() -> EventLoop:
 # -- server and client roles ---------------------------------------------------------------
 
 
-def _valid_port(port: object, allow_zero: bool) -> bool:
-    # The C API took a uint16_t. getaddrinfo() would instead wrap a larger number
-    # silently (70000 becomes 4464), so an out-of-range port is refused here.
-    if not isinstance(port, int) or isinstance(port, bool):
-        return False
-    return (0 if allow_zero else 1) <= port <= 0xFFFF
-
-
 def netlib_listen(server_ip: str, port: int, callback: Callback, callback_data: Any) -> int:
     """Listen on ``server_ip:port``; return the listening handle, or ``NETLIB_ERROR``.
 
@@ -411,7 +403,7 @@ def netlib_listen(server_ip: str, port: int, callback: Callback, callback_data: 
     other event. ``server_ip`` "" or "0.0.0.0" means every IPv4 interface;
     ``port`` must be in 0..65535.
     """
-    if not _valid_port(port, allow_zero=True):
+    if not is_port(port, allow_zero=True):
         return NETLIB_ERROR
     ctx = _context()
     listener: list[_ListenHandle] = []  # filled below; the factory runs only on accept
@@ -440,7 +432,7 @@ def netlib_connect(server_ip: str, port: int, callback: Callback, callback_data:
     ``NETLIB_INVALID_HANDLE`` means the attempt could not even start (a port
     outside 1..65535, an unresolvable name, no fds left).
     """
-    if not _valid_port(port, allow_zero=False):
+    if not is_port(port, allow_zero=False):
         return NETLIB_INVALID_HANDLE
     ctx = _context()
     protocol = _NetlibProtocol(ctx, None)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import signal
 import sys
 
 from ..net import EventLoop
+from ..net.limits import raise_open_files_limit
 from ..pdu.framing import Frame, FrameProtocol
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM. Prints ``READY <host> <port>`` once listening."""
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_open_files_limit()
     loop = EventLoop(args.poller)
     server = loop.listen(
         args.host, args.port, EchoProtocol, reuse_port=args.reuseport, backlog=4096

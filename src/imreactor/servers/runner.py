@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -12,15 +11,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from ..config import ConfigError, load
 from ..net import EventLoop
+from ..net.limits import raise_open_files_limit
 
 log = logging.getLogger(__name__)
-
-
-def raise_fd_limit() -> None:
-    """Use the hard limit on open files: a server holds one fd per client."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def serve(
@@ -36,7 +29,7 @@ def serve(
     then printed on stdout (tests and ``imreactor up`` wait for it). ``stop()``
     runs after the loop has stopped, before the loop is closed.
     """
-    raise_fd_limit()
+    raise_open_files_limit()  # a server holds one descriptor per client
     loop = EventLoop(poller)
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)

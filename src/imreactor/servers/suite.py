@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..config import dump
+from ..net.connection import is_port
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ READY_TIMEOUT_S = 30.0
 
 def _port(text: str) -> int:
     port = int(text)
-    if not 0 < port <= 0xFFFF:
+    if not is_port(port, allow_zero=False):
         raise argparse.ArgumentTypeError(f"{text} is not a port (1..65535)")
     return port
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import time
 from typing import TYPE_CHECKING, Any
 
 from ...net import ConnState
+from ...net.limits import open_files_limit
 from ...pdu.imconn import Dispatcher
 from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL, is_mobile
 from ...pdu.proto import im_base_define_pb2 as base
@@ -39,8 +39,8 @@ FD_RESERVE = 128
 def connection_capacity(max_conn_cnt: int) -> int:
     """Client connections this process can hold: ``max_conn_cnt``, or fewer if the
     open-file limit leaves fewer (one descriptor each, :data:`FD_RESERVE` kept)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
+    soft = open_files_limit()
+    if soft is None:
         return max_conn_cnt
     return max(1, min(max_conn_cnt, soft - FD_RESERVE))
 
