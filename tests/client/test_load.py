@@ -28,7 +28,7 @@ from imreactor.cli import main as cli_main
 from imreactor.client.load import LoadOptions, LoadReport, create_users, run_load
 from imreactor.http import HttpProtocol, Router
 from imreactor.net import EventLoop, Server
-from imreactor.pdu.imconn import SERVER_SIDE_CLIENT, Dispatcher, ImConnection
+from imreactor.pdu.imconn import Dispatcher, ImConnection, LinkPolicy
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_group_pb2 as group_pb
 from imreactor.pdu.proto import im_login_pb2 as login_pb
@@ -42,6 +42,8 @@ PASSWORD = "imreactor"
 LOAD_USERS = 12
 #: No per-connection rate limit in the way of the loads.
 UNLIMITED = {"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}
+#: msg_server's side of a client link, as the fake server below plays it.
+SERVER_SIDE = LinkPolicy(heartbeat_s=None, timeout_s=120.0, echo_heartbeat=True)
 
 
 def clean(report: LoadReport, **expected: int) -> bool:
@@ -311,7 +313,7 @@ class FakeMsgServer:
         return 200, "application/json", json.dumps(answer).encode()
 
     def _conn(self) -> ImConnection:
-        return FakeConn(self.dispatch, None, SERVER_SIDE_CLIENT)
+        return FakeConn(self.dispatch, None, SERVER_SIDE)
 
     def _login(self, conn: ImConnection, req: Any, seq: int) -> None:
         assert isinstance(conn, FakeConn)

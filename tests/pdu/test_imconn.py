@@ -49,10 +49,10 @@ from imreactor.net.transport import ConnState
 from imreactor.pdu.framing import Frame, FrameProtocol
 from imreactor.pdu.header import HEADER_LEN, budget_ms, encode_pdu, parse_header
 from imreactor.pdu.imconn import (
+    CLIENT_SIDE,
     HEARTBEAT_PDU,
     LATE_SEQS_KEPT,
     SERVER_LINK,
-    SERVER_SIDE_CLIENT,
     Dispatcher,
     ImConnection,
     Keepalive,
@@ -596,7 +596,7 @@ def test_requests_carry_their_budget_only_where_the_policy_says(loop: EventLoop)
     [p] = plain_stub.sent()
     assert parse_header(p).reserved == 0
     assert [budget_ms(w) for w in budget_stub.sent()] == [2500, 0, 0, 0]
-    assert SERVER_LINK.carry_budget and not SERVER_SIDE_CLIENT.carry_budget
+    assert SERVER_LINK.carry_budget and not CLIENT_SIDE.carry_budget
 
 
 def test_closing_fails_every_pending_request(loop: EventLoop, clock: FakeClock) -> None:

@@ -114,10 +114,6 @@ class LinkPolicy:
 SERVER_LINK = LinkPolicy(heartbeat_s=5.0, timeout_s=30.0, carry_budget=True)
 #: A client's side of its msg_server link: heartbeat every 30 s.
 CLIENT_SIDE = LinkPolicy(heartbeat_s=30.0, timeout_s=120.0)
-#: msg_server's side of a desktop client: echo its heartbeats, close after 120 s.
-SERVER_SIDE_CLIENT = LinkPolicy(heartbeat_s=None, timeout_s=120.0, echo_heartbeat=True)
-#: msg_server's side of a mobile client: as desktop, but 300 s.
-SERVER_SIDE_MOBILE = LinkPolicy(heartbeat_s=None, timeout_s=300.0, echo_heartbeat=True)
 
 
 class Dispatcher(Generic[C]):
