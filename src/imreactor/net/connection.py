@@ -137,6 +137,10 @@ class Connection:
         self._paused = False
         self._timer: Timer | None = None  # connect timeout, then the close deadline
         self._close_callbacks: list[CloseCallback] | None = None
+        if loop.debug:
+            # The same object with thread-checked methods (no slots of its own, so
+            # the class can be swapped): normal mode pays nothing for debug mode.
+            self.__class__ = ThreadCheckedConnection
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -361,13 +365,13 @@ class Connection:
             out.append(data)
             room = self._out_room - len(data)
         else:
-            loop = self._loop
-            if self.state is not CONNECTED or self._wbuf is not None or not loop._collecting:
+            batch = self._loop.write_batch
+            if batch is None or self.state is not CONNECTED or self._wbuf is not None:
                 self._write_uncollected(data)
                 return
             # The first write of this iteration: collect it, to be sent at its end.
             self._out = [data]
-            loop._flush_list.append(self)
+            batch.append(self)
             room = self.flow.high_water - len(data)
         # Past the high water mark, collected output is sent at once, so that a
         # producer writing in a loop until pause_writing (asyncio's pattern) is
@@ -567,6 +571,41 @@ class Connection:
         if events != self._events:
             self._events = events
             self._loop.modify_handler(self._fd, events)
+
+
+class ThreadCheckedConnection(Connection):
+    """A :class:`Connection` of a loop in debug mode: every method a protocol calls
+    raises RuntimeError when called from a thread other than the loop's."""
+
+    __slots__ = ()
+
+    def write(self, data: Buffer) -> None:
+        self._loop.check_thread("Connection.write")
+        super().write(data)
+
+    def writelines(self, chunks: Iterable[Buffer]) -> None:
+        self._loop.check_thread("Connection.writelines")
+        super().writelines(chunks)
+
+    def close(self) -> None:
+        self._loop.check_thread("Connection.close")
+        super().close()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self._loop.check_thread("Connection.abort")
+        super().abort(exc)
+
+    def pause_reading(self) -> None:
+        self._loop.check_thread("Connection.pause_reading")
+        super().pause_reading()
+
+    def resume_reading(self) -> None:
+        self._loop.check_thread("Connection.resume_reading")
+        super().resume_reading()
+
+    def add_close_callback(self, callback: CloseCallback) -> None:
+        self._loop.check_thread("Connection.add_close_callback")
+        super().add_close_callback(callback)
 
 
 def flush_collected(conns: Iterable[Connection]) -> None:

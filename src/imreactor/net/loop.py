@@ -13,7 +13,8 @@ Iteration order (written down once, relied on by everything above):
 
 Step 6 is the "flush before sleep" of redis's ``beforeSleep``: while an
 iteration runs, :meth:`Connection.write <imreactor.net.connection.Connection.write>`
-only collects, and each connection that was written to gets one ``send`` for
+only collects (into :attr:`EventLoop.write_batch`, the one hook between the loop
+and its connections), and each connection that was written to gets one ``send`` for
 everything it was given, after the iteration's work and before the next poll.
 Replies to a pipelined read, the deliveries several senders make to one
 recipient, and timer output to one peer travel together: one system call
@@ -28,25 +29,31 @@ callback is logged. Neither stops the loop. ``KeyboardInterrupt`` and
 ``SystemExit`` are not caught.
 
 Thread-safety: only :meth:`EventLoop.call_soon_threadsafe` and :meth:`EventLoop.stop`
-may be called from other threads; everything else belongs to the loop thread.
+may be called from other threads; everything else belongs to the loop thread. In
+debug mode (``EventLoop(debug=True)`` or ``IMREACTOR_DEBUG=1``) the loop's and its
+connections' loop-thread methods raise RuntimeError when called from another thread
+while the loop runs; normal mode does not check, and pays nothing for the check.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import os
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from .acceptor import Server
     from .connection import Connection
+    from .transport import Protocol as TransportProtocol
 
-from .connection import flush_collected
+from .connection import DEFAULT_FLOW, FlowControl, flush_collected
 from .poller import ERROR, READABLE, WRITABLE, Poller, make_poller
 from .timers import Timer, TimerQueue
 
@@ -139,20 +146,32 @@ class EventLoop:
         self,
         poller: str | Poller | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        debug: bool | None = None,
     ) -> None:
         self.poller: Poller = (
             poller if poller is not None and not isinstance(poller, str) else (make_poller(poller))
         )
         self.time = clock
+        #: Debug mode (default: ``$IMREACTOR_DEBUG`` set to anything but "" or "0"):
+        #: loop-thread-only methods of the loop and of its connections raise
+        #: RuntimeError when called from another thread while the loop runs.
+        #: Checked only in debug mode, so the normal data path pays nothing for it.
+        if debug is None:
+            debug = os.environ.get("IMREACTOR_DEBUG", "0") not in ("", "0")
+        self.debug = debug
         self._handlers: dict[int, IOHandler] = {}
         # fds unregistered while a batch of events is being dispatched: later events
         # of that batch for the same fd number belong to the closed socket (the number
         # may already be reused by a new one) and are dropped.
         self._stale: set[int] = set()
-        # Connections given output during this iteration, flushed at its end (step 6).
-        # ``_collecting`` is True while an iteration runs handlers and callbacks.
-        self._collecting = False
-        self._flush_list: list[Connection] = []
+        #: The write batch (step 6): ``None`` outside an iteration; while an iteration
+        #: runs handlers and callbacks, the list of connections that collected output
+        #: in it. A connection appends itself on its first collected write; the loop
+        #: sends each one's output once at the end of the iteration. Read by
+        #: connections, written only by the loop.
+        self.write_batch: list[Connection] | None = None
+        self._spare_batch: list[Connection] = []
         self._timers = TimerQueue()
         self._ready: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             collections.deque()
@@ -168,6 +187,8 @@ class EventLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.add_handler(self._wake_r.fileno(), READABLE, _Waker(self, self._wake_r))
+        if self.debug:
+            _check_loop_thread(self)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -184,6 +205,17 @@ class EventLoop:
     def in_loop_thread(self) -> bool:
         """True when called from the thread running this loop (or if it is not running)."""
         return self._thread_id is None or self._thread_id == threading.get_ident()
+
+    def check_thread(self, what: str) -> None:
+        """Raise RuntimeError if ``what`` is called from a thread other than the loop's.
+
+        Used by debug mode (:attr:`debug`); callable by anyone who wants the check.
+        """
+        if not self.in_loop_thread():
+            raise RuntimeError(
+                f"{what} called from thread {threading.current_thread().name!r}; "
+                "it belongs to the loop thread (use call_soon_threadsafe)"
+            )
 
     # -- fd registration (used by connections, listeners; loop thread only) ------------------
 
@@ -209,21 +241,53 @@ class EventLoop:
 
     def listen(
         self,
-        host: str | list[str] | None,
+        host: str | Iterable[str] | None,
         port: int,
-        protocol_factory: Callable[[], Any],
-        **kw: Any,
+        protocol_factory: Callable[[], TransportProtocol],
+        *,
+        backlog: int = 1024,
+        reuse_port: bool = False,
+        flow: FlowControl = DEFAULT_FLOW,
+        nodelay: bool = True,
     ) -> Server:
         """Listen and accept; see :func:`imreactor.net.acceptor.listen` for the options."""
         from .acceptor import listen
 
-        return listen(self, host, port, protocol_factory, **kw)
+        return listen(
+            self,
+            host,
+            port,
+            protocol_factory,
+            backlog=backlog,
+            reuse_port=reuse_port,
+            flow=flow,
+            nodelay=nodelay,
+        )
 
-    def connect(self, host: str, port: int, protocol: Any, **kw: Any) -> Connection:
+    def connect(
+        self,
+        host: str,
+        port: int,
+        protocol: TransportProtocol,
+        *,
+        timeout_s: float | None = 10.0,
+        flow: FlowControl = DEFAULT_FLOW,
+        nodelay: bool = True,
+        source: tuple[str, int] | None = None,
+    ) -> Connection:
         """Connect without blocking; see :func:`imreactor.net.connection.connect`."""
         from .connection import connect
 
-        return connect(self, host, port, protocol, **kw)
+        return connect(
+            self,
+            host,
+            port,
+            protocol,
+            timeout_s=timeout_s,
+            flow=flow,
+            nodelay=nodelay,
+            source=source,
+        )
 
     # -- callbacks and timers ----------------------------------------------------------------
 
@@ -353,34 +417,32 @@ class EventLoop:
         # calling them as self.x() would miss CPython's method-call fast path.
         clock = self.time
         timers = self._timers
-        heap = timers._heap
         if self._ready or self._stopping:
             timeout: float | None = 0.0
         else:
             timeout = max_wait_s
-            if heap:
-                # The earliest entry is live nearly always; only a cancelled one
-                # needs next_deadline() to drop it and look further.
-                deadline = heap[0][0] if not heap[0][2].cancelled else timers.next_deadline()
-                if deadline is not None:
-                    until = deadline - clock()
-                    if until < 0.0:
-                        until = 0.0
-                    if timeout is None or until < timeout:
-                        timeout = until
+            deadline = timers.next_deadline()
+            if deadline is not None:
+                until = deadline - clock()
+                if until < 0.0:
+                    until = 0.0
+                if timeout is None or until < timeout:
+                    timeout = until
         poll = self.poller.poll
         try:
             events = poll(timeout)
         except InterruptedError:
             events = []
-        self._collecting = True
+        batch = self._spare_batch
+        self.write_batch = batch
         try:
             if events:
                 self._dispatch(events)
-            heap = timers._heap  # again: handlers may have added timers, or compacted it
-            if heap:
+            # Again after dispatch: handlers may have added earlier timers.
+            deadline = timers.next_deadline()
+            if deadline is not None:
                 now = clock()
-                if heap[0][0] <= now:
+                if deadline <= now:
                     timers.run_due(now)
             ready = self._ready
             if ready:
@@ -398,12 +460,14 @@ class EventLoop:
                         log.exception("loop callback %r failed", entry.callback)
         finally:
             # Step 6. Writes made from here on (a pause_writing callback, say) go out
-            # at once, since _collecting is False.
-            self._collecting = False
-            conns = self._flush_list
-            if conns:
-                self._flush_list = []
-                flush_collected(conns)
+            # at once, since there is no batch. The list is reused, not reallocated,
+            # so an idle iteration allocates nothing for it.
+            self.write_batch = None
+            if batch:
+                try:
+                    flush_collected(batch)
+                finally:
+                    batch.clear()
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         get = self._handlers.get
@@ -455,3 +519,41 @@ class EventLoop:
 
 def _noop_signal_handler(signum: int, frame: object) -> None:
     pass
+
+
+#: The loop's methods that belong to its thread (all but call_soon_threadsafe and stop).
+LOOP_THREAD_ONLY = (
+    "add_handler",
+    "modify_handler",
+    "remove_handler",
+    "listen",
+    "connect",
+    "call_soon",
+    "call_later",
+    "call_at",
+    "call_every",
+    "add_loop_callback",
+    "add_signal_handler",
+    "remove_signal_handler",
+    "run_once",
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def thread_checked(loop: EventLoop, name: str, method: _F) -> _F:
+    """``method``, raising RuntimeError first when called off ``loop``'s thread."""
+
+    @functools.wraps(method)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        loop.check_thread(name)
+        return method(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+def _check_loop_thread(loop: EventLoop) -> None:
+    # Debug mode wraps the bound methods on this one instance: a loop not in
+    # debug mode runs the plain methods, with no flag test on any call.
+    for name in LOOP_THREAD_ONLY:
+        setattr(loop, name, thread_checked(loop, f"EventLoop.{name}", getattr(loop, name)))
