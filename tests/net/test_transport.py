@@ -5,7 +5,9 @@ protocols, made by a :data:`PairMaker`: real TCP socket pairs over loopback on
 every poller backend this OS has, and the in-memory pair of
 :mod:`imreactor.net.testing`. Whatever a protocol may rely on (the
 :class:`~imreactor.net.transport.Transport` contract) is checked here the same way
-for each; a new transport (TLS, WebSocket) adds its maker to :func:`pair_kinds`.
+for each; a new transport (WebSocket, say) adds its maker to :func:`pair_kinds`.
+TLS runs the whole suite on every backend, over certificates of a private CA
+made once per run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from imreactor.net import ConnState, EventLoop, FlowControl, PeerTooSlow, Transp
 from imreactor.net.poller import available
 from imreactor.net.testing import transport_pair
 
+from . import pki
 from .helpers import Recorder, drive_until, run_for
 
 
@@ -65,6 +68,23 @@ def _tcp(loop: EventLoop, flow: FlowControl) -> Pair:
     return Pair(loop, pa.conn, pb.conn, pa, pb)
 
 
+def _tls(loop: EventLoop, flow: FlowControl) -> Pair:
+    accepted: list[Flow] = []
+
+    def factory() -> Flow:
+        accepted.append(Flow())
+        return accepted[-1]
+
+    server = loop.listen("127.0.0.1", 0, factory, flow=flow, ssl=pki.server_ctx())
+    pa = Flow()
+    loop.connect("127.0.0.1", server.port, pa, flow=flow, ssl=pki.client_ctx())
+    drive_until(loop, lambda: pa.conn is not None and accepted and accepted[0].conn, what="made")
+    server.close()
+    pb = accepted[0]
+    assert pa.conn is not None and pb.conn is not None
+    return Pair(loop, pa.conn, pb.conn, pa, pb)
+
+
 def _memory(loop: EventLoop, flow: FlowControl) -> Pair:
     pa, pb = Flow(), Flow()
     a, b = transport_pair(loop, pa, pb, flow=flow, chunk_size=1000)
@@ -74,13 +94,16 @@ def _memory(loop: EventLoop, flow: FlowControl) -> Pair:
 def pair_kinds() -> list[object]:
     kinds: list[object] = [pytest.param(("select", _memory), id="memory")]
     for backend in ("epoll", "kqueue", "poll", "select"):
-        if backend in available():
-            kinds.append(pytest.param((backend, _tcp), id=f"tcp-{backend}"))
-        else:
-            why = f"the {backend} poller does not exist on {sys.platform}"
-            kinds.append(
-                pytest.param((backend, _tcp), id=f"tcp-{backend}", marks=pytest.mark.skip(why))
-            )
+        for name, maker in (("tcp", _tcp), ("tls", _tls)):
+            if backend in available():
+                kinds.append(pytest.param((backend, maker), id=f"{name}-{backend}"))
+            else:
+                why = f"the {backend} poller does not exist on {sys.platform}"
+                kinds.append(
+                    pytest.param(
+                        (backend, maker), id=f"{name}-{backend}", marks=pytest.mark.skip(why)
+                    )
+                )
     return kinds
 
 

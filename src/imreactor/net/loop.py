@@ -46,7 +46,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from ssl import SSLContext
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 if TYPE_CHECKING:
     from .acceptor import Server
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 from .connection import DEFAULT_FLOW, FlowControl, flush_collected
 from .poller import ERROR, READABLE, WRITABLE, Poller, make_poller
 from .timers import Timer, TimerQueue
+from .tls import HANDSHAKE_TIMEOUT_S, TLSTransport, accepting, connect_tls
 
 log = logging.getLogger(__name__)
 
@@ -249,20 +251,60 @@ class EventLoop:
         reuse_port: bool = False,
         flow: FlowControl = DEFAULT_FLOW,
         nodelay: bool = True,
+        ssl: SSLContext | None = None,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
     ) -> Server:
-        """Listen and accept; see :func:`imreactor.net.acceptor.listen` for the options."""
+        """Listen and accept; see :func:`imreactor.net.acceptor.listen` for the options.
+
+        With ``ssl`` every accepted connection is TLS (:mod:`imreactor.net.tls`):
+        ``protocol_factory`` is called once a handshake is done, and its protocol
+        gets a :class:`~imreactor.net.tls.TLSTransport`.
+        """
         from .acceptor import listen
 
+        factory: Callable[[], TransportProtocol] = protocol_factory
+        if ssl is not None:
+            factory = accepting(self, ssl, protocol_factory, handshake_timeout_s)
         return listen(
             self,
             host,
             port,
-            protocol_factory,
+            factory,
             backlog=backlog,
             reuse_port=reuse_port,
             flow=flow,
             nodelay=nodelay,
         )
+
+    @overload
+    def connect(
+        self,
+        host: str,
+        port: int,
+        protocol: TransportProtocol,
+        *,
+        timeout_s: float | None = 10.0,
+        flow: FlowControl = DEFAULT_FLOW,
+        nodelay: bool = True,
+        source: tuple[str, int] | None = None,
+        ssl: None = None,
+    ) -> Connection: ...
+
+    @overload
+    def connect(
+        self,
+        host: str,
+        port: int,
+        protocol: TransportProtocol,
+        *,
+        timeout_s: float | None = 10.0,
+        flow: FlowControl = DEFAULT_FLOW,
+        nodelay: bool = True,
+        source: tuple[str, int] | None = None,
+        ssl: SSLContext,
+        server_hostname: str | None = None,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+    ) -> TLSTransport: ...
 
     def connect(
         self,
@@ -274,10 +316,31 @@ class EventLoop:
         flow: FlowControl = DEFAULT_FLOW,
         nodelay: bool = True,
         source: tuple[str, int] | None = None,
-    ) -> Connection:
-        """Connect without blocking; see :func:`imreactor.net.connection.connect`."""
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+    ) -> Connection | TLSTransport:
+        """Connect without blocking; see :func:`imreactor.net.connection.connect`.
+
+        With ``ssl``, a TLS connection (:func:`imreactor.net.tls.connect_tls`):
+        ``server_hostname`` (default ``host``) is sent as SNI and verified.
+        """
         from .connection import connect
 
+        if ssl is not None:
+            return connect_tls(
+                self,
+                host,
+                port,
+                protocol,
+                ssl,
+                server_hostname=server_hostname,
+                handshake_timeout_s=handshake_timeout_s,
+                timeout_s=timeout_s,
+                flow=flow,
+                nodelay=nodelay,
+                source=source,
+            )
         return connect(
             self,
             host,

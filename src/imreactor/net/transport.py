@@ -13,6 +13,8 @@ States (:class:`ConnState`)::
                │  (connect fails)  │  (abort / error)    ▲
                └───────────────────┴─────────────────────┘
 
+(TLS adds HANDSHAKING between CONNECTING and CONNECTED: see :mod:`imreactor.net.tls`.)
+
 Protocol call order (what every transport guarantees its :class:`Protocol`):
 
 - ``connection_made(transport)`` once, when CONNECTED; for an outgoing connection
@@ -45,6 +47,8 @@ class ConnState(enum.Enum):
     IDLE = "idle"
     LISTENING = "listening"
     CONNECTING = "connecting"
+    #: TLS only: TCP is connected, the handshake is running (:mod:`imreactor.net.tls`).
+    HANDSHAKING = "handshaking"
     CONNECTED = "connected"
     CLOSING = "closing"
     CLOSED = "closed"
