@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -62,6 +63,8 @@ from imreactor.net.netlib import (
     netlib_send,
     netlib_stop_event,
 )
+
+from . import pki
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 HOST = "127.0.0.1"
@@ -1053,3 +1056,49 @@ def test_example_client_reports_a_refused_connection() -> None:
     assert result.returncode == 1
     assert result.stdout.startswith("FAIL ")
     assert "refused" in result.stdout
+
+
+# -- TLS (not in the original) -------------------------------------------------------------
+
+
+def test_tls_listen_and_connect_echo() -> None:
+    listener = netlib_listen(HOST, 0, echo_listener, None, ssl=pki.server_ctx())
+    assert listener > 0
+    client_rec = Recorder()
+    client = netlib_connect(
+        HOST, local_port(listener), client_rec, None, ssl=pki.client_ctx(), server_hostname=HOST
+    )
+    assert client > 0
+    run_until(lambda: NETLIB_MSG_CONFIRM in client_rec.msgs())
+    assert netlib_send(client, b"over tls") == 8
+    got = bytearray()
+    run_until(lambda: drain(client, got) is not None and bytes(got) == b"over tls")
+    assert netlib_option(client, NETLIB_OPT_GET_REMOTE_PORT) == local_port(listener)
+    assert netlib_option(client, NETLIB_OPT_SET_SEND_BUF_SIZE, 65536) == NETLIB_OK
+    assert netlib_close(client) == NETLIB_OK
+    assert netlib_close(listener) == NETLIB_OK
+
+
+def test_tls_connect_with_a_wrong_host_name_closes_with_the_verification_error() -> None:
+    listener = netlib_listen(HOST, 0, echo_listener, None, ssl=pki.server_ctx())
+    client_rec = Recorder()
+    client = netlib_connect(
+        HOST, local_port(listener), client_rec, None, ssl=pki.client_ctx(), server_hostname="x.y"
+    )
+    run_until(lambda: NETLIB_MSG_CLOSE in client_rec.msgs())
+    [(msg, handle, param)] = client_rec.events
+    assert (msg, handle) == (NETLIB_MSG_CLOSE, client)
+    assert isinstance(param, ssl.SSLCertVerificationError)
+    assert netlib_close(listener) == NETLIB_OK
+
+
+def test_plain_tcp_to_a_netlib_tls_listener_never_becomes_a_handle() -> None:
+    listen_rec = Recorder()
+    listener = netlib_listen(HOST, 0, listen_rec, None, ssl=pki.server_ctx())
+    client_rec = Recorder()
+    client = netlib_connect(HOST, local_port(listener), client_rec, None)  # no TLS
+    run_until(lambda: NETLIB_MSG_CONFIRM in client_rec.msgs())
+    assert netlib_send(client, b"\x16\x03\x01\x00\x05hello") > 0  # not a ClientHello
+    run_until(lambda: NETLIB_MSG_CLOSE in client_rec.msgs())
+    assert listen_rec.events == []
+    assert netlib_close(listener) == NETLIB_OK

@@ -53,12 +53,14 @@ import itertools
 import logging
 import socket
 from collections.abc import Callable, Hashable
+from ssl import SSLContext
 from typing import Any, Final, Literal, TypeAlias, overload
 
 from .acceptor import Server, listen
 from .connection import Connection, FlowControl, connect, is_port
 from .loop import EventLoop
 from .timers import Timer
+from .tls import TLSTransport, accepting, connect_tls
 from .transport import ConnState, Protocol, Transport
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,7 @@ class _ConnHandle(_Handle):
         handle: int,
         callback: Callback,
         data: Any,
-        conn: Connection,
+        conn: Connection | TLSTransport,
         remote: tuple[str, int] | None = None,
     ) -> None:
         super().__init__(handle, callback, data)
@@ -221,7 +223,8 @@ class _NetlibProtocol(Protocol):
         self.rec: _ConnHandle | None = None
 
     def connection_made(self, conn: Transport) -> None:
-        assert isinstance(conn, Connection)  # the netlib facade runs on TCP connections
+        # The netlib facade runs on TCP connections, plain or under TLS.
+        assert isinstance(conn, Connection | TLSTransport)
         listener = self._listener
         if listener is None:
             rec = self.rec
@@ -391,7 +394,14 @@ def netlib_get_loop() -> EventLoop:
 # -- server and client roles ---------------------------------------------------------------
 
 
-def netlib_listen(server_ip: str, port: int, callback: Callback, callback_data: Any) -> int:
+def netlib_listen(
+    server_ip: str,
+    port: int,
+    callback: Callback,
+    callback_data: Any,
+    *,
+    ssl: SSLContext | None = None,
+) -> int:
     """Listen on ``server_ip:port``; return the listening handle, or ``NETLIB_ERROR``.
 
     The original returned ``NETLIB_OK``; returning the handle (always > 0) keeps
@@ -402,15 +412,20 @@ def netlib_listen(server_ip: str, port: int, callback: Callback, callback_data: 
     data, to be replaced with :func:`netlib_option`. A listening handle gets no
     other event. ``server_ip`` "" or "0.0.0.0" means every IPv4 interface;
     ``port`` must be in 0..65535.
+
+    With ``ssl`` (a server ``SSLContext``; not in the original) every accepted
+    connection is TLS: its CONNECT event comes once the handshake is done, and
+    a peer whose handshake fails is logged and never becomes a handle.
     """
     if not is_port(port, allow_zero=True):
         return NETLIB_ERROR
     ctx = _context()
     listener: list[_ListenHandle] = []  # filled below; the factory runs only on accept
 
-    def factory() -> Protocol:
+    def plain() -> Protocol:
         return _NetlibProtocol(ctx, listener[0])
 
+    factory: Callable[[], Protocol] = plain if ssl is None else accepting(ctx.loop, ssl, plain)
     try:
         server = listen(ctx.loop, server_ip or "0.0.0.0", port, factory, flow=_FLOW)
     except (OSError, OverflowError, ValueError) as exc:
@@ -422,7 +437,15 @@ def netlib_listen(server_ip: str, port: int, callback: Callback, callback_data: 
     return rec.handle
 
 
-def netlib_connect(server_ip: str, port: int, callback: Callback, callback_data: Any) -> int:
+def netlib_connect(
+    server_ip: str,
+    port: int,
+    callback: Callback,
+    callback_data: Any,
+    *,
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> int:
     """Start connecting to ``server_ip:port``; return the new handle or ``NETLIB_INVALID_HANDLE``.
 
     Then, from the loop, ``NETLIB_MSG_CONFIRM`` when connected, or
@@ -431,13 +454,33 @@ def netlib_connect(server_ip: str, port: int, callback: Callback, callback_data:
     back before returning. A host name is resolved here, blocking.
     ``NETLIB_INVALID_HANDLE`` means the attempt could not even start (a port
     outside 1..65535, an unresolvable name, no fds left).
+
+    With ``ssl`` (a client ``SSLContext``; not in the original) the connection is
+    TLS: CONFIRM comes after the handshake, and a failed verification of the
+    server's certificate or host name (``server_hostname``, default
+    ``server_ip``) is a CLOSE with the ``ssl.SSLCertVerificationError``.
     """
     if not is_port(port, allow_zero=False):
         return NETLIB_INVALID_HANDLE
     ctx = _context()
     protocol = _NetlibProtocol(ctx, None)
     try:
-        conn = connect(ctx.loop, server_ip, port, protocol, timeout_s=CONNECT_TIMEOUT_S, flow=_FLOW)
+        conn: Connection | TLSTransport
+        if ssl is None:
+            conn = connect(
+                ctx.loop, server_ip, port, protocol, timeout_s=CONNECT_TIMEOUT_S, flow=_FLOW
+            )
+        else:
+            conn = connect_tls(
+                ctx.loop,
+                server_ip,
+                port,
+                protocol,
+                ssl,
+                server_hostname=server_hostname,
+                timeout_s=CONNECT_TIMEOUT_S,
+                flow=_FLOW,
+            )
     except (OSError, OverflowError, ValueError, UnicodeError) as exc:
         log.warning("netlib_connect to %s:%s failed: %s", server_ip, port, exc)
         return NETLIB_INVALID_HANDLE

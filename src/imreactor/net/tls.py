@@ -38,6 +38,7 @@ States (the handshake is one of them)::
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -204,6 +205,16 @@ class TLSTransport(BaseProtocol):
     def lower(self) -> Connection | None:
         """The TCP connection that carries the ciphertext (for socket options)."""
         return self._lower
+
+    @property
+    def fileno(self) -> int:
+        """The TCP socket's descriptor (-1 before TCP exists or once closed)."""
+        return self._lower.fileno if self._lower is not None else -1
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The TCP socket below (for socket options), or None once closed."""
+        return self._lower.socket if self._lower is not None else None
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
