@@ -158,3 +158,18 @@ def issue(
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_private(files.key, _key_pem(key))
     return files
+
+
+def link_files(directory: Path) -> tuple[CertFiles, CertFiles]:
+    """The cluster CA and this machine's link certificate in ``directory``, made if absent.
+
+    Returns ``(ca, link)``. The link certificate identifies the servers of this
+    machine to each other (and to the servers of machines that trust the same CA).
+    """
+    ca = CertFiles(directory / "ca.pem", directory / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        ca = create_ca(directory, "imreactor cluster CA")
+    link = CertFiles(directory / "link.pem", directory / "link.key")
+    if not (link.cert.exists() and link.key.exists()):
+        link = issue(ca, directory, "link", hosts=["imreactor-link"])
+    return ca, link

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from typing import Any
 
 import pytest
 
+from imreactor import pki
 from imreactor.client import Client
+from imreactor.servers.linkauth import LinkSecurity, link_server_context
 from imreactor.servers.suite import (
     DEMO_PASSWORD,
     Child,
@@ -170,3 +173,15 @@ def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
 def suite(make_suite: SuiteFactory) -> RunningSuite:
     """A suite with default settings."""
     return make_suite()
+
+
+def link_server_ssl(suite: RunningSuite) -> ssl.SSLContext:
+    """A server context with ``suite``'s link certificate, for a test double that
+    plays a server of the cluster (a fake route_server, say)."""
+    ca, link = pki.link_files(suite.layout.data_dir.resolve() / "pki")
+    security = LinkSecurity(
+        link_ca_file=str(ca.cert), link_cert_file=str(link.cert), link_key_file=str(link.key)
+    )
+    context = link_server_context(security, "test")
+    assert context is not None
+    return context

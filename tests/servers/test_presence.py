@@ -30,7 +30,7 @@ from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.pdu.proto import im_server_pb2 as server_pb
 from imreactor.servers.route.server import WATCH_ADD, WATCH_SET
 
-from .conftest import RunningSuite, SuiteFactory
+from .conftest import RunningSuite, SuiteFactory, link_server_ssl
 from .test_route_server import PduSocket, Received
 
 ONLINE, OFFLINE = base.USER_STATUS_ONLINE, base.USER_STATUS_OFFLINE
@@ -205,8 +205,11 @@ class FakeRoute:
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.link: PduSocket | None = None
 
-    def accept(self) -> PduSocket:
-        self.link = PduSocket(self.listener.accept()[0])
+    def accept(self, suite: RunningSuite) -> PduSocket:
+        """The next link from ``suite``'s msg_server, over its authenticated TLS."""
+        sock = self.listener.accept()[0]
+        sock.settimeout(15)
+        self.link = PduSocket(link_server_ssl(suite).wrap_socket(sock, server_side=True))
         return self.link
 
     def next_stat_req(self) -> Received:
@@ -251,7 +254,7 @@ def test_msg_server_subscribes_route_server_to_what_its_clients_watch(
     suite = make_suite(
         {"msg": {"route_servers": [fake_route.address], "reconnect_delays_s": [0.2]}}
     )
-    link = fake_route.accept()
+    link = fake_route.accept(suite)
     assert link.recv().message == server_pb.IMOnlineUserInfo()
     first = fake_route.next_stat_req()  # makes the link a subscribed one, even empty
     assert (first.message.attach_data, list(first.message.user_id_list)) == (WATCH_SET, [])
@@ -277,7 +280,7 @@ def test_msg_server_subscribes_route_server_to_what_its_clients_watch(
     assert notifies_until(alice, (bob, ONLINE)) == [(bob, OFFLINE), (bob, ONLINE)]
     # A reconnect says again who is here and what is watched.
     link.close()
-    link = fake_route.accept()
+    link = fake_route.accept(suite)
     info = link.recv().message
     assert [(s.user_id, s.status) for s in info.user_stat_list] == [(alice.user_id, ONLINE)]
     again = fake_route.next_stat_req()
@@ -288,7 +291,7 @@ def test_a_broadcast_msg_server_asks_route_server_for_no_subscription(
     make_suite: SuiteFactory, fake_route: FakeRoute
 ) -> None:
     suite = make_suite({"msg": {"route_servers": [fake_route.address], "presence": "broadcast"}})
-    link = fake_route.accept()
+    link = fake_route.accept(suite)
     assert link.recv().message == server_pb.IMOnlineUserInfo()
     alice = suite.login("alice")
     bob = user_ids(alice)["bob"]

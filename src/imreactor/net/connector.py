@@ -16,9 +16,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
+from ssl import SSLContext
 from typing import TYPE_CHECKING
 
 from .connection import DEFAULT_FLOW, Connection, FlowControl, connect
+from .tls import TLSTransport, connect_tls
 from .transport import ConnState, Protocol, Transport
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ class Connector:
         backoff: Backoff | None = None,
         connect_timeout_s: float = 10.0,
         flow: FlowControl = DEFAULT_FLOW,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
@@ -84,13 +87,14 @@ class Connector:
         self.backoff = backoff or Backoff()
         self.connect_timeout_s = connect_timeout_s
         self.flow = flow
+        self.ssl = ssl  #: with a context, every attempt is a TLS connection
         self.attempts = 0  #: connection attempts made so far
-        self._conn: Connection | None = None
+        self._conn: Connection | TLSTransport | None = None
         self._retry: Timer | None = None
         self._running = False
 
     @property
-    def connection(self) -> Connection | None:
+    def connection(self) -> Connection | TLSTransport | None:
         """The connection, if it is CONNECTED."""
         conn = self._conn
         return conn if conn is not None and conn.state is ConnState.CONNECTED else None
@@ -121,14 +125,26 @@ class Connector:
             return
         self.attempts += 1
         try:
-            conn = connect(
-                self.loop,
-                self.host,
-                self.port,
-                self.protocol_factory(),
-                timeout_s=self.connect_timeout_s,
-                flow=self.flow,
-            )
+            conn: Connection | TLSTransport
+            if self.ssl is None:
+                conn = connect(
+                    self.loop,
+                    self.host,
+                    self.port,
+                    self.protocol_factory(),
+                    timeout_s=self.connect_timeout_s,
+                    flow=self.flow,
+                )
+            else:
+                conn = connect_tls(
+                    self.loop,
+                    self.host,
+                    self.port,
+                    self.protocol_factory(),
+                    self.ssl,
+                    timeout_s=self.connect_timeout_s,
+                    flow=self.flow,
+                )
         except Exception as exc:  # resolution failure, factory error, fd exhaustion
             log.warning("connect to %s:%s failed: %r", self.host, self.port, exc)
             self._schedule()

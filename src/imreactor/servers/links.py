@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import Any
 
 from ..net import Backoff, Connector, EventLoop
@@ -37,7 +38,8 @@ class LinkSet:
     """Links to every peer of one kind. Loop thread only.
 
     ``on_up(link)`` runs when a link is established (to announce ourselves),
-    ``on_down(link)`` when it is lost.
+    ``on_down(link)`` when it is lost. With ``ssl`` (servers.linkauth) every
+    link is mutually authenticated TLS.
     """
 
     def __init__(
@@ -52,6 +54,7 @@ class LinkSet:
         backoff_delays_s: tuple[float, ...] | None = None,
         on_up: Callable[[Link], Any] | None = None,
         on_down: Callable[[Link], Any] | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.loop = loop
         self.kind = kind
@@ -67,6 +70,7 @@ class LinkSet:
                 port,
                 lambda: Link(self, dispatcher, policy),
                 backoff=Backoff(backoff_delays_s) if backoff_delays_s else None,
+                ssl=ssl,
             )
             for host, port in addresses
         ]

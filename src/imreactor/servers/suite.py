@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .. import pki
 from ..config import dump
 from ..net.connection import is_port
 
@@ -75,6 +76,8 @@ class SuiteLayout:
     """Where every server of a one-machine suite listens, and what it stores into.
 
     ``overrides`` adds or replaces keys per role (``{"msg": {"msg_burst": 10}}``).
+    ``link_auth``: links between the servers are mutual TLS with a cluster CA kept
+    in ``<data_dir>/pki`` (made on first use); False leaves them plain TCP.
     """
 
     data_dir: Path
@@ -86,6 +89,7 @@ class SuiteLayout:
     route_ports: list[int] = field(default_factory=list)
     database: str = ""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    link_auth: bool = True
 
     @property
     def database_url(self) -> str:
@@ -129,8 +133,17 @@ class SuiteLayout:
                     "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
                 }
             }
+        link_keys: dict[str, str] = {}
+        if self.link_auth:
+            ca, link = pki.link_files(self.data_dir.resolve() / "pki")
+            link_keys = {
+                "link_ca_file": str(ca.cert),
+                "link_cert_file": str(link.cert),
+                "link_key_file": str(link.key),
+            }
         for tables in files.values():
             for role, table in tables.items():
+                table.update(link_keys)
                 table.update(self.overrides.get(role, {}))
         return files
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import check_minimums, option
+from ..linkauth import LinkSecurity
 
 
 @dataclass
-class DbProxyConfig:
+class DbProxyConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address msg_servers connect to")
     port: int = option(10600, "TCP port for msg_servers")
     database: str = option(
@@ -45,6 +46,7 @@ class DbProxyConfig:
     )
 
     def __post_init__(self) -> None:
+        self.check_link_security("dbproxy")
         check_minimums(
             self,
             "dbproxy",

@@ -42,6 +42,7 @@ from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ...storage import ConflictError, NotFoundError, Storage, StorageError, open_storage
 from ...storage.records import GroupType, LoginRecord, NewMessage, SessionType, User
+from ..linkauth import link_server_context
 from .config import DbProxyConfig
 from .credentials import CredentialCache
 from .writer import GroupCommitWriter
@@ -138,6 +139,7 @@ class DbProxyServer:
             c.listen_host,
             c.port,
             lambda: ImConnection(self.dispatcher, self.keepalive, self.policy),
+            ssl=link_server_context(c, "dbproxy"),
         )
 
     @property

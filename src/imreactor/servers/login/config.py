@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import option
+from ..linkauth import LinkSecurity
 
 
 @dataclass
-class LoginConfig:
+class LoginConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address for all of login_server's ports")
     http_port: int = option(8080, "HTTP port for GET /msg_server, /healthz, /metrics")
     msg_server_port: int = option(8100, "TCP port msg_servers register on")
@@ -18,3 +19,6 @@ class LoginConfig:
     discovery: str = option("", "discovery URL given to clients")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
     timeout_s: float = option(30.0, "forget a msg_server silent for this long")
+
+    def __post_init__(self) -> None:
+        self.check_link_security("login")

@@ -21,6 +21,7 @@ from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_server_pb2 as server_pb
+from ..linkauth import link_server_context
 from .config import LoginConfig
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,14 @@ class LoginServer:
         self._servers.append(
             self.loop.listen(c.listen_host, c.http_port, lambda: HttpProtocol(self.router))
         )
-        self._servers.append(self.loop.listen(c.listen_host, c.msg_server_port, self._msg_link))
+        self._servers.append(
+            self.loop.listen(
+                c.listen_host,
+                c.msg_server_port,
+                self._msg_link,
+                ssl=link_server_context(c, "login"),
+            )
+        )
         if c.client_port:
             self._servers.append(self.loop.listen(c.listen_host, c.client_port, self._client_link))
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import ConfigError, check_minimums, option
+from ..linkauth import LinkSecurity
 
 #: The values of ``presence``: who gets an ``IMUserStatNotify`` (docs/servers.md, "Presence").
 PRESENCE_MODES = ("subscribed", "broadcast")
 
 
 @dataclass
-class MsgConfig:
+class MsgConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address clients connect to")
     port: int = option(8000, "TCP port for clients")
     ip1: str = option("127.0.0.1", "address advertised to clients (priorIP)")
@@ -82,6 +83,7 @@ class MsgConfig:
     )
 
     def __post_init__(self) -> None:
+        self.check_link_security("msg")
         check_minimums(
             self,
             "msg",

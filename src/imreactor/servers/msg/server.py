@@ -22,6 +22,7 @@ from ...net import EventLoop, Server
 from ...net.connection import parse_address
 from ...pdu.imconn import Dispatcher, Keepalive, LinkPolicy
 from ...pdu.proto import im_server_pb2 as server_pb
+from ..linkauth import link_client_context
 from ..links import Link, LinkSet
 from .client import ClientConn, UserConns
 from .config import MsgConfig
@@ -84,6 +85,7 @@ class MsgServer:
         self.presence.register(self.client_dispatch, route_dispatch)
         self.relay.register(route_dispatch)
 
+        link_ssl = link_client_context(config, "msg")
         self.db = LinkSet(
             loop,
             "db_proxy",
@@ -91,6 +93,7 @@ class MsgServer:
             Dispatcher[Link](),
             self.keepalive,
             backoff_delays_s=delays,
+            ssl=link_ssl,
         )
         self.login = LinkSet(
             loop,
@@ -100,6 +103,7 @@ class MsgServer:
             self.keepalive,
             backoff_delays_s=delays,
             on_up=self._announce_to_login,
+            ssl=link_ssl,
         )
         self.route = LinkSet(
             loop,
@@ -109,6 +113,7 @@ class MsgServer:
             self.keepalive,
             backoff_delays_s=delays,
             on_up=self.relay.announce,
+            ssl=link_ssl,
         )
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import check_minimums, option
+from ..linkauth import LinkSecurity
 
 
 @dataclass
-class RouteConfig:
+class RouteConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address route_server listens on")
     port: int = option(8200, "TCP port msg_servers connect to")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
@@ -21,4 +22,5 @@ class RouteConfig:
     )
 
     def __post_init__(self) -> None:
+        self.check_link_security("route")
         check_minimums(self, "route", {"max_link_subscriptions": 0})

@@ -78,6 +78,7 @@ from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ...pdu.proto import im_switch_service_pb2 as switch_pb
+from ..linkauth import link_server_context
 from .config import RouteConfig
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,9 @@ class RouteServer:
 
     def start(self) -> None:
         c = self.config
-        self._server = self.loop.listen(c.listen_host, c.port, self._new_link)
+        self._server = self.loop.listen(
+            c.listen_host, c.port, self._new_link, ssl=link_server_context(c, "route")
+        )
 
     @property
     def ports(self) -> dict[str, int]:
