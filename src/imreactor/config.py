@@ -70,6 +70,12 @@ def check_minimums(config: Any, section: str, minimums: dict[str, float]) -> Non
             raise ConfigError(f"{section}.{key}: must be at least {minimum}, got {value!r}")
 
 
+def check_pair(config: Any, section: str, first: str, second: str) -> None:
+    """ConfigError unless keys ``first`` and ``second`` are both set or both empty."""
+    if bool(getattr(config, first)) != bool(getattr(config, second)):
+        raise ConfigError(f"{section}: {first} and {second} go together (set both, or neither)")
+
+
 def from_mapping(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Build ``cls`` from ``data``; every key must be a field of ``cls``."""
     hints = typing.get_type_hints(cls)

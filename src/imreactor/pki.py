@@ -63,8 +63,10 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def create_ca(directory: Path, common_name: str = "imreactor local CA") -> CertFiles:
-    """Make a new CA in ``directory`` (``ca.pem``, ``ca.key``); returns its files."""
+def create_ca(
+    directory: Path, common_name: str = "imreactor local CA", *, stem: str = "ca"
+) -> CertFiles:
+    """Make a new CA in ``directory`` (``<stem>.pem``, ``<stem>.key``); returns its files."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (
@@ -93,7 +95,7 @@ def create_ca(directory: Path, common_name: str = "imreactor local CA") -> CertF
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    files = CertFiles(directory / "ca.pem", directory / "ca.key")
+    files = CertFiles(directory / f"{stem}.pem", directory / f"{stem}.key")
     directory.mkdir(parents=True, exist_ok=True)
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_private(files.key, _key_pem(key))
@@ -173,3 +175,26 @@ def link_files(directory: Path) -> tuple[CertFiles, CertFiles]:
     if not (link.cert.exists() and link.key.exists()):
         link = issue(ca, directory, "link", hosts=["imreactor-link"])
     return ca, link
+
+
+def public_files(directory: Path, hosts: list[str]) -> tuple[CertFiles, CertFiles]:
+    """A CA for what clients see and a server certificate for ``hosts``, made if absent.
+
+    Returns ``(ca, server)``: give ``ca.cert`` to clients (``--ca``). Kept apart
+    from the cluster CA of :func:`link_files`, so that trusting a server is never
+    the same as being able to join the cluster. A certificate whose names are not
+    ``hosts`` any more (the suite moved to another address) is issued again.
+    """
+    ca = CertFiles(directory / "clients-ca.pem", directory / "clients-ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        ca = create_ca(directory, "imreactor clients CA", stem="clients-ca")
+    server = CertFiles(directory / "server.pem", directory / "server.key")
+    if not (server.cert.exists() and server.key.exists()) or _names(server.cert) != set(hosts):
+        server = issue(ca, directory, "server", hosts=hosts)
+    return ca, server
+
+
+def _names(cert_file: Path) -> set[str]:
+    cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(name.value) for name in sans}

@@ -491,12 +491,23 @@ def _check_field_type(f: FieldDescriptor, wire_type: str, wire: WireFacts) -> No
         assert f.message_type.full_name == f"IM.BaseDefine.{wire_type}"
 
 
+#: Fields of ours beyond TeamTalk's schema (docs/protocol.md): optional, numbered after
+#: TeamTalk's, so TeamTalk's servers and clients skip them as unknown fields.
+EXTENSIONS = {"IM.Server.IMMsgServInfo": {7: "tls_port"}}
+
+
 def test_every_field_matches_wire_md(wire: WireFacts) -> None:
     descriptors = _all_descriptors()
     checked = 0
     for full_name, message in wire.messages.items():
         descriptor = descriptors[full_name]
-        assert sorted(f.number for f in descriptor.fields) == [f.number for f in message.fields]
+        ours = EXTENSIONS.get(full_name, {})
+        theirs = [f.number for f in message.fields]
+        assert sorted(f.number for f in descriptor.fields if f.number not in ours) == theirs
+        for number, name in ours.items():
+            extra = descriptor.fields_by_number[number]
+            assert extra.name == name and not extra.is_required, full_name
+            assert number > max(theirs), full_name
         for expected in message.fields:
             where = f"{full_name}.{expected.name}"
             f = descriptor.fields_by_number[expected.number]

@@ -74,9 +74,14 @@ class RunningSuite:
         self.clients: list[Client] = []
 
     def start(self) -> None:
+        """Start every server; if one fails to start, stop those already running and raise."""
         self.layout.write()
-        for name in self.layout.tables():
-            self.children[name] = self.layout.start(name)
+        try:
+            for name in self.layout.tables():
+                self.children[name] = self.layout.start(name)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for client in self.clients:
@@ -139,6 +144,36 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 SuiteFactory = Callable[..., RunningSuite]
 
 
+def start_suite(
+    data_dir: Path,
+    database: str,
+    *,
+    msg_servers: int = 1,
+    tls: bool = False,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> RunningSuite:
+    """Start a suite on free ports in ``data_dir`` with the demo users; the caller stops it.
+
+    ``msg_servers > 1`` adds a route_server; ``tls`` gives every msg_server a TLS listener.
+    """
+    http, login, db, route, *ports = free_ports(4 + msg_servers * (2 if tls else 1))
+    layout = SuiteLayout(
+        data_dir=data_dir,
+        http_port=http,
+        login_port=login,
+        msg_ports=ports[:msg_servers],
+        db_port=db,
+        route_ports=[route] if msg_servers > 1 else [],
+        database=database,
+        tls_ports=ports[msg_servers:],
+        overrides=overrides or {},
+    )
+    create_demo_users(layout.database_url)
+    suite = RunningSuite(layout)
+    suite.start()
+    return suite
+
+
 @pytest.fixture
 def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
     """Build and start a suite; ``overrides`` set config keys per role."""
@@ -147,21 +182,13 @@ def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
     def make(
         overrides: dict[str, dict[str, Any]] | None = None, msg_servers: int = 1
     ) -> RunningSuite:
-        http, login, db, route, *msg = free_ports(4 + msg_servers)
-        layout = SuiteLayout(
-            data_dir=tmp_path / f"suite{len(started)}",
-            http_port=http,
-            login_port=login,
-            msg_ports=msg,
-            db_port=db,
-            route_ports=[route] if msg_servers > 1 else [],
-            database=database,
-            overrides=overrides or {},
+        suite = start_suite(
+            tmp_path / f"suite{len(started)}",
+            database,
+            msg_servers=msg_servers,
+            overrides=overrides,
         )
-        create_demo_users(layout.database_url)
-        suite = RunningSuite(layout)
         started.append(suite)
-        suite.start()
         return suite
 
     yield make

@@ -17,9 +17,9 @@ from pg import PostgresServer
 
 from imreactor.client import ClientError
 from imreactor.pdu.proto import im_base_define_pb2 as base
-from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout, create_demo_users
+from imreactor.servers.suite import DEMO_PASSWORD
 
-from .conftest import RunningSuite, free_ports
+from .conftest import RunningSuite, start_suite
 
 
 @pytest.fixture
@@ -27,19 +27,7 @@ def pg_suite(tmp_path: Path) -> Iterator[tuple[RunningSuite, PostgresServer]]:
     server = PostgresServer()
     with server:
         url = server.create_database()
-        http, login, db, msg = free_ports(4)
-        layout = SuiteLayout(
-            data_dir=tmp_path / "suite",
-            http_port=http,
-            login_port=login,
-            msg_ports=[msg],
-            db_port=db,
-            database=url,
-            overrides={"msg": {"db_timeout_s": 2.0}},
-        )
-        create_demo_users(url)
-        suite = RunningSuite(layout)
-        suite.start()
+        suite = start_suite(tmp_path / "suite", url, overrides={"msg": {"db_timeout_s": 2.0}})
         try:
             yield suite, server
         finally:

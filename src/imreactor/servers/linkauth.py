@@ -1,4 +1,6 @@
-"""Authenticated links between servers: mutual TLS with certificates of a cluster CA.
+"""TLS of the servers: authenticated links between them, and their client-facing TLS ports.
+
+Links are mutual TLS with certificates of a cluster CA.
 
 Every server-facing port (db_proxy_server's, route_server's, login_server's
 msg_server port) trusts whoever connects unless the link is authenticated:
@@ -25,7 +27,7 @@ import ssl
 from dataclasses import dataclass
 
 from ..config import ConfigError, option
-from ..net.tls import harden
+from ..net.tls import harden, server_context
 
 
 @dataclass
@@ -63,6 +65,17 @@ def _load(section: str, build: ssl.SSLContext, config: LinkSecurity) -> ssl.SSLC
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{section}: cannot load the link certificate or CA: {exc}") from exc
     return build
+
+
+def public_server_context(cert_file: str, key_file: str, section: str) -> ssl.SSLContext:
+    """The context of a port that faces clients (msg_server's ``tls_port``, HTTPS).
+
+    Raises ConfigError for files that cannot be read or do not match.
+    """
+    try:
+        return server_context(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{section}: cannot load cert_file/key_file: {exc}") from exc
 
 
 def link_server_context(config: LinkSecurity, section: str) -> ssl.SSLContext | None:

@@ -61,6 +61,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     )
     ap.add_argument("--database", default=None, help="storage URL (default: SQLite in data dir)")
     ap.add_argument("--no-demo-users", action="store_true", help="do not create demo users")
+    ap.add_argument(
+        "--tls",
+        action="store_true",
+        help="msg_servers also take TLS clients (ports from --tls-port up); a CA and a server"
+        " certificate are made in <data-dir>/pki and the CA's path printed for clients",
+    )
+    ap.add_argument("--tls-port", type=_port, default=8443, help="first msg_server's TLS port")
 
 
 @dataclass
@@ -78,6 +85,8 @@ class SuiteLayout:
     ``overrides`` adds or replaces keys per role (``{"msg": {"msg_burst": 10}}``).
     ``link_auth``: links between the servers are mutual TLS with a cluster CA kept
     in ``<data_dir>/pki`` (made on first use); False leaves them plain TCP.
+    ``tls_ports``: one per msg_server, TLS ports for clients, with a certificate for
+    ``host`` and ``localhost`` from :attr:`client_ca`.
     """
 
     data_dir: Path
@@ -90,6 +99,16 @@ class SuiteLayout:
     database: str = ""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     link_auth: bool = True
+    tls_ports: list[int] = field(default_factory=list)
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.data_dir.resolve() / "pki"
+
+    @property
+    def client_ca(self) -> Path:
+        """The CA clients trust for the TLS ports (exists once :meth:`tables` ran)."""
+        return self.pki_dir / "clients-ca.pem"
 
     @property
     def database_url(self) -> str:
@@ -117,6 +136,11 @@ class SuiteLayout:
                 }
             },
         }
+        if self.tls_ports and len(self.tls_ports) != len(self.msg_ports):
+            raise ValueError("give one TLS port per msg_server")
+        server_cert: pki.CertFiles | None = None
+        if self.tls_ports:
+            _, server_cert = pki.public_files(self.pki_dir, sorted({h, "localhost"}))
         for i, port in enumerate(self.msg_ports, 1):
             name = "msg_server" if len(self.msg_ports) == 1 else f"msg_server{i}"
             files[name] = {
@@ -133,9 +157,15 @@ class SuiteLayout:
                     "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
                 }
             }
+            if server_cert is not None:
+                files[name]["msg"].update(
+                    tls_port=self.tls_ports[i - 1],
+                    cert_file=str(server_cert.cert),
+                    key_file=str(server_cert.key),
+                )
         link_keys: dict[str, str] = {}
         if self.link_auth:
-            ca, link = pki.link_files(self.data_dir.resolve() / "pki")
+            ca, link = pki.link_files(self.pki_dir)
             link_keys = {
                 "link_ca_file": str(ca.cert),
                 "link_cert_file": str(link.cert),
@@ -253,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         db_port=args.db_port,
         route_ports=[args.route_port] if args.msg_servers > 1 else [],
         database=args.database or "",
+        tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
     )
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_demo_users:
@@ -274,7 +305,13 @@ def run(args: argparse.Namespace) -> int:
             f"imreactor suite is up (logs in {layout.data_dir}/):\n"
             f"  clients ask  http://{args.host}:{args.http_port}/msg_server\n"
             f"  msg_servers  {', '.join(f'{args.host}:{p}' for p in layout.msg_ports)}\n"
-            f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}\n"
+            + (
+                f"  over TLS     {', '.join(f'{args.host}:{p}' for p in layout.tls_ports)}"
+                f" (clients trust {layout.client_ca})\n"
+                if layout.tls_ports
+                else ""
+            )
+            + f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}\n"
             "Ctrl-C stops everything.",
             flush=True,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import option
+from ...config import check_pair, option
 from ..linkauth import LinkSecurity
 
 
@@ -13,6 +13,8 @@ class LoginConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address for all of login_server's ports")
     http_port: int = option(8080, "HTTP port for GET /msg_server, /healthz, /metrics")
     msg_server_port: int = option(8100, "TCP port msg_servers register on")
+    cert_file: str = option("", "certificate chain (PEM) for HTTPS on http_port; empty: plain HTTP")
+    key_file: str = option("", "private key (PEM) of cert_file")
     client_port: int = option(8008, "TCP port for IMMsgServReq from clients (0 = off)")
     msfs_prior: str = option("", "file server URL given to clients (msfsPrior)")
     msfs_backup: str = option("", "backup file server URL (msfsBackup)")
@@ -22,3 +24,4 @@ class LoginConfig(LinkSecurity):
 
     def __post_init__(self) -> None:
         self.check_link_security("login")
+        check_pair(self, "login", "cert_file", "key_file")

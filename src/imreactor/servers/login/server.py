@@ -21,7 +21,7 @@ from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_server_pb2 as server_pb
-from ..linkauth import link_server_context
+from ..linkauth import link_server_context, public_server_context
 from .config import LoginConfig
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class MsgServerEntry:
     max_conn_cnt: int
     cur_conn_cnt: int
     host_name: str
+    tls_port: int = 0  # 0: the msg_server has no TLS listener
 
 
 class MsgServerRegistry:
@@ -53,7 +54,13 @@ class MsgServerRegistry:
 
     def register(self, link: ImConnection, info: server_pb.IMMsgServInfo) -> None:
         self._servers[link] = MsgServerEntry(
-            info.ip1, info.ip2, info.port, info.max_conn_cnt, info.cur_conn_cnt, info.host_name
+            info.ip1,
+            info.ip2,
+            info.port,
+            info.max_conn_cnt,
+            info.cur_conn_cnt,
+            info.host_name,
+            info.tls_port,
         )
         log.info(
             "msg_server %s (%s:%d) registered with %d/%d users",
@@ -115,8 +122,11 @@ class LoginServer:
 
     def start(self) -> None:
         c = self.config
+        https = public_server_context(c.cert_file, c.key_file, "login") if c.cert_file else None
         self._servers.append(
-            self.loop.listen(c.listen_host, c.http_port, lambda: HttpProtocol(self.router))
+            self.loop.listen(
+                c.listen_host, c.http_port, lambda: HttpProtocol(self.router), ssl=https
+            )
         )
         self._servers.append(
             self.loop.listen(
@@ -186,6 +196,8 @@ class LoginServer:
                 "msfsBackup": self.config.msfs_backup,
                 "discovery": self.config.discovery,
             }
+            if entry.tls_port:  # ours, after every original key: old clients never look
+                body["tlsPort"] = str(entry.tls_port)
         return 200, JSON, json.dumps(body, ensure_ascii=False).encode()
 
     def _http_healthz(self, request: Request) -> Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_minimums, option
+from ...config import ConfigError, check_minimums, check_pair, option
 from ..linkauth import LinkSecurity
 
 #: The values of ``presence``: who gets an ``IMUserStatNotify`` (docs/servers.md, "Presence").
@@ -15,6 +15,11 @@ PRESENCE_MODES = ("subscribed", "broadcast")
 class MsgConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address clients connect to")
     port: int = option(8000, "TCP port for clients")
+    tls_port: int = option(
+        0, "TLS port for clients (0 = none; needs cert_file and key_file); told to login_server"
+    )
+    cert_file: str = option("", "certificate chain (PEM) clients see on tls_port")
+    key_file: str = option("", "private key (PEM) of cert_file")
     ip1: str = option("127.0.0.1", "address advertised to clients (priorIP)")
     ip2: str = option("127.0.0.1", "backup address advertised to clients (backupIP)")
     host_name: str = option("msg_server", "name reported to login_server")
@@ -84,6 +89,9 @@ class MsgConfig(LinkSecurity):
 
     def __post_init__(self) -> None:
         self.check_link_security("msg")
+        check_pair(self, "msg", "cert_file", "key_file")
+        if self.tls_port and not self.cert_file:
+            raise ConfigError("msg.tls_port: needs cert_file and key_file")
         check_minimums(
             self,
             "msg",

@@ -22,7 +22,7 @@ from ...net import EventLoop, Server
 from ...net.connection import parse_address
 from ...pdu.imconn import Dispatcher, Keepalive, LinkPolicy
 from ...pdu.proto import im_server_pb2 as server_pb
-from ..linkauth import link_client_context
+from ..linkauth import link_client_context, public_server_context
 from ..links import Link, LinkSet
 from .client import ClientConn, UserConns
 from .config import MsgConfig
@@ -72,6 +72,7 @@ class MsgServer:
         #: Several msg_servers: deliveries to a connection may need reordering.
         self.ordered = bool(config.route_servers)
         self._server: Server | None = None
+        self._tls_server: Server | None = None
         delays = tuple(config.reconnect_delays_s)
 
         self.sessions = Sessions(self)
@@ -118,9 +119,19 @@ class MsgServer:
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
 
     def start(self) -> None:
+        c = self.config
         self._server = self.loop.listen(
-            self.config.listen_host, self.config.port, lambda: ClientConn(self), backlog=4096
+            c.listen_host, c.port, lambda: ClientConn(self), backlog=4096
         )
+        if c.tls_port:
+            # The same client sessions over TLS: ClientConn sees only the transport.
+            self._tls_server = self.loop.listen(
+                c.listen_host,
+                c.tls_port,
+                lambda: ClientConn(self),
+                backlog=4096,
+                ssl=public_server_context(c.cert_file, c.key_file, "msg"),
+            )
         self.db.start()
         self.login.start()
         self.route.start()
@@ -130,7 +141,14 @@ class MsgServer:
         assert self._server is not None
         return self._server.port
 
+    @property
+    def tls_port(self) -> int:
+        """The TLS listener's port (0 without one)."""
+        return self._tls_server.port if self._tls_server is not None else 0
+
     def close(self) -> None:
+        if self._tls_server is not None:
+            self._tls_server.close()
         if self._server is not None:
             self._server.close()
         self.db.stop()
@@ -154,5 +172,6 @@ class MsgServer:
                 max_conn_cnt=self.capacity,
                 cur_conn_cnt=self.online_count,
                 host_name=c.host_name,
+                tls_port=self.tls_port,
             )
         )
