@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from imreactor.client import Client
+from imreactor.client.tls import client_context
 from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
@@ -117,6 +118,25 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", http))
     s.close()
+
+
+def test_up_tls_prints_the_ca_that_clients_verify_with(tmp_path: Path) -> None:
+    tls = free_port_run(1)
+    proc, (http, _msg), out = start_up(tmp_path, "--tls", "--tls-port", str(tls))
+    try:
+        ca = tmp_path / "pki" / "clients-ca.pem"
+        assert f"over TLS     127.0.0.1:{tls} (clients trust {ca})" in out
+        assert f"--ca {ca}" in out
+        with Client.via_login_server(f"http://127.0.0.1:{http}", ssl=client_context(ca)) as alice:
+            assert alice.port == tls
+            alice.login("alice", DEMO_PASSWORD)
+            bob = login(http, "bob")
+            ack = alice.send_text(bob.user_id, "sealed")
+            got = bob.wait_for(msg_pb.IMMsgData, 10)
+            assert (got.msg_id, got.msg_data) == (ack.msg_id, b"sealed")
+            bob.close()
+    finally:
+        stop_up(proc)
 
 
 @pytest.mark.parametrize("backend", available())

@@ -43,11 +43,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from ssl import SSLContext
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from ..net import Backoff, Connection, EventLoop, Transport
+from ..net import Backoff, EventLoop, Transport
 from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy, ResponseCallback
 from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
 from ..pdu.password import password_digest
@@ -147,7 +148,10 @@ class Client:
     :meth:`decode_text` reverses it. ``queue_pushes=False`` leaves :attr:`pushes`
     empty (for callers that only use callbacks). ``source_host`` binds the local end
     of every connection to that address (e.g. one of 127.0.0.0/8). ``watch_limit``
-    bounds the users :meth:`watch` subscribes to (also per connection).
+    bounds the users :meth:`watch` subscribes to (also per connection). ``ssl``: connect
+    over TLS with this context (:func:`imreactor.client.tls.client_context`), verifying
+    the certificate and ``server_hostname`` (default: the host connected to); with
+    :meth:`via_login_server` the msg_server's TLS port (``"tlsPort"``) is used.
     """
 
     def __init__(
@@ -168,6 +172,8 @@ class Client:
         queue_pushes: bool = True,
         source_host: str | None = None,
         watch_limit: int = DEFAULT_WATCH_LIMIT,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if watch_limit < 0:
             raise ValueError(f"watch_limit must be at least 0, not {watch_limit}")
@@ -191,6 +197,9 @@ class Client:
         self.caught_up = 0
         self.status = ClientStatus.CONNECTED
         self.watch_limit = watch_limit
+        #: TLS context of every connection (None: plain TCP).
+        self.ssl = ssl
+        self.server_hostname = server_hostname
         self._queue_pushes = queue_pushes
         self._on_push = on_push
         self._on_message = on_message
@@ -221,7 +230,7 @@ class Client:
         self._keepalive = Keepalive(self._loop)
         self._session: ClientSession | None = None
         self._logged_in_session: ClientSession | None = None
-        self._conn: Connection | None = None
+        self._conn: Transport | None = None
         self._thread = threading.Thread(target=self._loop.run, name="imreactor-client", daemon=True)
         self._thread.start()
         self._events: queue.Queue[tuple[Message, int] | ClientStatus | None] | None = None
@@ -258,9 +267,11 @@ class Client:
     def via_login_server(cls, url: str, **kw: Any) -> Client:
         """Ask login_server's ``/msg_server`` where to go (``url``: ``http://host:port``).
 
-        With ``reconnect=True``, reconnects ask the same login_server again.
+        With ``reconnect=True``, reconnects ask the same login_server again. With
+        ``ssl``, an ``https://`` login_server is verified with the same context.
         """
-        host, port = locate_msg_server(url)
+        ctx = kw.get("ssl")
+        host, port = locate_msg_server(url, kw.get("timeout_s", 10.0), ssl=ctx)
         if kw.get("reconnect"):
             kw.setdefault("login_url", url)
         return cls(host, port, **kw)
@@ -299,15 +310,23 @@ class Client:
             self._gen = gen
             self._session = session
             self._conn = None
+            conn: Transport
             try:
                 source = None if self.source_host is None else (self.source_host, 0)
-                self._conn = self._loop.connect(
-                    host, port, session, timeout_s=self.timeout_s, source=source
+                conn = self._loop.connect(
+                    host,
+                    port,
+                    session,
+                    timeout_s=self.timeout_s,
+                    source=source,
+                    ssl=self.ssl,
+                    server_hostname=self.server_hostname,
                 )
             except OSError as exc:
                 on_failed(None, exc)
                 return
-            self._conn.add_close_callback(on_failed)
+            self._conn = conn
+            conn.add_close_callback(on_failed)
 
         self._loop.call_soon_threadsafe(start)
         self._wait(connected, self.timeout_s + 1)
@@ -867,7 +886,7 @@ class Client:
             self._set_status(ClientStatus.RECONNECTING)
             try:
                 if self.login_url:
-                    host, port = locate_msg_server(self.login_url, self.timeout_s)
+                    host, port = locate_msg_server(self.login_url, self.timeout_s, ssl=self.ssl)
                 else:
                     host, port = self.host, self.port
                 self._open(host, port)
@@ -1029,15 +1048,21 @@ def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
         pass  # completed first by the other side
 
 
-def locate_msg_server(url: str, timeout_s: float = 10.0) -> tuple[str, int]:
-    """Ask login_server (``http://host:port``) which msg_server to use: ``(host, port)``.
+def locate_msg_server(
+    url: str, timeout_s: float = 10.0, *, ssl: SSLContext | None = None
+) -> tuple[str, int]:
+    """Ask login_server (``http(s)://host:port``) which msg_server to use: ``(host, port)``.
 
-    Raises :class:`ClientError` with one readable line if login_server cannot be
-    reached, answers garbage, or has no msg_server to offer.
+    With ``ssl`` the port is the msg_server's TLS port (``"tlsPort"``), and an
+    ``https://`` login_server is verified with that context. Raises
+    :class:`ClientError` with one readable line if login_server cannot be reached,
+    answers garbage, has no msg_server to offer, or (with ``ssl``) offers one
+    without TLS.
     """
     where = url.rstrip("/") + "/msg_server"
+    https = ssl if where.startswith("https:") else None
     try:
-        with urllib.request.urlopen(where, timeout=timeout_s) as rsp:
+        with urllib.request.urlopen(where, timeout=timeout_s, context=https) as rsp:
             answer = json.loads(rsp.read())
     except urllib.error.URLError as exc:
         raise ClientError(f"cannot reach login_server at {url}: {exc.reason}") from None
@@ -1051,7 +1076,11 @@ def locate_msg_server(url: str, timeout_s: float = 10.0) -> tuple[str, int]:
             code if isinstance(code, int) else -1, str(answer.get("msg"))
         )
         raise ClientError(f"login_server at {url} refused: {why} (code {code})")
+    if ssl is not None and "tlsPort" not in answer:
+        raise ClientError(
+            f"login_server at {url} offers msg_server {answer.get('priorIP')} without TLS"
+        )
     try:
-        return str(answer["priorIP"]), int(answer["port"])
+        return str(answer["priorIP"]), int(answer["tlsPort" if ssl is not None else "port"])
     except (KeyError, TypeError, ValueError):
         raise ClientError(f"bad answer from login_server at {url}: {answer}") from None

@@ -6,6 +6,9 @@
     imreactor send --user NAME [--password PW] (--to PEER | --group ID) TEXT
     imreactor history --user NAME [--password PW] (--with PEER | --group ID) [--count N]
 
+Each also takes ``--tls`` (msg_server's TLS port, the certificate verified) and
+``--ca FILE`` (the CA to verify with, e.g. the one ``imreactor up --tls`` prints).
+
 ``chat`` logs in through login_server (and reconnects the same way, catching up
 on what it missed), shows contacts and recent sessions with presence and unread
 counts, and then reads lines: text goes to the current conversation, slash
@@ -54,6 +57,7 @@ from ..pdu.proto import im_buddy_pb2 as buddy
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .blocking import Client, ClientError, ClientStatus
+from .tls import add_tls_arguments, tls_context
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -94,6 +98,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common.add_argument(
         "--timeout", type=float, default=10.0, metavar="S", help="request timeout (default 10)"
     )
+    add_tls_arguments(common)
 
     p = sub.add_parser("chat", parents=[common], help="interactive terminal chat")
     p.set_defaults(run=_runner("chat", run_chat))
@@ -151,7 +156,11 @@ def _login(args: argparse.Namespace, **kw: Any) -> Client:
     """Connect through login_server and log in; ClientError (one line) if anything fails."""
     password = _password(args)
     client = Client.via_login_server(
-        args.login_url, timeout_s=args.timeout, aes_key=args.aes_key or None, **kw
+        args.login_url,
+        timeout_s=args.timeout,
+        aes_key=args.aes_key or None,
+        ssl=tls_context(args),
+        **kw,
     )
     try:
         client.login(args.user, password)

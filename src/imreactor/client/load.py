@@ -71,6 +71,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -95,6 +96,7 @@ from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .session import ClientSession
+from .tls import add_tls_arguments, client_context
 
 if TYPE_CHECKING:
     from ..storage.passwords import PasswordHasher
@@ -167,6 +169,8 @@ class LoadOptions:
     receipts: bool = True
     reconnect: bool = False  # a dropped connection logs in again and catches up (1:1 runs)
     reconnect_jitter_s: float = 5.0  # each reconnect waits a random 0..this first
+    tls: bool = False  # msg_server's TLS port ("tlsPort"; --msg-server: a TLS port)
+    ca_file: str | None = None  # CA to verify servers with (None: the system's)
 
     @property
     def pair_count(self) -> int:
@@ -187,6 +191,10 @@ class LoadOptions:
 
     def check(self) -> None:
         """Raise ValueError for options that cannot make a run."""
+        if self.ca_file is not None:
+            client_context(self.ca_file)  # ValueError if it cannot be read
+        if self.echo is not None and (self.tls or self.ca_file is not None):
+            raise ValueError("--echo speaks plain TCP, not --tls")
         if self.group_size is not None:
             if self.group_size < 2:
                 raise ValueError("--group-size must be at least 2")
@@ -573,6 +581,8 @@ class LoadRun:
             _User(options.first_user + i, name) for i, name in enumerate(options.user_names())
         ]
         self._source: tuple[str, int] | None = None
+        #: TLS for msg_server connections (and an https:// login_server); None: plain.
+        self._ssl = client_context(options.ca_file) if options.tls or options.ca_file else None
         if options.source_host is not None:
             self._source = (options.source_host, 0)
         #: Called once every login has finished, with what starts the sending phase
@@ -586,6 +596,7 @@ class LoadRun:
                 user.endpoints.append(ep)
                 self.endpoints.append(ep)
         self._http_host = ""
+        self._query_ssl: ssl.SSLContext | None = None
         #: Where connections go without asking login_server: user i to entry i mod n.
         self._direct: list[tuple[str, int]] = []
         self._target = ("", 0)
@@ -600,7 +611,9 @@ class LoadRun:
             self._target_text = f"msg_servers {','.join(options.msg_servers)} (round-robin)"
         else:
             url = urlsplit(options.login_url)
-            self._target = (url.hostname or "127.0.0.1", url.port or 80)
+            https = url.scheme == "https"
+            self._target = (url.hostname or "127.0.0.1", url.port or (443 if https else 80))
+            self._query_ssl = self._ssl or client_context() if https else None
             self._http_host = url.netloc
             self._target_text = options.login_url
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
@@ -694,8 +707,9 @@ class LoadRun:
             if code != 0:
                 self._retry(ep, "login_failures", f"login_server answered {answer}", code=code)
                 return
+            key = "port" if self._ssl is None else "tlsPort"
             try:
-                host, port = str(answer["priorIP"]), int(answer["port"])
+                host, port = str(answer["priorIP"]), int(answer[key])
             except (KeyError, TypeError, ValueError):
                 self._fail(ep, "login_failures", f"login_server answer unusable: {answer}")
                 return
@@ -709,6 +723,7 @@ class LoadRun:
                 query,
                 timeout_s=self.options.login_timeout_s,
                 source=self._source,
+                ssl=self._query_ssl,
             )
         except OSError as exc:
             self._retry(ep, "login_failures", f"login_server: {exc}")
@@ -728,7 +743,12 @@ class LoadRun:
         )
         try:
             conn = self.loop.connect(
-                host, port, session, timeout_s=self.options.login_timeout_s, source=self._source
+                host,
+                port,
+                session,
+                timeout_s=self.options.login_timeout_s,
+                source=self._source,
+                ssl=self._ssl,
             )
         except OSError as exc:
             self._retry(ep, "login_failures", f"connect to {host}:{port}: {exc}")
@@ -1547,6 +1567,7 @@ def create_users(
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
+    add_tls_arguments(ap)
     ap.add_argument(
         "--login-url",
         default="http://127.0.0.1:8080",
@@ -1689,6 +1710,8 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         receipts=not args.no_receipts,
         reconnect=args.reconnect,
         reconnect_jitter_s=args.reconnect_jitter,
+        tls=args.tls,
+        ca_file=args.ca,
     )
 
 

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from .acceptor import Server
     from .connection import Connection
     from .transport import Protocol as TransportProtocol
+    from .transport import Transport
 
 from .connection import DEFAULT_FLOW, FlowControl, flush_collected
 from .poller import ERROR, READABLE, WRITABLE, Poller, make_poller
@@ -305,6 +306,22 @@ class EventLoop:
         server_hostname: str | None = None,
         handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
     ) -> TLSTransport: ...
+
+    @overload
+    def connect(
+        self,
+        host: str,
+        port: int,
+        protocol: TransportProtocol,
+        *,
+        timeout_s: float | None = 10.0,
+        flow: FlowControl = DEFAULT_FLOW,
+        nodelay: bool = True,
+        source: tuple[str, int] | None = None,
+        ssl: SSLContext | None,
+        server_hostname: str | None = None,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+    ) -> Transport: ...
 
     def connect(
         self,

@@ -405,7 +405,10 @@ class TLSTransport(BaseProtocol):
 
     def _handshake_failed(self, exc: BaseException) -> None:
         # Bad input from one peer: one line, no traceback; only this connection ends.
-        log.warning("TLS handshake with %s failed: %s", describe(self.remote_address), exc)
+        # A client's caller gets the error itself (connection_failed), so it is not
+        # logged twice; a server has no caller to tell.
+        level = logging.WARNING if self._sslobj.server_side else logging.DEBUG
+        log.log(level, "TLS handshake with %s failed: %s", describe(self.remote_address), exc)
         self._error = exc
         self._state = CLOSING
         if self._timer is not None:
@@ -421,7 +424,8 @@ class TLSTransport(BaseProtocol):
             exc = TLSHandshakeTimeout(
                 f"TLS handshake did not finish in {self._handshake_timeout_s:g} s"
             )
-            log.warning("TLS handshake with %s: %s", describe(self.remote_address), exc)
+            level = logging.WARNING if self._sslobj.server_side else logging.DEBUG
+            log.log(level, "TLS handshake with %s: %s", describe(self.remote_address), exc)
             self.abort(exc)
 
     def _handshake_done(self) -> None:

@@ -311,8 +311,9 @@ def run(args: argparse.Namespace) -> int:
                 if layout.tls_ports
                 else ""
             )
-            + f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}\n"
-            "Ctrl-C stops everything.",
+            + f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}"
+            + (f" --ca {layout.client_ca}\n" if layout.tls_ports else "\n")
+            + "Ctrl-C stops everything.",
             flush=True,
         )
         while not stopping:
