@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         _server("route-server", "route", "run route_server alone"),
         _up,
         importlib.import_module("imreactor.admin").register,
+        importlib.import_module("imreactor.cluster").register,
         importlib.import_module("imreactor.client.load").register,
         importlib.import_module("imreactor.client.chat").register,
     ):

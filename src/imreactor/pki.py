@@ -33,9 +33,10 @@ class CertFiles:
     key: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    # Created 0600 from the start: never readable by others, not even briefly.
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` (a key) to ``path``, created ``0600``: never readable by others, not
+    even briefly; a new parent directory is ``0700``."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
@@ -96,9 +97,9 @@ def create_ca(
         .sign(key, hashes.SHA256())
     )
     files = CertFiles(directory / f"{stem}.pem", directory / f"{stem}.key")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.key, _key_pem(key))
+    write_private(files.key, _key_pem(key))
     return files
 
 
@@ -156,9 +157,9 @@ def issue(
         .sign(ca_key, hashes.SHA256())
     )
     files = CertFiles(directory / f"{name}.pem", directory / f"{name}.key")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.key, _key_pem(key))
+    write_private(files.key, _key_pem(key))
     return files
 
 
@@ -169,12 +170,12 @@ def link_files(directory: Path) -> tuple[CertFiles, CertFiles]:
     machine to each other (and to the servers of machines that trust the same CA).
     """
     ca = CertFiles(directory / "ca.pem", directory / "ca.key")
+    link = CertFiles(directory / "link.pem", directory / "link.key")
+    if ca.cert.exists() and link.cert.exists() and link.key.exists():
+        return ca, link  # ca.key may be absent: a machine that joined has none
     if not (ca.cert.exists() and ca.key.exists()):
         ca = create_ca(directory, "imreactor cluster CA")
-    link = CertFiles(directory / "link.pem", directory / "link.key")
-    if not (link.cert.exists() and link.key.exists()):
-        link = issue(ca, directory, "link", hosts=["imreactor-link"])
-    return ca, link
+    return ca, issue(ca, directory, "link", hosts=["imreactor-link"])
 
 
 def public_files(directory: Path, hosts: list[str]) -> tuple[CertFiles, CertFiles]:
