@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from imreactor.client.load import create_users
+from imreactor.accounts import create_users
 from imreactor.servers.suite import Child, SuiteLayout, stop_children
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def run_backend(
     users = 2 * opts.pairs
     data_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    created = create_users(database, [f"load{i}" for i in range(users)], "imreactor")
+    created = len(create_users(database, [f"load{i}" for i in range(users)], "imreactor"))
     print(f"[{name}] created {created} users in {time.monotonic() - started:.1f} s", flush=True)
     http, login, msg, db = free_ports(4)
     layout = SuiteLayout(

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imreactor.client.load import create_users
+from imreactor.accounts import create_users
 from imreactor.pdu.header import HEADER_LEN, parse_header
 from imreactor.pdu.imconn import encode_message
 from imreactor.pdu.password import password_digest

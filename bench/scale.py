@@ -47,7 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imreactor.client.load import LoadOptions, LoadReport, create_users, run_load
+from imreactor.accounts import create_users
+from imreactor.client.load import LoadOptions, LoadReport, run_load
 from imreactor.client.load_multi import run_processes
 from imreactor.servers.suite import Child, SuiteLayout, stop_children
 from imreactor.storage.passwords import PasswordHasher
@@ -82,8 +83,8 @@ def prepare(work: Path, population: int, cold: int) -> Path:
     url = f"sqlite:///{partial}"
     started = time.monotonic()
     cheap = PasswordHasher(n=POPULATION_SCRYPT_N)
-    made = create_users(url, [f"scale{i}" for i in range(population)], PASSWORD, hasher=cheap)
-    made += create_users(url, [f"cold{i}" for i in range(cold)], PASSWORD)
+    made = len(create_users(url, [f"scale{i}" for i in range(population)], PASSWORD, hasher=cheap))
+    made += len(create_users(url, [f"cold{i}" for i in range(cold)], PASSWORD))
     print(f"prepared {made} users in {time.monotonic() - started:.0f} s: {db}", flush=True)
     copy_database(partial, db)
     for leftover in partial.parent.glob(partial.name + "*"):

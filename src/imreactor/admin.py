@@ -167,12 +167,12 @@ def _one_line(text: str) -> str:
 
 def database_url(args: argparse.Namespace) -> str:
     """The storage URL the options name: ``--database``, else the data dir's SQLite file."""
-    from .servers.suite import SuiteLayout
+    from .accounts import data_dir_database
 
     if args.database:
         url: str = args.database
         return url
-    return SuiteLayout(data_dir=Path(args.data_dir)).database_url
+    return data_dir_database(args.data_dir)
 
 
 @contextmanager

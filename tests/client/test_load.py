@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 from servers.conftest import RunningSuite, free_ports
 
+from imreactor.accounts import create_users
 from imreactor.cli import main as cli_main
-from imreactor.client.load import LoadOptions, LoadReport, create_users, run_load
+from imreactor.client.load import LoadOptions, LoadReport, run_load
 from imreactor.http import HttpProtocol, Router
 from imreactor.net import EventLoop, Server
 from imreactor.pdu.imconn import Dispatcher, ImConnection, LinkPolicy

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from servers.conftest import RunningSuite, start_suite
 
+from imreactor.accounts import create_users
 from imreactor.client import Client, ClientError
 from imreactor.client.blocking import locate_msg_server
-from imreactor.client.load import LoadOptions, create_users, run_load
+from imreactor.client.load import LoadOptions, run_load
 from imreactor.client.tls import client_context
 from imreactor.net.tls import TLSTransport
 from imreactor.pdu.proto import im_message_pb2 as msg_pb

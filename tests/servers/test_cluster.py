@@ -184,7 +184,8 @@ def test_concurrent_senders_across_servers_stay_in_msg_id_order(
     # Senders of one conversation on different msg_servers store through different
     # db_proxy links and reach others by different paths; every connection must
     # still see the conversation (messages and its own acks) in msg_id order.
-    from imreactor.client.load import LoadOptions, create_users, run_load
+    from imreactor.accounts import create_users
+    from imreactor.client.load import LoadOptions, run_load
 
     suite = make_suite({"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}, msg_servers=3)
     create_users(suite.layout.database_url, [f"load{i}" for i in range(12)], "pw")

@@ -298,7 +298,8 @@ def test_two_senders_in_one_conversation_deliver_in_msg_id_order(
     # Both users of each pair send at once and each user has a second device: every
     # connection must see each conversation's messages once and in msg_id order,
     # although their stores commit together and their workers wake in any order.
-    from imreactor.client.load import LoadOptions, create_users, run_load
+    from imreactor.accounts import create_users
+    from imreactor.client.load import LoadOptions, run_load
 
     suite = make_suite({"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}})
     create_users(suite.layout.database_url, [f"load{i}" for i in range(8)], "pw")

@@ -76,15 +76,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httptools
 
+from ..accounts import create_users, data_dir_database
 from ..net import ConnState, EventLoop, Protocol, Timer, Transport
 from ..net.connection import parse_address
 from ..net.limits import raise_open_files_limit
@@ -99,7 +98,7 @@ from .session import ClientSession
 from .tls import add_tls_arguments, client_context
 
 if TYPE_CHECKING:
-    from ..storage.passwords import PasswordHasher
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -1527,42 +1526,6 @@ def execute(
 # -- users -------------------------------------------------------------------------------------
 
 
-def create_users(
-    database: str,
-    names: Sequence[str],
-    password: str,
-    *,
-    threads: int | None = None,
-    hasher: PasswordHasher | None = None,
-) -> int:
-    """Create those of ``names`` that do not exist yet (nick = name), with what clients
-    send as the password (:func:`password_digest`); returns how many were created.
-
-    Hashing is slow by design (scrypt), so the work is spread over ``threads``.
-    ``hasher`` (default: the storage's, at full cost) makes the hashes; a cheaper one
-    makes test data faster to create and its cold logins cheaper, nothing else.
-    """
-    from ..storage import ConflictError, open_storage
-
-    store = open_storage(database, hasher=hasher)
-    digest = password_digest(password)
-
-    def one(name: str) -> bool:
-        if store.user_by_name(name) is not None:
-            return False
-        try:
-            store.add_user(name, digest, nick=name)
-        except ConflictError:
-            return False
-        return True
-
-    try:
-        with ThreadPoolExecutor(threads or os.cpu_count() or 2) as pool:
-            return sum(pool.map(one, names))
-    finally:
-        store.close()
-
-
 # -- command line ------------------------------------------------------------------------------
 
 
@@ -1731,14 +1694,12 @@ def run(args: argparse.Namespace) -> int:
         if args.database:
             database = args.database
         elif args.data_dir:
-            from ..servers.suite import SuiteLayout
-
-            database = SuiteLayout(data_dir=Path(args.data_dir)).database_url
+            database = data_dir_database(args.data_dir)
         else:
             print("imreactor load: --create-users needs --database or --data-dir", file=sys.stderr)
             return 2
         started = time.monotonic()
-        created = create_users(database, options.user_names(), options.password)
+        created = len(create_users(database, options.user_names(), options.password))
         print(f"created {created} users in {time.monotonic() - started:.1f} s", file=sys.stderr)
     progress = None if args.no_progress else sys.stderr
     if args.processes != 1:

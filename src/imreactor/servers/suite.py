@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import pki
+from ..accounts import create_users, data_dir_database
 from ..config import dump
 from ..net.connection import is_port
 
@@ -112,7 +113,7 @@ class SuiteLayout:
 
     @property
     def database_url(self) -> str:
-        return self.database or f"sqlite:///{(self.data_dir / 'imreactor.db').resolve()}"
+        return self.database or data_dir_database(self.data_dir)
 
     def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
         """Config file name → its TOML tables."""
@@ -258,19 +259,8 @@ def stop_children(children: list[Child]) -> None:
 
 
 def create_demo_users(database: str) -> list[str]:
-    from ..pdu.password import password_digest
-    from ..storage import open_storage
-
-    store = open_storage(database)
-    try:
-        created = []
-        for name, nick in DEMO_USERS:
-            if store.user_by_name(name) is None:
-                store.add_user(name, password_digest(DEMO_PASSWORD), nick=nick)
-                created.append(name)
-        return created
-    finally:
-        store.close()
+    """Create the demo users that do not exist yet; returns the names created."""
+    return create_users(database, DEMO_USERS, DEMO_PASSWORD)
 
 
 def run(args: argparse.Namespace) -> int:
