@@ -58,6 +58,7 @@ from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .crypto import TextCipher
+from .locate import MSG_SERVER_PATH, LocateError, msg_server_address
 from .session import DEFAULT_WATCH_LIMIT, ClientSession
 
 log = logging.getLogger(__name__)
@@ -1059,7 +1060,7 @@ def locate_msg_server(
     answers garbage, has no msg_server to offer, or (with ``ssl``) offers one
     without TLS.
     """
-    where = url.rstrip("/") + "/msg_server"
+    where = url.rstrip("/") + MSG_SERVER_PATH
     https = ssl if where.startswith("https:") else None
     try:
         with urllib.request.urlopen(where, timeout=timeout_s, context=https) as rsp:
@@ -1068,19 +1069,7 @@ def locate_msg_server(
         raise ClientError(f"cannot reach login_server at {url}: {exc.reason}") from None
     except (OSError, ValueError) as exc:
         raise ClientError(f"bad answer from login_server at {url}: {exc}") from None
-    if not isinstance(answer, dict):
-        raise ClientError(f"bad answer from login_server at {url}: {answer!r}")
-    if answer.get("code") != 0:
-        code = answer.get("code")
-        why = {1: "no msg_server is up", 2: "every msg_server is full"}.get(
-            code if isinstance(code, int) else -1, str(answer.get("msg"))
-        )
-        raise ClientError(f"login_server at {url} refused: {why} (code {code})")
-    if ssl is not None and "tlsPort" not in answer:
-        raise ClientError(
-            f"login_server at {url} offers msg_server {answer.get('priorIP')} without TLS"
-        )
     try:
-        return str(answer["priorIP"]), int(answer["tlsPort" if ssl is not None else "port"])
-    except (KeyError, TypeError, ValueError):
-        raise ClientError(f"bad answer from login_server at {url}: {answer}") from None
+        return msg_server_address(answer, url, tls=ssl is not None)
+    except LocateError as exc:
+        raise ClientError(str(exc)) from None

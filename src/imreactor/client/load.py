@@ -94,6 +94,7 @@ from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
+from .locate import MSG_SERVER_PATH, LocateError, msg_server_address
 from .session import ClientSession
 from .tls import add_tls_arguments, client_context
 
@@ -702,19 +703,18 @@ class LoadRun:
             if answer is None:
                 self._retry(ep, "login_failures", f"login_server: {error}")
                 return
-            code = answer.get("code")
-            if code != 0:
-                self._retry(ep, "login_failures", f"login_server answered {answer}", code=code)
-                return
-            key = "port" if self._ssl is None else "tlsPort"
+            tls = self._ssl is not None
             try:
-                host, port = str(answer["priorIP"]), int(answer[key])
-            except (KeyError, TypeError, ValueError):
-                self._fail(ep, "login_failures", f"login_server answer unusable: {answer}")
+                host, port = msg_server_address(answer, self._target_text, tls=tls)
+            except LocateError as exc:
+                if exc.code is None:
+                    self._fail(ep, "login_failures", str(exc))
+                else:
+                    self._retry(ep, "login_failures", str(exc), code=exc.code)
                 return
             self._connect(ep, host, port)
 
-        query = _MsgServerQuery(self._http_host, "/msg_server", answered)
+        query = _MsgServerQuery(self._http_host, MSG_SERVER_PATH, answered)
         try:
             conn = self.loop.connect(
                 self._target[0],

@@ -1,0 +1,54 @@
+"""Reading login_server's ``/msg_server`` answer: which msg_server to connect to.
+
+One reading for every client (the SDK's blocking lookup and the load generator's
+non-blocking one): ``code`` 0 with ``priorIP`` and ``port`` (a string, as TeamTalk
+sends it), or ``tlsPort`` when the client wants TLS; a refusal (1: no msg_server,
+2: all full) or an answer that cannot be used is a :class:`LocateError`.
+"""
+
+from __future__ import annotations
+
+#: The path clients ask (TeamTalk's clients ask exactly this).
+MSG_SERVER_PATH = "/msg_server"
+
+_REFUSALS = {1: "no msg_server is up", 2: "every msg_server is full"}
+
+
+class LocateError(Exception):
+    """login_server gave no usable msg_server; the message is one readable line.
+
+    ``code`` is login_server's refusal code (worth asking again later), or None for an
+    answer that cannot be used at all.
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def msg_server_address(answer: object, url: str, *, tls: bool = False) -> tuple[str, int]:
+    """``(host, port)`` from a decoded ``/msg_server`` answer of the login_server at ``url``.
+
+    With ``tls`` the port is ``"tlsPort"``; an answer without one is refused, never
+    read as a plain port.
+    """
+    if not isinstance(answer, dict):
+        raise LocateError(f"bad answer from login_server at {url}: {answer!r}")
+    code = answer.get("code")
+    if code != 0:
+        why = _REFUSALS.get(code) if isinstance(code, int) else None
+        raise LocateError(
+            f"login_server at {url} refused: {why or answer.get('msg')} (code {code})",
+            code if isinstance(code, int) else -1,
+        )
+    if tls and "tlsPort" not in answer:
+        raise LocateError(
+            f"login_server at {url} offers msg_server {answer.get('priorIP')} without TLS"
+        )
+    try:
+        host, port = str(answer["priorIP"]), int(answer["tlsPort" if tls else "port"])
+    except (KeyError, TypeError, ValueError):
+        raise LocateError(f"bad answer from login_server at {url}: {answer}") from None
+    if not 0 < port < 65536:
+        raise LocateError(f"bad answer from login_server at {url}: port {port}")
+    return host, port
