@@ -3,8 +3,9 @@
 For the handful of plain endpoints the IM servers expose (login_server's
 ``/msg_server``, ``/healthz``, ``/metrics``): a route table of path prefix →
 handler, each returning ``(status, content_type, body)``. Requests are served
-in order; keep-alive is honoured; a request the parser rejects, or one larger
-than ``MAX_REQUEST_BYTES``, gets ``400`` and the connection is closed.
+in order; keep-alive is honoured; a request the parser rejects (an upgrade
+too), or one larger than ``MAX_REQUEST_BYTES``, gets ``400`` and the
+connection is closed, and nothing pipelined behind it is served.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 
 #: Headers and body of one request, at most. The endpoints served here take no body.
 MAX_REQUEST_BYTES = 64 * 1024
+#: Input goes to the parser at most this many bytes at a time, so that the size limit
+#: counts each request's own bytes (exactly for the first request of a connection, to
+#: within this much for later ones) even when one read ends one request and starts the
+#: next, or holds many small pipelined requests.
+FEED_BYTES = 4 * 1024
 
 Response = tuple[int, str, bytes]
 Route = Callable[["Request"], Response]
@@ -66,21 +72,29 @@ class HttpProtocol(Protocol):
         self._headers: dict[str, str] = {}
         self._header_name = b""
         self._received = 0
+        self._closing = False  # answered with "Connection: close" or 400: serve no more
 
     def connection_made(self, conn: Transport) -> None:
         self.conn = conn
 
     def data_received(self, data: bytes) -> None:
-        self._received += len(data)
-        if self._received > MAX_REQUEST_BYTES:
-            self._bad_request("request too large")
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._bad_request("protocol upgrade not supported")
-        except httptools.HttpParserError as exc:
-            self._bad_request(f"malformed request: {exc}")
+        view = memoryview(data)
+        for start in range(0, len(view), FEED_BYTES):
+            if self._closing:
+                return
+            piece = view[start : start + FEED_BYTES]
+            self._received += len(piece)  # reset when a request completes
+            if self._received > MAX_REQUEST_BYTES:
+                self._bad_request("request too large")
+                return
+            try:
+                self._parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                self._bad_request("protocol upgrade not supported")
+                return
+            except httptools.HttpParserError as exc:
+                self._bad_request(f"malformed request: {exc}")
+                return
 
     # httptools callbacks
     def on_url(self, url: bytes) -> None:
@@ -92,6 +106,10 @@ class HttpProtocol(Protocol):
 
     def on_message_complete(self) -> None:
         assert self.conn is not None
+        if self._closing:
+            return  # pipelined in the same piece behind a request that closed the connection
+        if self._parser.should_upgrade():
+            return  # feed_data raises HttpParserUpgrade next, which answers 400
         try:
             url = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -112,6 +130,7 @@ class HttpProtocol(Protocol):
         self._headers = {}
         self._received = 0
         if not keep_alive:
+            self._closing = True
             self.conn.close()
 
     def _respond(self, status: int, ctype: str, body: bytes, keep_alive: bool) -> None:
@@ -127,6 +146,9 @@ class HttpProtocol(Protocol):
 
     def _bad_request(self, reason: str) -> None:
         assert self.conn is not None
+        if self._closing:
+            return
+        self._closing = True
         log.warning("%r: %s; answering 400 and closing", self.conn, reason)
         self._respond(400, "text/plain; charset=utf-8", b"bad request\n", False)
         self.conn.close()

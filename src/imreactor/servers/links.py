@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ssl import SSLContext
 from typing import Any
 
-from ..net import Backoff, Connector, EventLoop
+from ..net import Backoff, Connector, ConnState, EventLoop
 from ..pdu.imconn import SERVER_LINK, Dispatcher, ImConnection, Keepalive, LinkPolicy
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,17 @@ class LinkSet:
 
     @property
     def live(self) -> list[Link]:
-        return list(self._live)
+        """The links that are up (not those being closed, which still await their EOF)."""
+        return [link for link in self._live if link.conn.state is ConnState.CONNECTED]
 
     def pick(self) -> Link | None:
         """A live link (round-robin), or None if every peer is down."""
-        if not self._live:
-            return None
-        return self._live[next(self._rr) % len(self._live)]
+        live = self._live
+        for _ in range(len(live)):
+            link = live[next(self._rr) % len(live)]
+            if link.conn.state is ConnState.CONNECTED:
+                return link
+        return None
 
     def broadcast(self, message: Any) -> None:
         for link in self._live:

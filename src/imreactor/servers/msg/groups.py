@@ -5,7 +5,9 @@ it), so it is kept here instead of being fetched from the database each time.
 An entry is filled on first use from db_proxy (``IMGroupInfoListReq`` with
 version 0), replaced whenever this server changes the group or hears of a
 change from another server (``IMGroupChangeMemberNotify``), and dropped after
-``ttl_s`` as a safety net against a missed notification.
+``ttl_s`` as a safety net against a missed notification. An answer to a fetch
+during which the group changed may predate the change: it answers the fetch's
+waiters but is not cached.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class GroupCache:
         self.timeout_s = timeout_s
         self._groups: dict[int, GroupEntry] = {}
         self._waiting: dict[int, list[GroupCallback]] = {}
+        self._changed: set[int] = set()  # changed while a fetch of theirs was in flight
         self.fetches = 0  #: database round trips made (for tests and metrics)
 
     def get(self, group_id: int, callback: GroupCallback) -> None:
@@ -73,17 +76,29 @@ class GroupCache:
             else:
                 for info in rsp.group_info_list:
                     if info.group_id == group_id:
-                        found = self.put(
-                            group_id, info.group_creator_id, info.group_type, info.group_member_list
+                        found = GroupEntry(
+                            group_id,
+                            info.group_creator_id,
+                            info.group_type,
+                            frozenset(info.group_member_list),
+                            self.loop.time(),
                         )
+            if group_id in self._changed:
+                self._changed.discard(group_id)
+            elif found is not None:
+                self._groups[group_id] = found
             for cb in self._waiting.pop(group_id, []):
-                cb(found)
+                try:
+                    cb(found)
+                except Exception:  # one caller's bug must not cost the others their answer
+                    log.exception("group %d: callback %r failed", group_id, cb)
 
         link.request(req, fetched, timeout_s=self.timeout_s, response=group_pb.IMGroupInfoListRsp)
 
     def put(self, group_id: int, creator_id: int, group_type: int, members: Any) -> GroupEntry:
         entry = GroupEntry(group_id, creator_id, group_type, frozenset(members), self.loop.time())
         self._groups[group_id] = entry
+        self._note_change(group_id)
         return entry
 
     def update_members(self, group_id: int, members: Any) -> None:
@@ -91,6 +106,13 @@ class GroupCache:
         entry = self._groups.get(group_id)
         if entry is not None:
             self.put(group_id, entry.creator_id, entry.group_type, members)
+        else:
+            self._note_change(group_id)  # a fetch in flight may answer from before it
 
     def invalidate(self, group_id: int) -> None:
         self._groups.pop(group_id, None)
+        self._note_change(group_id)
+
+    def _note_change(self, group_id: int) -> None:
+        if group_id in self._waiting:
+            self._changed.add(group_id)
