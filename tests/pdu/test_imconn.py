@@ -514,6 +514,35 @@ def test_response_goes_to_the_request_callback(loop: EventLoop) -> None:
     assert loop.pending_timers == 0  # the timeouts were cancelled
 
 
+def test_a_failing_response_callback_harms_neither_the_link_nor_other_requests(
+    loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = answering_server(loop)
+
+    def broken(message: object, exc: BaseException | None) -> None:
+        raise RuntimeError("bug in a requester")
+
+    after = Responses()
+    with caplog.at_level(logging.ERROR, logger="imreactor.pdu.imconn"):
+        client.request(login_req(), broken, response=im_login_pb2.IMLoginRes)  # answered
+        client.request(login_req(), broken, response=im_message_pb2.IMMsgDataAck)  # wrong class
+        seq = client.request(login_req(), after, response=im_login_pb2.IMLoginRes)
+        settle(loop)
+    assert after.results == [(login_res(server_time=seq), None)]
+    assert client.conn.state is CONNECTED
+    failures = [r for r in caplog.records if "response callback" in r.getMessage()]
+    assert len(failures) == 2 and all(r.exc_info is not None for r in failures)
+    # A timed-out request's failing callback is logged the same way.
+    silent_client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
+    silent = ImConnection(Dispatcher(default=lambda c, m, s: None), policy=QUIET)
+    cs, _ = link(loop, silent_client, silent)
+    with caplog.at_level(logging.ERROR, logger="imreactor.pdu.imconn"):
+        silent_client.request(login_req(), broken, timeout_s=1.0)
+        advance(loop, clock, 1.5)
+    assert len([r for r in caplog.records if "response callback" in r.getMessage()]) == 3
+    assert cs.state is CONNECTED
+
+
 def test_response_of_the_wrong_class_fails_the_request(loop: EventLoop) -> None:
     client, _ = answering_server(loop)
     got = Responses()

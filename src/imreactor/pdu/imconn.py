@@ -277,10 +277,7 @@ class ImConnection(FrameProtocol):
         for _cls, callback, timer in pending.values():
             if timer is not None:
                 timer.cancel()
-            try:
-                callback(None, lost)
-            except Exception:
-                log.exception("response callback %r failed", callback)
+            _answer(callback, None, lost)
         self.on_closed(exc)
 
     def on_connected(self) -> None:
@@ -359,7 +356,7 @@ class ImConnection(FrameProtocol):
                 del late[next(iter(late))]
             expected = entry[0]
             late[seq] = ids_of(expected)[1] if expected is not None else 0
-            entry[1](None, TimeoutError(f"no response within {timeout_s:g} s (seq {seq})"))
+            _answer(entry[1], None, TimeoutError(f"no response within {timeout_s:g} s (seq {seq})"))
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -438,14 +435,12 @@ class ImConnection(FrameProtocol):
             timer.cancel()
         message = self.decode(service_id, command_id, seq, frame)
         if message is None:
-            callback(None, ValueError(f"invalid response to seq {seq}"))
+            _answer(callback, None, ValueError(f"invalid response to seq {seq}"))
         elif expected is not None and not isinstance(message, expected):
-            callback(
-                None,
-                ValueError(f"expected {expected.__name__}, got {type(message).__name__}"),
-            )
+            wrong = f"expected {expected.__name__}, got {type(message).__name__}"
+            _answer(callback, None, ValueError(wrong))
         else:
-            callback(message, None)
+            _answer(callback, message, None)
 
     def bad_pdu(self, service_id: int, command_id: int, seq: int, reason: str) -> None:
         """A PDU that cannot be served arrived: log it. Default: keep the connection."""
@@ -458,3 +453,12 @@ class ImConnection(FrameProtocol):
             seq,
             reason,
         )
+
+
+def _answer(callback: ResponseCallback, message: Message | None, exc: BaseException | None) -> None:
+    """Call one request's callback; its failure is the requester's bug, logged, and never
+    the link's: the connection and every other pending request go on."""
+    try:
+        callback(message, exc)
+    except Exception:
+        log.exception("response callback %r failed", callback)

@@ -200,6 +200,24 @@ def test_a_fetch_that_times_out_answers_none_and_the_next_get_asks_again(h: Harn
     assert h.results[2] == ("c", entry(7, 1, [1], START_S + TIMEOUT_S))
 
 
+def test_a_request_the_link_cannot_take_answers_none_and_leaves_no_waiters(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kw: object) -> int:
+        raise RuntimeError("65535 requests outstanding on one connection")
+
+    monkeypatch.setattr(h.link, "request", full)
+    h.get(7, "a")
+    assert h.results == [("a", None)]
+    monkeypatch.undo()
+    h.get(7, "b")  # not stuck behind the failed fetch: asks db_proxy
+    h.settle()
+    assert h.db.asked() == [7]
+    h.db.answer(0, info(7, creator=1, members=[1]))
+    h.settle()
+    assert h.results[1] == ("b", entry(7, 1, [1], START_S))
+
+
 def test_a_link_lost_during_a_fetch_answers_none(h: Harness) -> None:
     h.get(7, "a")
     h.get(7, "b")

@@ -93,7 +93,12 @@ class GroupCache:
                 except Exception:  # one caller's bug must not cost the others their answer
                     log.exception("group %d: callback %r failed", group_id, cb)
 
-        link.request(req, fetched, timeout_s=self.timeout_s, response=group_pb.IMGroupInfoListRsp)
+        try:
+            link.request(
+                req, fetched, timeout_s=self.timeout_s, response=group_pb.IMGroupInfoListRsp
+            )
+        except RuntimeError as exc:  # every seq of the link in use: answer now, wait for none
+            fetched(None, exc)
 
     def put(self, group_id: int, creator_id: int, group_type: int, members: Any) -> GroupEntry:
         entry = GroupEntry(group_id, creator_id, group_type, frozenset(members), self.loop.time())
