@@ -49,9 +49,11 @@ def test_database_outage_fails_only_its_requests(
             alice.timeout_s = 3.0
             alice.send_message(bob.user_id, b"during")
         assert alice.is_connected and bob.is_connected
-        assert "StorageError" in suite.log_text("db_proxy_server") or "failed" in suite.log_text(
-            "db_proxy_server"
+        db_log = suite.log_text("db_proxy_server")
+        assert (
+            "ERROR imreactor.servers.dbproxy.server: IMValidateReq failed: StorageError(" in db_log
         )
+        assert "ERROR imreactor.servers.dbproxy.server: IMMsgData failed: StorageError(" in db_log
     finally:
         pg.start()
     deadline = time.monotonic() + 15
