@@ -175,3 +175,30 @@ def test_a_failing_on_commit_hook_does_not_fail_the_item(
 
     assert writer.store(5, hook, timeout_s=WAIT_S) == 50
     assert "on_commit hook failed" in caplog.text
+
+
+def test_a_queue_longer_than_max_batch_is_stored_in_batches_of_max_batch(
+    store: FakeStore,
+) -> None:
+    writer: GroupCommitWriter[int, int] = GroupCommitWriter(store, max_batch=4)
+    try:
+        hold(store, writer)
+        futures = [writer.submit(i) for i in range(1, 11)]
+        store.gate.set()
+        assert [f.result(WAIT_S) for f in futures] == [i * 10 for i in range(1, 11)]
+        assert store.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    finally:
+        writer.close()
+
+
+def test_close_stores_what_is_queued_before_it_stops(store: FakeStore) -> None:
+    writer: GroupCommitWriter[int, int] = GroupCommitWriter(store, max_batch=64)
+    hold(store, writer)
+    futures = [writer.submit(i) for i in range(1, 4)]
+    closer = threading.Thread(target=writer.close)
+    closer.start()
+    store.gate.set()
+    closer.join(WAIT_S)
+    assert not closer.is_alive()
+    assert [f.result(0) for f in futures] == [10, 20, 30]
+    assert store.stored == [0, 1, 2, 3]
