@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, overload
 
 from google.protobuf.message import DecodeError, Message
 
@@ -85,6 +85,10 @@ on a connection of class ``C``."""
 
 ResponseCallback = Callable[[Any, "BaseException | None"], Any]
 """``callback(message, exc)``: the response to a request, or why there is none."""
+
+TypedResponseCallback = Callable[["M | None", "BaseException | None"], object]
+"""A :data:`ResponseCallback` for requests that name their response class ``M``:
+``message`` is an ``M`` when ``exc`` is None, else None."""
 
 # A request waiting for its answer: the response class, the callback, the timeout timer.
 _Pending = tuple["type[Message] | None", ResponseCallback, "Timer | None"]
@@ -300,6 +304,26 @@ class ImConnection(FrameProtocol):
         """Send a whole PDU as received (relaying without re-encoding)."""
         self._send_flag = True
         self.conn.write(frame)
+
+    @overload
+    def request(
+        self,
+        message: Message,
+        callback: TypedResponseCallback[M],
+        *,
+        timeout_s: float | None = 10.0,
+        response: type[M],
+    ) -> int: ...
+
+    @overload
+    def request(
+        self,
+        message: Message,
+        callback: ResponseCallback,
+        *,
+        timeout_s: float | None = 10.0,
+        response: None = None,
+    ) -> int: ...
 
     def request(
         self,

@@ -16,7 +16,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .server import MsgServer
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 _MSG_DATA_IDS = ids_of(msg_pb.IMMsgData)  # for bad_pdu reports, not looked up per message
 
@@ -115,8 +116,8 @@ class Delivery:
         msg.msg_id = 0
         msg.attach_data = conn.attach()
 
-        def stored(rsp: Any, exc: BaseException | None) -> None:
-            if exc is not None or rsp.msg_id == 0:
+        def stored(rsp: msg_pb.IMMsgData | None, exc: BaseException | None) -> None:
+            if rsp is None or rsp.msg_id == 0:
                 # Not stored: no ack, no delivery; the client retries.
                 log.warning("message from %d not stored: %s", msg.from_user_id, exc or "refused")
                 return
@@ -216,7 +217,7 @@ class Delivery:
         self, conn: ClientConn, msg: buddy.IMChangeSignInfoReq, seq: int
     ) -> None:
 
-        def changed(rsp: Any) -> None:
+        def changed(rsp: buddy.IMChangeSignInfoRsp) -> None:
             if rsp.result_code == 0:
                 notify = buddy.IMSignInfoChangedNotify(
                     changed_user_id=conn.user_id, sign_info=msg.sign_info
@@ -230,7 +231,7 @@ class Delivery:
         # Clients create temporary groups only; normal groups are made by the admin CLI.
         msg.group_type = base.GROUP_TYPE_TMP
 
-        def created(rsp: Any) -> None:
+        def created(rsp: group_pb.IMGroupCreateRsp) -> None:
             if rsp.result_code != 0:
                 return
             members = list(rsp.user_id_list)
@@ -276,7 +277,7 @@ class Delivery:
                 refuse("only the creator removes others")
                 return
 
-            def changed(rsp: Any) -> None:
+            def changed(rsp: group_pb.IMGroupChangeMemberRsp) -> None:
                 if rsp.result_code != 0:
                     return
                 self.server.groups.update_members(msg.group_id, rsp.cur_user_id_list)
@@ -315,8 +316,8 @@ class Delivery:
         conn: ClientConn,
         msg: Any,
         seq: int,
-        rsp_cls: type[Message],
-        then: Any = None,
+        rsp_cls: type[M],
+        then: Callable[[M], object] | None = None,
     ) -> None:
         db = self.server.db.pick()
         if db is None:
@@ -325,8 +326,8 @@ class Delivery:
         msg.user_id = conn.user_id
         msg.attach_data = conn.attach()
 
-        def answered(rsp: Any, exc: BaseException | None) -> None:
-            if exc is not None:
+        def answered(rsp: M | None, exc: BaseException | None) -> None:
+            if rsp is None:
                 log.warning("%s for user %d failed: %s", type(msg).__name__, conn.user_id, exc)
                 return
             rsp.ClearField("attach_data")

@@ -69,9 +69,9 @@ class GroupCache:
         req = group_pb.IMGroupInfoListReq(user_id=0)
         req.group_version_list.add(group_id=group_id, version=0)
 
-        def fetched(rsp: Any, exc: BaseException | None) -> None:
+        def fetched(rsp: group_pb.IMGroupInfoListRsp | None, exc: BaseException | None) -> None:
             found: GroupEntry | None = None
-            if exc is not None:
+            if rsp is None:
                 log.warning("group %d: fetch failed: %s", group_id, exc)
             else:
                 for info in rsp.group_info_list:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ...net import ConnState
 from ...pdu.imconn import Dispatcher, encode_message
@@ -175,7 +175,7 @@ class Presence:
                 response=buddy.IMUsersStatRsp,
             )
 
-    def _watch_answered(self, rsp: Any, exc: BaseException | None) -> None:
+    def _watch_answered(self, rsp: buddy.IMUsersStatRsp | None, exc: BaseException | None) -> None:
         """Take the status a new entry starts from (what its watcher's own answer says).
 
         Never a notify: an answer is not a transition. Right after a route_server
@@ -183,7 +183,7 @@ class Presence:
         "offline" then would be a storm of false flaps; a change missed while the
         link was down is missed, as in TeamTalk (a client re-asks after a reconnect).
         """
-        if exc is not None:
+        if rsp is None:
             # Nothing to redo: the link's next connect sends the whole set again.
             log.info("presence subscription not answered: %s", exc)
             return
@@ -220,8 +220,8 @@ class Presence:
             msg.user_id = conn.user_id
             msg.attach_data = conn.attach()
 
-            def answered(rsp: Any, exc: BaseException | None) -> None:
-                if exc is None and conn.conn.state is ConnState.CONNECTED:
+            def answered(rsp: buddy.IMUsersStatRsp | None, exc: BaseException | None) -> None:
+                if rsp is not None and conn.conn.state is ConnState.CONNECTED:
                     rsp.ClearField("attach_data")
                     conn.send(rsp, seq)
 

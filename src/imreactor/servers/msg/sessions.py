@@ -118,11 +118,11 @@ class Sessions:
         client_type = req.client_type
         online_status = req.online_status
 
-        def validated(rsp: Any, exc: BaseException | None) -> None:
+        def validated(rsp: server_pb.IMValidateRsp | None, exc: BaseException | None) -> None:
             conn.login_pending = False
             if conn.conn.state is not ConnState.CONNECTED:
                 return
-            if exc is not None:
+            if rsp is None:
                 log.warning("validate for %r failed: %s", req.user_name, exc)
                 self._login_refused(conn, seq, base.REFUSE_REASON_NO_DB_SERVER, "database busy")
                 return
