@@ -180,13 +180,13 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
         (
             "[dbproxy]\ncredential_cache_ttl_s = -1\n",
             [],
-            "dbproxy.credential_cache_ttl_s: must be at least 0, got -1.0",
+            "dbproxy.credential_cache_ttl_s: -1.0 seconds; a duration is never negative",
         ),
         ('[dbproxy]\nhash_max_pending = "x"\n', [], "dbproxy.hash_max_pending: expected int"),
         (
             "[dbproxy]\nstore_timeout_s = 0\n",
             [],
-            "dbproxy.store_timeout_s: must be at least 0.001, got 0.0",
+            "dbproxy.store_timeout_s: 0.0 seconds; must be more than 0",
         ),
         (
             "[msg]\nthrottle_account_lockout = 0\n",
@@ -207,7 +207,7 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
         (
             "[msg]\nthrottle_answer_delay_s = -1.0\n",
             [],
-            "msg.throttle_answer_delay_s: must be at least 0, got -1.0",
+            "msg.throttle_answer_delay_s: -1.0 seconds; a duration is never negative",
         ),
         (
             "[route]\nmax_link_subscriptions = -1\n",
@@ -218,6 +218,39 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
         ("port = 1\n", [], "unknown table(s) or key(s) port"),
         ("[[msg]]\nport = 1\n", [], "msg must be a table"),
         ("[login]\n", ["--role", "msg"], "no [msg] table"),
+        ("[msg]\nport = 99999\n", [], "msg.port: 99999 is not a port (1..65535)"),
+        ("[login]\nhttp_port = 0\n", [], "login.http_port: 0 is not a port (1..65535)"),
+        ("[msg]\ntls_port = -1\n", [], "msg.tls_port: -1 is not a port (0..65535)"),
+        (
+            "[msg]\nclient_timeout_s = -5\n",
+            [],
+            "msg.client_timeout_s: -5.0 seconds; a duration is never negative",
+        ),
+        ("[msg]\nlogin_timeout_s = 0\n", [], "msg.login_timeout_s: 0.0 seconds; must be more"),
+        (
+            "[msg]\nreconnect_delays_s = [1.0, 0]\n",
+            [],
+            "msg.reconnect_delays_s: 0.0 seconds; must be more than 0",
+        ),
+        (
+            '[msg]\nlogin_servers = ["nohost.invalid"]\n',
+            [],
+            "msg.login_servers[0]: 'nohost.invalid' does not resolve",
+        ),
+        ('[msg]\ndb_proxies = ["127.0.0.1:x"]\n', [], "msg.db_proxies[0]: '127.0.0.1:x' is not"),
+        (
+            '[msg]\nroute_servers = ["127.0.0.1:0"]\n',
+            [],
+            "msg.route_servers[0]: '127.0.0.1:0': port 0 cannot be connected to",
+        ),
+        ('[route]\nlisten_host = ""\n', [], "route.listen_host: empty"),
+        ('[login]\nlisten_host = "999.1.1.1"\n', [], "login.listen_host: '999.1.1.1' does not"),
+        (
+            '[dbproxy]\ndatabase = "mysql://x"\n',
+            [],
+            "dbproxy.database: storage URL 'mysql://x': expected sqlite:///PATH or postgresql://",
+        ),
+        ('[dbproxy]\ndatabase = "sqlite:///"\n', [], "a SQLite database needs a file path"),
     ],
 )
 def test_config_check_refuses_with_one_line(
@@ -225,7 +258,7 @@ def test_config_check_refuses_with_one_line(
 ) -> None:
     path = write(tmp_path, text)
     res = imreactor("config", "check", str(path), *args)
-    assert res.returncode == 1 and res.stdout == ""
+    assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith(f"imreactor config check: {path}: ")
     assert message in res.stderr and res.stderr.count("\n") == 1, res.stderr
 
@@ -248,13 +281,13 @@ def test_config_check_accepts_every_file_imreactor_up_writes(tmp_path: Path) -> 
 
 def test_config_check_of_files_that_cannot_be_read(tmp_path: Path) -> None:
     res = imreactor("config", "check", str(tmp_path / "none.toml"))
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert (
         res.stderr
         == f"imreactor config check: {tmp_path / 'none.toml'}: No such file or directory\n"
     )
     res = imreactor("config", "check", str(tmp_path))
-    assert res.returncode == 1 and res.stderr.endswith(": Is a directory\n")
+    assert res.returncode == 2 and res.stderr.endswith(": Is a directory\n")
     res = imreactor("config", "check", str(write(tmp_path, "[msg]\n")), "--role", "nope")
     assert res.returncode == 2 and "invalid choice: 'nope'" in res.stderr
 

@@ -137,14 +137,18 @@ def _group(sub: Subparsers, name: str, help_: str) -> tuple[str, Subparsers]:
 
 
 def _runner(name: str, fn: Command) -> Callable[[argparse.Namespace], int]:
-    """``fn`` as a ``run`` function: every expected failure becomes one line and status 1."""
+    """``fn`` as a ``run`` function: every expected failure becomes one line, with status 2
+    for a configuration that cannot be used (as the servers exit on it), else 1."""
 
     def run(args: argparse.Namespace) -> int:
         from .storage import StorageError
 
         try:
             fn(args)
-        # ConfigError and ConfImportError are ValueErrors, as is open_storage's bad URL.
+        except ConfigError as exc:
+            print(f"imreactor {name}: {_one_line(str(exc))}", file=sys.stderr)
+            return 2
+        # ConfImportError is a ValueError, as is open_storage's bad URL.
         except (AdminError, StorageError, ValueError) as exc:
             print(f"imreactor {name}: {_one_line(str(exc))}", file=sys.stderr)
             return 1
@@ -326,28 +330,31 @@ def _config_defaults(args: argparse.Namespace) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> None:
+    """Read the file as the servers would: every refusal is a ConfigError (status 2)."""
     import tomllib
 
     try:
         with open(args.file, "rb") as f:
             doc = tomllib.load(f)
+    except OSError as exc:  # what a server given this file exits on, too
+        raise ConfigError(f"{args.file}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise AdminError(f"{args.file}: {exc}") from None
+        raise ConfigError(f"{args.file}: {exc}") from None
     unknown = sorted(set(doc) - set(ROLES))
     if unknown:
-        raise AdminError(
+        raise ConfigError(
             f"{args.file}: unknown table(s) or key(s) {', '.join(unknown)}"
             f" (tables are {', '.join(ROLES)})"
         )
     if args.role and args.role not in doc:
-        raise AdminError(f"{args.file}: no [{args.role}] table")
+        raise ConfigError(f"{args.file}: no [{args.role}] table")
     for role, table in doc.items():
         if not isinstance(table, dict):
-            raise AdminError(f"{args.file}: {role} must be a table")
+            raise ConfigError(f"{args.file}: {role} must be a table")
         try:
             from_mapping(ROLES[role], table, role)
         except ConfigError as exc:
-            raise AdminError(f"{args.file}: {exc}") from None
+            raise ConfigError(f"{args.file}: {exc}") from None
     print(f"{args.file}: ok ({', '.join(f'[{r}]' for r in doc) or 'empty: all defaults'})")
 
 

@@ -6,16 +6,34 @@ the key's default and the ``doc`` in its metadata says what it means
 roles, one table each (``[login]``, ``[msg]``, ``[route]``, ``[dbproxy]``).
 Unknown keys and wrongly typed values are errors, reported with the key's
 name: a typo must not silently fall back to a default.
+
+Values are checked as well as types, so that what a server would refuse (or die
+on) is refused when the file is read, by ``imreactor config check`` and at start
+alike, with the key, the value and why, in one line:
+
+- a key named ``port`` or ``*_port`` is a port, 1..65535 (0 too where the default
+  is 0 or the key's doc says what 0 means, "(0 = ...");
+- a key named ``*_s`` is a duration in seconds (or a list of them): never negative,
+  and not 0 where the default is above 0;
+- a key declared with ``check=`` (:func:`option`) runs that check too: a host to
+  listen on (:func:`check_host`), ``host:port`` lists (:func:`check_addresses`),
+  storage URLs; and each role's ``__post_init__`` adds its own rules
+  (:func:`check_minimums`, :func:`check_pair`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import socket
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from .net.connection import is_port, parse_address
 
 T = TypeVar("T")
 
@@ -24,11 +42,84 @@ class ConfigError(ValueError):
     """The configuration cannot be used as written."""
 
 
-def option(default: Any, doc: str) -> Any:
-    """A configuration key: its default and a one-line description."""
+Check = Callable[[str, Any], None]
+"""``check(key, value)``: raise ConfigError (naming ``key``) for a value that cannot work."""
+
+
+def option(default: Any, doc: str, *, check: Check | None = None) -> Any:
+    """A configuration key: its default, a one-line description, and an optional value check."""
+    metadata = {"doc": doc, "check": check}
     if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"doc": doc})
-    return dataclasses.field(default=default, metadata={"doc": doc})
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def check_host(key: str, value: str) -> None:
+    """An address to listen on or connect to: an IP address, or a name that resolves."""
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    if not value:
+        raise ConfigError(f"{key}: empty; give an IP address or a host name")
+    try:
+        socket.getaddrinfo(value, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"{key}: {value!r} does not resolve ({exc})") from None
+
+
+def check_addresses(key: str, value: list[str]) -> None:
+    """A list of ``host:port`` (or ``host``, for the role's usual port) that all resolve."""
+    for i, entry in enumerate(value):
+        try:
+            host, port = parse_address(entry, 1)
+        except ValueError:
+            raise ConfigError(f"{key}[{i}]: {entry!r} is not host:port") from None
+        if port == 0:
+            raise ConfigError(f"{key}[{i}]: {entry!r}: port 0 cannot be connected to")
+        check_host(f"{key}[{i}]", host)
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def check_values(cls: type[Any], values: dict[str, Any], section: str) -> None:
+    """The value rules of the module docstring, for the keys in ``values`` (typed already).
+
+    Run before the dataclass is built, so that a bad value is named before any rule
+    that combines keys (``__post_init__``) sees it.
+    """
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue  # a default: valid by construction
+        key, value, default = f"{section}.{f.name}", values[f.name], _default_of(f)
+        if (f.name == "port" or f.name.endswith("_port")) and isinstance(value, int):
+            zero = default == 0 or "(0 = " in f.metadata.get("doc", "")
+            if not is_port(value, allow_zero=zero):
+                raise ConfigError(f"{key}: {value} is not a port ({0 if zero else 1}..65535)")
+        elif f.name.endswith("_s"):
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, int | float) and (v < 0 or (v == 0 and _positive(default))):
+                    raise ConfigError(
+                        f"{key}: {v!r} seconds; must be more than 0"
+                        if v == 0
+                        else f"{key}: {v!r} seconds; a duration is never negative"
+                    )
+        check: Check | None = f.metadata.get("check")
+        if check is not None:
+            check(key, value)
+
+
+def _positive(default: Any) -> bool:
+    if isinstance(default, list):
+        return any(isinstance(d, int | float) and d > 0 for d in default)
+    return isinstance(default, int | float) and default > 0
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> Any:
@@ -85,6 +176,7 @@ def from_mapping(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}")
     kwargs = {k: _check_type(prefix + k, v, hints[k]) for k, v in data.items()}
+    check_values(cls, kwargs, where or cls.__name__)
     return cls(**kwargs)
 
 

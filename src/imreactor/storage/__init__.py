@@ -59,6 +59,7 @@ __all__ = [
     "StorageError",
     "UnreadInfo",
     "User",
+    "check_storage_url",
     "open_storage",
 ]
 
@@ -80,17 +81,26 @@ def open_storage(
     ``busy_timeout_s`` for SQLite, ``max_connections`` for PostgreSQL). Raises ValueError
     for a URL of no known form, StorageError if the database cannot be used.
     """
+    check_storage_url(url)
+    if url.startswith(SQLITE_PREFIX):
+        from .sqlite import SQLiteStorage
+
+        path = url[len(SQLITE_PREFIX) :]
+        return SQLiteStorage(path, clock=clock, hasher=hasher, **backend_options)
+    from .postgres import PostgresStorage
+
+    return PostgresStorage(url, clock=clock, hasher=hasher, **backend_options)
+
+
+def check_storage_url(url: str) -> None:
+    """Raise ValueError (one line, with the URL) unless ``url`` has a form
+    :func:`open_storage` knows; whether that database can be reached is not checked."""
     if url.startswith(SQLITE_PREFIX):
         path = url[len(SQLITE_PREFIX) :]
         if not path or path.startswith(":memory:") or path.startswith("file:"):
             # Every thread has its own connection: an in-memory database would be a
             # different, empty one in each.
             raise ValueError(f"storage URL {url!r}: a SQLite database needs a file path")
-        from .sqlite import SQLiteStorage
-
-        return SQLiteStorage(path, clock=clock, hasher=hasher, **backend_options)
-    if url.startswith(POSTGRES_PREFIXES):
-        from .postgres import PostgresStorage
-
-        return PostgresStorage(url, clock=clock, hasher=hasher, **backend_options)
-    raise ValueError(f"storage URL {url!r}: expected sqlite:///PATH or postgresql://...")
+        return
+    if not url.startswith(POSTGRES_PREFIXES):
+        raise ValueError(f"storage URL {url!r}: expected sqlite:///PATH or postgresql://...")

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import check_minimums, option
+from ...config import ConfigError, check_host, check_minimums, option
+from ...storage import check_storage_url
 from ..linkauth import LinkSecurity
+
+
+def _check_database(key: str, url: str) -> None:
+    try:
+        check_storage_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 @dataclass
 class DbProxyConfig(LinkSecurity):
-    listen_host: str = option("127.0.0.1", "address msg_servers connect to")
+    listen_host: str = option("127.0.0.1", "address msg_servers connect to", check=check_host)
     port: int = option(10600, "TCP port for msg_servers")
     database: str = option(
         "sqlite:///data/imreactor.db",
         "storage URL: sqlite:///PATH (relative to the working directory) or postgresql://...",
+        check=_check_database,
     )
     threads: int = option(
         64,

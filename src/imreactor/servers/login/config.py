@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import check_pair, option
+from ...config import check_host, check_pair, option
 from ..linkauth import LinkSecurity
 
 
 @dataclass
 class LoginConfig(LinkSecurity):
-    listen_host: str = option("127.0.0.1", "address for all of login_server's ports")
+    listen_host: str = option(
+        "127.0.0.1", "address for all of login_server's ports", check=check_host
+    )
     http_port: int = option(8080, "HTTP port for GET /msg_server, /healthz, /metrics")
     msg_server_port: int = option(8100, "TCP port msg_servers register on")
     cert_file: str = option("", "certificate chain (PEM) for HTTPS on http_port; empty: plain HTTP")

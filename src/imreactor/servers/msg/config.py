@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_minimums, check_pair, option
+from ...config import ConfigError, check_addresses, check_host, check_minimums, check_pair, option
 from ..linkauth import LinkSecurity
 
 #: The values of ``presence``: who gets an ``IMUserStatNotify`` (docs/servers.md, "Presence").
@@ -13,7 +13,7 @@ PRESENCE_MODES = ("subscribed", "broadcast")
 
 @dataclass
 class MsgConfig(LinkSecurity):
-    listen_host: str = option("127.0.0.1", "address clients connect to")
+    listen_host: str = option("127.0.0.1", "address clients connect to", check=check_host)
     port: int = option(8000, "TCP port for clients")
     tls_port: int = option(
         0, "TLS port for clients (0 = none; needs cert_file and key_file); told to login_server"
@@ -26,9 +26,15 @@ class MsgConfig(LinkSecurity):
     max_conn_cnt: int = option(
         100000, "client connections held at most (fewer if the open-file limit leaves fewer)"
     )
-    login_servers: list[str] = option(["127.0.0.1:8100"], "login_server msg_server ports")
-    db_proxies: list[str] = option(["127.0.0.1:10600"], "db_proxy_server addresses")
-    route_servers: list[str] = option([], "route_server addresses (empty: single server)")
+    login_servers: list[str] = option(
+        ["127.0.0.1:8100"], "login_server msg_server ports", check=check_addresses
+    )
+    db_proxies: list[str] = option(
+        ["127.0.0.1:10600"], "db_proxy_server addresses", check=check_addresses
+    )
+    route_servers: list[str] = option(
+        [], "route_server addresses (empty: single server)", check=check_addresses
+    )
     login_timeout_s: float = option(15.0, "close a connection not logged in after this long")
     client_timeout_s: float = option(120.0, "close a desktop client silent for this long")
     mobile_timeout_s: float = option(300.0, "close a mobile client silent for this long")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import check_minimums, option
+from ...config import check_host, check_minimums, option
 from ..linkauth import LinkSecurity
 
 
 @dataclass
 class RouteConfig(LinkSecurity):
-    listen_host: str = option("127.0.0.1", "address route_server listens on")
+    listen_host: str = option("127.0.0.1", "address route_server listens on", check=check_host)
     port: int = option(8200, "TCP port msg_servers connect to")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
     timeout_s: float = option(30.0, "close a msg_server link silent for this long")
