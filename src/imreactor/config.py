@@ -13,8 +13,10 @@ alike, with the key, the value and why, in one line:
 
 - a key named ``port`` or ``*_port`` is a port, 1..65535 (0 too where the default
   is 0 or the key's doc says what 0 means, "(0 = ...");
-- a key named ``*_s`` is a duration in seconds (or a list of them): never negative,
-  and not 0 where the default is above 0;
+- a key named ``*_s`` (not ``*_per_s``) is a duration in seconds (or a list of them):
+  never negative, and above 0 for timeouts, heartbeats and reconnect delays
+  (``*timeout_s``, ``*heartbeat_s``, ``*delays_s``), where 0 would close everything at
+  once or spin;
 - a key declared with ``check=`` (:func:`option`) runs that check too: a host to
   listen on (:func:`check_host`), ``host:port`` lists (:func:`check_addresses`),
   storage URLs; and each role's ``__post_init__`` adds its own rules
@@ -41,6 +43,9 @@ T = TypeVar("T")
 class ConfigError(ValueError):
     """The configuration cannot be used as written."""
 
+
+#: Durations for which 0 would mean a busy loop or a server that closes everything at once.
+_NEVER_ZERO = ("timeout_s", "heartbeat_s", "delays_s")
 
 Check = Callable[[str, Any], None]
 """``check(key, value)``: raise ConfigError (naming ``key``) for a value that cannot work."""
@@ -103,9 +108,10 @@ def check_values(cls: type[Any], values: dict[str, Any], section: str) -> None:
             zero = default == 0 or "(0 = " in f.metadata.get("doc", "")
             if not is_port(value, allow_zero=zero):
                 raise ConfigError(f"{key}: {value} is not a port ({0 if zero else 1}..65535)")
-        elif f.name.endswith("_s"):
+        elif f.name.endswith("_s") and not f.name.endswith("_per_s"):
+            positive = f.name.endswith(_NEVER_ZERO)
             for v in value if isinstance(value, list) else [value]:
-                if isinstance(v, int | float) and (v < 0 or (v == 0 and _positive(default))):
+                if isinstance(v, int | float) and (v < 0 or (v == 0 and positive)):
                     raise ConfigError(
                         f"{key}: {v!r} seconds; must be more than 0"
                         if v == 0
@@ -114,12 +120,6 @@ def check_values(cls: type[Any], values: dict[str, Any], section: str) -> None:
         check: Check | None = f.metadata.get("check")
         if check is not None:
             check(key, value)
-
-
-def _positive(default: Any) -> bool:
-    if isinstance(default, list):
-        return any(isinstance(d, int | float) and d > 0 for d in default)
-    return isinstance(default, int | float) and default > 0
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> Any:

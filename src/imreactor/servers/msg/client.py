@@ -49,15 +49,16 @@ class ClientConn(ImConnection):
 
     __slots__ = (
         "_login_timer",
+        "_rate_timer",
         "_sequencer",
         "_tokens",
         "_tokens_at",
         "client_type",
-        "dropped",
         "handle",
         "kicked",
         "login_pending",
         "server",
+        "slowed",
         "user_id",
         "watching",
     )
@@ -73,8 +74,9 @@ class ClientConn(ImConnection):
         self._login_timer: Timer | None = None
         self._tokens = float(server.config.msg_burst)
         self._tokens_at = 0.0
-        #: Messages dropped by the rate limit (too many closes the connection).
-        self.dropped = 0
+        self._rate_timer: Timer | None = None
+        #: Times reading was paused because the connection sent above its rate.
+        self.slowed = 0
         #: The users whose presence this connection subscribed to; None until it first
         #: does, so that a connection that never asks costs one slot.
         self.watching: set[int] | None = None
@@ -115,6 +117,9 @@ class ClientConn(ImConnection):
             self.conn.close()
 
     def on_closed(self, exc: BaseException | None) -> None:
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
         if self._sequencer is not None:
             self._sequencer.close()
         self.cancel_login_deadline()
@@ -138,17 +143,47 @@ class ClientConn(ImConnection):
             self.conn.abort()
 
     def take_token(self) -> bool:
-        """Token bucket: ``msg_rate_per_s`` sustained, ``msg_burst`` at once."""
+        """Count one message against the token bucket (``msg_rate_per_s`` sustained,
+        ``msg_burst`` at once); False if the connection floods and must be closed.
+
+        A message above the rate is still served, never dropped: the bucket goes into
+        debt and reading pauses until the debt is paid back at the rate, so the kernel
+        buffers and TCP slows the sender. Only what one read brought in can add to the
+        debt while paused; a debt beyond ``msg_burst`` (a client that writes without
+        waiting for acks, far above the rate) is flooding.
+        """
+        config = self.server.config
+        self._refill()
+        self._tokens -= 1.0
+        if self._tokens >= 0.0:
+            return True
+        if self._tokens < -config.msg_burst:
+            return False
+        if self._rate_timer is None:
+            self.slowed += 1
+            self.conn.pause_reading()
+            self._rate_timer = self.server.loop.call_later(
+                -self._tokens / config.msg_rate_per_s, self._repaid
+            )
+        return True
+
+    def _refill(self) -> None:
         config = self.server.config
         now = self.server.loop.time()
         self._tokens = min(
             float(config.msg_burst), self._tokens + (now - self._tokens_at) * config.msg_rate_per_s
         )
         self._tokens_at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
+
+    def _repaid(self) -> None:
+        self._refill()
+        if self._tokens < 0.0:  # messages of the same read came after the pause began
+            self._rate_timer = self.server.loop.call_later(
+                -self._tokens / self.server.config.msg_rate_per_s, self._repaid
+            )
+            return
+        self._rate_timer = None
+        self.conn.resume_reading()
 
 
 class UserConns:

@@ -45,8 +45,12 @@ class MsgConfig(LinkSecurity):
     )
     group_cache_ttl_s: float = option(300.0, "refetch a cached group member list after this long")
     db_timeout_s: float = option(10.0, "give up on a db_proxy request after this long")
-    msg_rate_per_s: float = option(50.0, "messages a connection may send per second (sustained)")
-    msg_burst: int = option(200, "messages a connection may send in a burst")
+    msg_rate_per_s: float = option(
+        50.0, "messages a connection may send per second (sustained); above it, reading pauses"
+    )
+    msg_burst: int = option(
+        200, "messages a connection may send at once; a debt beyond it more closes it (flooding)"
+    )
     max_pdu_bytes: int = option(1 << 20, "largest PDU a client may send")
     reconnect_delays_s: list[float] = option(
         [4.0, 8.0, 16.0, 32.0, 64.0], "waits between reconnect attempts to peer servers"
@@ -112,6 +116,8 @@ class MsgConfig(LinkSecurity):
                 "throttle_answer_delay_s": 0,
                 "throttle_max_entries": 1,
                 "max_subscriptions": 0,
+                "msg_rate_per_s": 0.001,
+                "msg_burst": 1,
             },
         )
         # from_mapping checks types; which strings are modes is ours to check.

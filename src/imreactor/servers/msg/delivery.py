@@ -79,11 +79,14 @@ class Delivery:
 
     def _on_msg_data(self, conn: ClientConn, msg: msg_pb.IMMsgData, seq: int) -> None:
         if not conn.take_token():
-            conn.dropped += 1
-            log.warning("%r: message rate limit exceeded; message dropped", conn.conn)
-            if conn.dropped > self.server.config.msg_burst:
-                log.warning("%r: keeps flooding; closing", conn.conn)
-                conn.conn.abort()
+            config = self.server.config
+            log.warning(
+                "%r: flooding (more than %d messages beyond %g/s); closing",
+                conn.conn,
+                config.msg_burst,
+                config.msg_rate_per_s,
+            )
+            conn.conn.abort()
             return
         sid, cid = _MSG_DATA_IDS
         if msg.to_session_id == 0:
