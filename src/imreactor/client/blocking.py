@@ -160,14 +160,14 @@ class Client:
         if on_push or on_message or on_kick or on_status:
             self._notifier = Notifier(on_push, on_message, on_kick, on_status)
         self._status = StatusBoard(self._notifier.put if self._notifier is not None else None)
-        # Written on the loop thread only: the current connection's generation, session
-        # and transport.
-        self._gen = 0
         self._bridge = LoopBridge()
         self._keepalive = Keepalive(self._bridge.loop)
+        # The current connection's generation, session and transport, set on the loop
+        # thread as each connect starts; a given-up attempt's callbacks see another gen.
+        self._gen = 0
         self._session: ClientSession | None = None
-        self._logged_in_session: ClientSession | None = None
         self._conn: Transport | None = None
+        self._logged_in_session: ClientSession | None = None  # set by a successful login
         self._supervisor: Supervisor | None = None
         if reconnect:
             self._supervisor = Supervisor(
