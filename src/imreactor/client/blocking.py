@@ -29,116 +29,66 @@ most ``watch_limit`` users) and, with ``reconnect=True``, subscribes them again
 after each reconnect, before catching up: their statuses then are queued as
 ``IMUserStatNotify`` pushes (seq 0), so a change missed while offline is seen
 like a live one.
+
+The parts, one module each: :mod:`~imreactor.client.bridge` runs the loop thread
+and the waits on it, :mod:`~imreactor.client.catchup` keeps what was queued and
+what to fetch, :mod:`~imreactor.client.reconnect` is the supervisor thread,
+:mod:`~imreactor.client.notifier` the callback thread and
+:mod:`~imreactor.client.status` the status. This module holds the connection
+(one :class:`~imreactor.client.session.ClientSession` at a time) and the API.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import enum
-import json
 import logging
 import queue
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from ssl import SSLContext
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
-from ..net import Backoff, EventLoop, Transport
+from ..net import Backoff, Transport
 from ..pdu.imconn import CLIENT_SIDE, Keepalive, LinkPolicy, ResponseCallback
-from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
+from ..pdu.kinds import NOT_READY
 from ..pdu.password import password_digest
 from ..pdu.proto import im_base_define_pb2 as base
 from ..pdu.proto import im_buddy_pb2 as buddy
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_login_pb2 as login_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
+from .bridge import LoopBridge, fail, resolve
+from .catchup import CATCH_UP_MAX_PER_SESSION, HISTORY_PAGE, CatchUp, SessionKey, session_of
 from .crypto import TextCipher
-from .locate import MSG_SERVER_PATH, LocateError, msg_server_address
+from .errors import ClientError, LoginRefused
+from .locate import locate_msg_server
+from .notifier import MessageCallback, Notifier, PushCallback, StatusCallback
+from .reconnect import DEFAULT_RECONNECT_DELAYS_S, Supervisor
 from .session import DEFAULT_WATCH_LIMIT, ClientSession
+from .status import ClientStatus, StatusBoard
+
+__all__ = [
+    "CATCH_UP_MAX_PER_SESSION",
+    "DEFAULT_RECONNECT_DELAYS_S",
+    "HISTORY_PAGE",
+    "Client",
+    "ClientError",
+    "ClientStatus",
+    "LoginRefused",
+    "MessageCallback",
+    "PushCallback",
+    "SessionKey",
+    "StatusCallback",
+    "locate_msg_server",
+    "session_of",
+]
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
-T = TypeVar("T")
-
-#: Reconnect schedule of a client: quick at first (a restarted server is back in a
-#: second or two), then gentler. Jitter spreads many clients cut off together.
-DEFAULT_RECONNECT_DELAYS_S: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-#: Most messages caught up per session after one reconnect.
-CATCH_UP_MAX_PER_SESSION = 1000
-#: Messages one history request asks for (the server's cap is 200).
-HISTORY_PAGE = 200
-
-SessionKey = tuple[int, int]
-"""``(session_type, session_id)``: a peer user id for 1:1 sessions, a group id for groups."""
-
-
-class ClientError(RuntimeError):
-    """A request failed: refused by the server, timed out, or the connection closed."""
-
-
-class LoginRefused(ClientError):
-    """The server refused the login; :attr:`result_code` says why (6: bad credentials)."""
-
-    def __init__(self, result_code: int, result_string: str) -> None:
-        super().__init__(f"login refused: {result_string or 'result ' + str(result_code)}")
-        self.result_code = result_code
-        self.result_string = result_string
-
-
-class ClientStatus(enum.StrEnum):
-    """What :attr:`Client.status` says, and what ``on_status`` is called with."""
-
-    CONNECTED = "connected"  #: connected, not logged in yet
-    ONLINE = "online"  #: logged in (after a reconnect: and caught up)
-    OFFLINE = "offline"  #: the connection dropped; a reconnect is scheduled
-    RECONNECTING = "reconnecting"  #: a reconnect attempt is under way
-    KICKED = "kicked"  #: the server kicked this login (another one of the same class)
-    FAILED = "failed"  #: reconnecting stopped: the saved credentials were refused
-    CLOSED = "closed"  #: closed for good (by :meth:`Client.close` or without reconnect)
-
-
-def session_of(message: Any, my_user_id: int) -> SessionKey:
-    """The session an ``IMMsgData`` belongs to, as seen by ``my_user_id``."""
-    if message.msg_type in GROUP_MSG_TYPES:
-        return (base.SESSION_TYPE_GROUP, message.to_session_id)
-    if message.from_user_id == my_user_id:
-        return (base.SESSION_TYPE_SINGLE, message.to_session_id)
-    return (base.SESSION_TYPE_SINGLE, message.from_user_id)
-
-
-class _Seen:
-    """The msg_ids of one session already queued: exact above a floor that trails the newest."""
-
-    WINDOW = 4096
-
-    __slots__ = ("floor", "ids", "newest")
-
-    def __init__(self) -> None:
-        self.newest = 0
-        self.floor = 0
-        self.ids: set[int] = set()
-
-    def add(self, msg_id: int) -> bool:
-        """Record ``msg_id``; False if it was seen before (or is below the floor)."""
-        if msg_id <= self.floor or msg_id in self.ids:
-            return False
-        self.ids.add(msg_id)
-        self.newest = max(self.newest, msg_id)
-        if len(self.ids) > 2 * self.WINDOW:
-            self.floor = self.newest - self.WINDOW
-            self.ids = {i for i in self.ids if i > self.floor}
-        return True
-
-
-PushCallback = Callable[[Message, int], Any]
-MessageCallback = Callable[[Any], Any]
-StatusCallback = Callable[[ClientStatus], Any]
 
 
 class Client:
@@ -187,75 +137,76 @@ class Client:
         self.pushes: queue.Queue[tuple[Message, int]] = queue.Queue()
         self.user_id = 0
         self.user_info: Any = None
-        self.closed_with: BaseException | None = None
         self.cipher = TextCipher(aes_key) if aes_key is not None else None
         self.reconnect = reconnect
         self.login_url = login_url
         self.backoff = backoff or Backoff(DEFAULT_RECONNECT_DELAYS_S, jitter=0.2)
-        #: Successful reconnects (each followed by a catch-up) so far.
-        self.reconnects = 0
-        #: Messages queued by catch-ups so far.
-        self.caught_up = 0
-        self.status = ClientStatus.CONNECTED
         self.watch_limit = watch_limit
         #: TLS context of every connection (None: plain TCP).
         self.ssl = ssl
         self.server_hostname = server_hostname
         self._queue_pushes = queue_pushes
-        self._on_push = on_push
-        self._on_message = on_message
-        self._on_kick = on_kick
-        self._on_status = on_status
         self._closed = threading.Event()  # the current connection is down
         self._online = threading.Event()  # logged in (and caught up)
-        self._closing = False
         self._kicked = False
-        self._gave_up = False  # a reconnect's login was refused
         self._credentials: tuple[str, str, int] | None = None
-        # Catch-up state (reconnect mode), guarded by _lock: what was queued per
-        # session, where each session stood at the first login and when the link
-        # dropped, and live pushes held back while a catch-up runs.
-        self._lock = threading.Lock()
-        self._seen: dict[SessionKey, _Seen] = {}
-        self._baseline: dict[SessionKey, int] = {}
-        self._known: dict[SessionKey, int] = {}
-        self._online_since = 0
-        self._catching_up = False
-        self._held: list[tuple[Message, int]] = []
+        self._catchup = CatchUp()  # used in reconnect mode only
         # Users to keep subscribed across reconnects, in the order first asked (guarded
-        # by _lock); a dict for that order, since the first ones fit if the bound shrinks.
+        # by _watch_lock); a dict for that order, since the first ones fit if the bound
+        # shrinks.
+        self._watch_lock = threading.Lock()
         self._watching: dict[int, None] = {}
-        self._inflight: set[concurrent.futures.Future[Any]] = set()
-        self._gen = 0
-        self._loop = EventLoop()
-        self._keepalive = Keepalive(self._loop)
-        self._session: ClientSession | None = None
-        self._logged_in_session: ClientSession | None = None
-        self._conn: Transport | None = None
-        self._thread = threading.Thread(target=self._loop.run, name="imreactor-client", daemon=True)
-        self._thread.start()
-        self._events: queue.Queue[tuple[Message, int] | ClientStatus | None] | None = None
-        self._notifier: threading.Thread | None = None
+        self._notifier: Notifier | None = None
         if on_push or on_message or on_kick or on_status:
-            self._events = queue.Queue()
-            self._notifier = threading.Thread(
-                target=self._notify_loop, name="imreactor-client-callbacks", daemon=True
+            self._notifier = Notifier(on_push, on_message, on_kick, on_status)
+        self._status = StatusBoard(self._notifier.put if self._notifier is not None else None)
+        self._bridge = LoopBridge()
+        self._keepalive = Keepalive(self._bridge.loop)
+        # The current connection's generation, session and transport, set on the loop
+        # thread as each connect starts; a given-up attempt's callbacks see another gen.
+        self._gen = 0
+        self._session: ClientSession | None = None
+        self._conn: Transport | None = None
+        self._logged_in_session: ClientSession | None = None  # set by a successful login
+        self._supervisor: Supervisor | None = None
+        if reconnect:
+            self._supervisor = Supervisor(
+                self.backoff,
+                needed=lambda: (
+                    self._closed.is_set() and self._credentials is not None and not self._ended()
+                ),
+                ended=self._ended,
+                attempt=self._reconnect_once,
+                retry=self._reconnect_failed,
+                online=self._reconnected,
             )
-            self._notifier.start()
-        self._wake = threading.Event()  # the supervisor has work (or must stop)
-        self._stopping = threading.Event()  # close() was called
-        self._status_lock = threading.Lock()
-        self._supervisor: threading.Thread | None = None
         try:
             self._open(host, port)
         except BaseException:
             self.close()
             raise
-        if reconnect:
-            self._supervisor = threading.Thread(
-                target=self._supervise, name="imreactor-client-reconnect", daemon=True
-            )
+        if self._supervisor is not None:
             self._supervisor.start()
+
+    @property
+    def status(self) -> ClientStatus:
+        """The current :class:`ClientStatus` (also what ``on_status`` is called with)."""
+        return self._status.status
+
+    @property
+    def closed_with(self) -> BaseException | None:
+        """What closed the last connection, or the refusal that stopped reconnecting."""
+        return self._status.closed_with
+
+    @property
+    def reconnects(self) -> int:
+        """Successful reconnects (each followed by a catch-up) so far."""
+        return self._supervisor.reconnects if self._supervisor is not None else 0
+
+    @property
+    def caught_up(self) -> int:
+        """Messages queued by catch-ups so far."""
+        return self._catchup.caught_up
 
     # -- construction helpers -------------------------------------------------------------
 
@@ -293,10 +244,10 @@ class Client:
         def on_connected() -> None:
             if gen == self._gen:  # not an attempt given up on
                 self._closed.clear()
-            _resolve(connected, None)
+            resolve(connected, None)
 
         def on_failed(conn: Transport | None, exc: BaseException | None) -> None:
-            _fail(connected, ClientError(f"cannot connect to {host}:{port}: {exc}"))
+            fail(connected, ClientError(f"cannot connect to {host}:{port}: {exc}"))
 
         session = ClientSession(
             lambda message, seq: self._push(gen, message, seq),
@@ -314,7 +265,7 @@ class Client:
             conn: Transport
             try:
                 source = None if self.source_host is None else (self.source_host, 0)
-                conn = self._loop.connect(
+                conn = self._bridge.loop.connect(
                     host,
                     port,
                     session,
@@ -329,28 +280,17 @@ class Client:
             self._conn = conn
             conn.add_close_callback(on_failed)
 
-        self._loop.call_soon_threadsafe(start)
-        self._wait(connected, self.timeout_s + 1)
+        self._bridge.call_soon(start)
+        self._bridge.wait(connected, self.timeout_s + 1)
         self.host, self.port = host, port
 
+    def _abort_now(self) -> None:
+        """Loop thread: abort the current connection, if any."""
+        if self._conn is not None:
+            self._conn.abort()
+
     def _abort_connection(self) -> None:
-        def abort() -> None:
-            if self._conn is not None:
-                self._conn.abort()
-
-        self._loop.call_soon_threadsafe(abort)
-
-    def _wait(self, fut: concurrent.futures.Future[T], timeout_s: float) -> T:
-        """Wait for ``fut``; :meth:`close` fails every such wait at once."""
-        with self._lock:
-            if self._closing:
-                raise ClientError("client closed")
-            self._inflight.add(fut)
-        try:
-            return fut.result(timeout_s)
-        finally:
-            with self._lock:
-                self._inflight.discard(fut)
+        self._bridge.call_soon(self._abort_now)
 
     # -- loop-side callbacks --------------------------------------------------------------
 
@@ -359,89 +299,39 @@ class Client:
             return  # a connection given up on
         if isinstance(message, login_pb.IMKickUser):
             self._kicked = True
-        if self.reconnect and isinstance(message, msg_pb.IMMsgData):
-            with self._lock:
-                if not self._mark_seen(session_of(message, self.user_id), message.msg_id):
-                    return
-                if self._catching_up:
-                    # Queued after the missed ones, so each session stays in id order.
-                    self._held.append((message, seq))
-                    return
+        if (
+            self.reconnect
+            and isinstance(message, msg_pb.IMMsgData)
+            and not self._catchup.admit(message, seq, self.user_id)
+        ):
+            return
         self._deliver(message, seq)
 
     def _deliver(self, message: Message, seq: int) -> None:
         if self._queue_pushes:
             self.pushes.put((message, seq))
-        if self._events is not None:
-            self._events.put((message, seq))
+        if self._notifier is not None:
+            self._notifier.put((message, seq))
 
     def _lost(self, gen: int, exc: BaseException | None) -> None:
         if gen != self._gen:
             return
         self._online.clear()
         self._closed.set()
-        with self._status_lock:
-            if self._gave_up:
-                return  # closed_with keeps the refusal
-            self.closed_with = exc
-        if self._closing:
+        if not self._status.lost(exc):
+            return  # reconnecting gave up: closed_with keeps the refusal
+        if self._bridge.closing:
             return
         if self._kicked:
-            self._set_status(ClientStatus.KICKED)
-        elif self.reconnect and self._credentials is not None:
-            with self._lock:
-                if not self._catching_up:
-                    # Where each session stood when the link dropped: what comes live
-                    # after a re-login must not hide what was missed in between.
-                    self._catching_up = True
-                    self._known = {key: seen.newest for key, seen in self._seen.items()}
-            self._set_status(ClientStatus.OFFLINE)
-            self._wake.set()
+            self._status.set(ClientStatus.KICKED)
+        elif self._supervisor is not None and self._credentials is not None:
+            self._catchup.hold()
+            self._status.set(ClientStatus.OFFLINE)
+            self._supervisor.wake()
         else:
-            self._set_status(ClientStatus.CLOSED)
-
-    def _set_status(self, status: ClientStatus) -> None:
-        with self._status_lock:
-            if status is self.status:
-                return
-            self.status = status
-            if self._events is not None:
-                self._events.put(status)
-
-    def _notify_loop(self) -> None:
-        assert self._events is not None
-        while True:
-            event = self._events.get()
-            if event is None:
-                return
-            try:
-                if isinstance(event, ClientStatus):
-                    if self._on_status is not None:
-                        self._on_status(event)
-                    continue
-                message, seq = event
-                if self._on_push is not None:
-                    self._on_push(message, seq)
-                if self._on_message is not None and isinstance(message, msg_pb.IMMsgData):
-                    self._on_message(message)
-                if self._on_kick is not None and isinstance(message, login_pb.IMKickUser):
-                    self._on_kick(message)
-            except Exception:
-                log.exception("client callback failed for %r", event)
+            self._status.set(ClientStatus.CLOSED)
 
     # -- running things on the loop -------------------------------------------------------
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            try:
-                _resolve(fut, fn())
-            except BaseException as exc:
-                _fail(fut, exc)
-
-        self._loop.call_soon_threadsafe(run)
-        return self._wait(fut, self.timeout_s)
 
     @property
     def is_connected(self) -> bool:
@@ -480,16 +370,9 @@ class Client:
         timeout plus one second raises ``TimeoutError``. ``login``: ``start`` sends the
         login itself (allowed before a reconnected session is logged in).
         """
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         timeout = timeout_s or self.timeout_s
 
-        def done(msg: Any, exc: BaseException | None) -> None:
-            if exc is not None:
-                _fail(fut, ClientError(str(exc)))
-            else:
-                _resolve(fut, msg)
-
-        def run() -> None:
+        def run(done: ResponseCallback) -> None:
             session = self._session
             if session is None or not session.connected:
                 done(None, ConnectionError("not connected"))
@@ -497,13 +380,9 @@ class Client:
             if not self._may_send(session, login):
                 done(None, ConnectionError("not logged in yet (reconnecting)"))
                 return
-            try:
-                start(session, done, timeout)
-            except Exception as exc:
-                done(None, exc)
+            start(session, done, timeout)
 
-        self._loop.call_soon_threadsafe(run)
-        return self._wait(fut, timeout + 1)
+        return self._bridge.answer(run, timeout)
 
     def _may_send(self, session: ClientSession, login: bool) -> bool:
         """Loop thread: False for anything but a login on a reconnected, not yet logged-in
@@ -521,7 +400,7 @@ class Client:
                 raise ClientError("not logged in yet (reconnecting)")
             session.send(message, seq, partial=partial)
 
-        self._call(write)
+        self._bridge.call(write, self.timeout_s)
 
     def send_raw(self, data: bytes) -> None:
         """Write raw bytes (for tests of bad input)."""
@@ -530,7 +409,7 @@ class Client:
             if self._conn is not None:
                 self._conn.write(data)
 
-        self._call(write)
+        self._bridge.call(write, self.timeout_s)
 
     # -- login ----------------------------------------------------------------------------
 
@@ -568,11 +447,10 @@ class Client:
                 raise LoginRefused(res.result_code, res.result_string)
             return res
         self._credentials = (user_name, password, client_type)
-        if self.reconnect and not self._online_since:
-            self._online_since = res.server_time
-            self._take_baseline()
+        if self.reconnect:
+            self._catchup.logged_in(res.server_time, self)
         self._online.set()
-        self._set_status(ClientStatus.ONLINE)
+        self._status.set(ClientStatus.ONLINE)
         return res
 
     @property
@@ -600,8 +478,7 @@ class Client:
         )
         ack = self.request(msg, msg_pb.IMMsgDataAck)
         if self.reconnect:
-            with self._lock:
-                self._mark_seen((ack.session_type, ack.session_id), ack.msg_id)
+            self._catchup.sent((ack.session_type, ack.session_id), ack.msg_id)
         return ack
 
     def encode_text(self, text: str) -> bytes:
@@ -624,7 +501,7 @@ class Client:
         """Send a text to a group this user is a member of; returns the ack.
 
         A non-member's message is dropped by the server without an answer: the
-        request times out.
+        request times out, which raises :class:`ClientError` (as :meth:`request` says).
         """
         return self.send_message(group_id, self.encode_text(text), base.MSG_TYPE_GROUP_TEXT)
 
@@ -719,7 +596,7 @@ class Client:
         (timeouts included); the ids stay remembered, so a reconnect subscribes them.
         """
         asked = list(dict.fromkeys(user_ids))
-        with self._lock:
+        with self._watch_lock:
             for uid in asked:
                 if uid not in self._watching and len(self._watching) < self.watch_limit:
                     self._watching[uid] = None
@@ -735,7 +612,7 @@ class Client:
     @property
     def watched(self) -> frozenset[int]:
         """The users :meth:`watch` keeps subscribed, on this connection and after reconnects."""
-        with self._lock:
+        with self._watch_lock:
             return frozenset(self._watching)
 
     def _watch_on_session(
@@ -839,88 +716,52 @@ class Client:
             raise ClientError(f"group {group_id} members not changed: result {rsp.result_code}")
         return rsp
 
-    # -- reconnect and catch-up -----------------------------------------------------------
-
-    def _mark_seen(self, key: SessionKey, msg_id: int) -> bool:
-        """Record a queued (or acked) message; False if it was already. Hold ``_lock``."""
-        seen = self._seen.get(key)
-        if seen is None:
-            seen = self._seen[key] = _Seen()
-        return seen.add(msg_id)
-
-    def _take_baseline(self) -> None:
-        """Where each session stood at the first login: older messages are not "missed"."""
-        try:
-            sessions = self.recent_sessions().contact_session_list
-        except (ClientError, TimeoutError) as exc:
-            log.warning("recent sessions at login failed (%s); catch-up uses time only", exc)
-            return
-        with self._lock:
-            for s in sessions:
-                self._baseline[(s.session_type, s.session_id)] = s.latest_msg_id
+    # -- reconnect ------------------------------------------------------------------------
 
     def _ended(self) -> bool:
         """No more reconnects: closed, kicked, or the credentials were refused."""
-        return self._closing or self._kicked or self._gave_up
+        return self._bridge.closing or self._kicked or self._status.gave_up
 
-    def _supervise(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._closing:
-                return
-            if self._closed.is_set() and self._credentials is not None and not self._ended():
-                try:
-                    self._reconnect()
-                except Exception:
-                    if self._closing:
-                        return
-                    log.exception("reconnect failed")
+    def _reconnect_once(self) -> bool:
+        """Supervisor thread: one attempt; True once logged in and caught up, False if refused.
 
-    def _reconnect(self) -> None:
-        """Reconnect with backoff until logged in and caught up, refused, or closed."""
+        Raises ``ClientError``, ``TimeoutError`` or ``OSError`` for an attempt to repeat.
+        """
         assert self._credentials is not None
         name, password, client_type = self._credentials
-        while not self._ended():
-            if self._stopping.wait(self.backoff.delay()):
-                return
-            self._set_status(ClientStatus.RECONNECTING)
-            try:
-                if self.login_url:
-                    host, port = locate_msg_server(self.login_url, self.timeout_s, ssl=self.ssl)
-                else:
-                    host, port = self.host, self.port
-                self._open(host, port)
-                res = self._login_once(name, password, client_type)
-                if res.result_code != 0 and res.result_code not in NOT_READY:
-                    log.warning("reconnect: login refused (%d); giving up", res.result_code)
-                    with self._status_lock:
-                        self._gave_up = True
-                        self.closed_with = LoginRefused(res.result_code, res.result_string)
-                    self._set_status(ClientStatus.FAILED)
-                    self._abort_connection()
-                    return
-                if res.result_code != 0:
-                    raise ClientError(f"login refused for now (result {res.result_code})")
-                self._resubscribe()
-                self._catch_up()
-            except (ClientError, TimeoutError, OSError) as exc:
-                if self._ended():
-                    return
-                log.info("reconnect attempt %d failed: %s", self.backoff.failures, exc)
-                self._abort_connection()
-                self._set_status(ClientStatus.OFFLINE)
-                continue
-            self.backoff.reset()
-            self.reconnects += 1
-            log.info("reconnected to %s:%d as user %d", self.host, self.port, self.user_id)
-            self._online.set()
-            self._set_status(ClientStatus.ONLINE)
-            return
+        self._status.set(ClientStatus.RECONNECTING)
+        if self.login_url:
+            host, port = locate_msg_server(self.login_url, self.timeout_s, ssl=self.ssl)
+        else:
+            host, port = self.host, self.port
+        self._open(host, port)
+        res = self._login_once(name, password, client_type)
+        if res.result_code != 0 and res.result_code not in NOT_READY:
+            log.warning("reconnect: login refused (%d); giving up", res.result_code)
+            self._status.give_up(LoginRefused(res.result_code, res.result_string))
+            self._status.set(ClientStatus.FAILED)
+            self._abort_connection()
+            return False
+        if res.result_code != 0:
+            raise ClientError(f"login refused for now (result {res.result_code})")
+        self._resubscribe()
+        self._catchup.catch_up(self, self._deliver)
+        return True
+
+    def _reconnect_failed(self) -> None:
+        """Supervisor thread, after a failed attempt: drop what it connected; offline again."""
+        self._abort_connection()
+        self._status.set(ClientStatus.OFFLINE)
+
+    def _reconnected(self) -> None:
+        """Supervisor thread, after a successful attempt: online again."""
+        log.info("reconnected to %s:%d as user %d", self.host, self.port, self.user_id)
+        self._online.set()
+        self._status.set(ClientStatus.ONLINE)
 
     def _resubscribe(self) -> None:
         """Subscribe the remembered users again; queue their statuses as notifies."""
-        with self._lock:
+        with self._watch_lock:
             ids = list(self._watching)
         if not ids:
             return
@@ -933,68 +774,6 @@ class Client:
 
         self._watch_on_session(ids, queue_statuses)
 
-    def _catch_up(self) -> None:
-        """Queue what was missed while offline, then what arrived live meanwhile."""
-        latest: dict[SessionKey, int] = {}
-        for u in self.unread().unreadinfo_list:
-            latest[(u.session_type, u.session_id)] = u.latest_msg_id
-        for s in self.recent_sessions().contact_session_list:
-            key = (s.session_type, s.session_id)
-            latest[key] = max(latest.get(key, 0), s.latest_msg_id)
-        missed: list[tuple[SessionKey, Any]] = []
-        for key, newest in sorted(latest.items()):
-            with self._lock:
-                known = max(self._known.get(key, 0), self._baseline.get(key, 0))
-            if newest > known:
-                fetched = self._fetch_after(key, known, newest)
-                log.debug(
-                    "catch-up %s: ids %d..%d, %d fetched", key, known + 1, newest, len(fetched)
-                )
-                missed.extend((key, m) for m in fetched)
-        with self._lock:
-            for (stype, sid), m in missed:
-                if m.create_time < self._online_since or not self._mark_seen(
-                    (stype, sid), m.msg_id
-                ):
-                    continue
-                self._deliver(self._as_push(stype, sid, m), 0)
-                self.caught_up += 1
-            held, self._held = self._held, []
-            self._catching_up = False
-            for message, seq in held:
-                self._deliver(message, seq)
-
-    def _fetch_after(self, key: SessionKey, known: int, newest: int) -> list[Any]:
-        """Messages of session ``key`` with ids in ``(known, newest]``, ascending."""
-        stype, sid = key
-        floor = max(known, newest - CATCH_UP_MAX_PER_SESSION)
-        found: dict[int, Any] = {}
-        begin = newest
-        while begin > floor:
-            page = self.history(sid, begin, min(begin - floor, HISTORY_PAGE), stype).msg_list
-            if not page:
-                break
-            for m in page:
-                if m.msg_id > floor:
-                    found[m.msg_id] = m
-            begin = min(m.msg_id for m in page) - 1
-        return [found[i] for i in sorted(found)]
-
-    def _as_push(self, session_type: int, session_id: int, m: Any) -> Any:
-        """A history ``MsgInfo`` as the ``IMMsgData`` the server would have pushed."""
-        if session_type == base.SESSION_TYPE_GROUP:
-            to = session_id
-        else:
-            to = session_id if m.from_session_id == self.user_id else self.user_id
-        return msg_pb.IMMsgData(
-            from_user_id=m.from_session_id,
-            to_session_id=to,
-            msg_id=m.msg_id,
-            create_time=m.create_time,
-            msg_type=m.msg_type,
-            msg_data=m.msg_data,
-        )
-
     # -- closing --------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -1002,74 +781,12 @@ class Client:
 
         Waits that are under way in other threads fail with :class:`ClientError`.
         """
-        with self._lock:
-            already = self._closing
-            self._closing = True
-            inflight, self._inflight = self._inflight, set()
-        for fut in inflight:
-            _fail(fut, ClientError("client closed"))
-        self._stopping.set()
-        self._wake.set()
-        if not already:
-            self._set_status(ClientStatus.CLOSED)
-        me = threading.current_thread()
-        if self._thread.is_alive():
-
-            def shutdown() -> None:
-                if self._conn is not None:
-                    self._conn.abort()
-                self._loop.stop()
-
-            self._loop.call_soon_threadsafe(shutdown)
-            if me is not self._thread:
-                self._thread.join(5)
-            if not self._thread.is_alive():
-                self._loop.close()
-        if self._supervisor is not None and me is not self._supervisor:
-            self._supervisor.join(5)
-        if self._events is not None:
-            self._events.put(None)
-            if self._notifier is not None and me is not self._notifier:
-                self._notifier.join(5)
-
-
-def _resolve(fut: concurrent.futures.Future[T], result: T) -> None:
-    """Complete ``fut`` with ``result`` unless it is already (a close and an answer may race)."""
-    try:
-        fut.set_result(result)
-    except concurrent.futures.InvalidStateError:
-        pass  # completed first by the other side
-
-
-def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    """Fail ``fut`` with ``exc`` unless it is already complete."""
-    try:
-        fut.set_exception(exc)
-    except concurrent.futures.InvalidStateError:
-        pass  # completed first by the other side
-
-
-def locate_msg_server(
-    url: str, timeout_s: float = 10.0, *, ssl: SSLContext | None = None
-) -> tuple[str, int]:
-    """Ask login_server (``http(s)://host:port``) which msg_server to use: ``(host, port)``.
-
-    With ``ssl`` the port is the msg_server's TLS port (``"tlsPort"``), and an
-    ``https://`` login_server is verified with that context. Raises
-    :class:`ClientError` with one readable line if login_server cannot be reached,
-    answers garbage, has no msg_server to offer, or (with ``ssl``) offers one
-    without TLS.
-    """
-    where = url.rstrip("/") + MSG_SERVER_PATH
-    https = ssl if where.startswith("https:") else None
-    try:
-        with urllib.request.urlopen(where, timeout=timeout_s, context=https) as rsp:
-            answer = json.loads(rsp.read())
-    except urllib.error.URLError as exc:
-        raise ClientError(f"cannot reach login_server at {url}: {exc.reason}") from None
-    except (OSError, ValueError) as exc:
-        raise ClientError(f"bad answer from login_server at {url}: {exc}") from None
-    try:
-        return msg_server_address(answer, url, tls=ssl is not None)
-    except LocateError as exc:
-        raise ClientError(str(exc)) from None
+        if self._supervisor is not None:
+            self._supervisor.stop()
+        if self._bridge.close_waits():
+            self._status.set(ClientStatus.CLOSED)
+        self._bridge.stop(self._abort_now)
+        if self._supervisor is not None:
+            self._supervisor.join()
+        if self._notifier is not None:
+            self._notifier.close()

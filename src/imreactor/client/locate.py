@@ -4,9 +4,17 @@ One reading for every client (the SDK's blocking lookup and the load generator's
 non-blocking one): ``code`` 0 with ``priorIP`` and ``port`` (a string, as TeamTalk
 sends it), or ``tlsPort`` when the client wants TLS; a refusal (1: no msg_server,
 2: all full) or an answer that cannot be used is a :class:`LocateError`.
+:func:`locate_msg_server` is the blocking lookup (any thread but a loop's).
 """
 
 from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from ssl import SSLContext
+
+from .errors import ClientError
 
 #: The path clients ask (TeamTalk's clients ask exactly this).
 MSG_SERVER_PATH = "/msg_server"
@@ -52,3 +60,29 @@ def msg_server_address(answer: object, url: str, *, tls: bool = False) -> tuple[
     if not 0 < port < 65536:
         raise LocateError(f"bad answer from login_server at {url}: port {port}")
     return host, port
+
+
+def locate_msg_server(
+    url: str, timeout_s: float = 10.0, *, ssl: SSLContext | None = None
+) -> tuple[str, int]:
+    """Ask login_server (``http(s)://host:port``) which msg_server to use: ``(host, port)``.
+
+    With ``ssl`` the port is the msg_server's TLS port (``"tlsPort"``), and an
+    ``https://`` login_server is verified with that context. Raises
+    :class:`ClientError` with one readable line if login_server cannot be reached,
+    answers garbage, has no msg_server to offer, or (with ``ssl``) offers one
+    without TLS.
+    """
+    where = url.rstrip("/") + MSG_SERVER_PATH
+    https = ssl if where.startswith("https:") else None
+    try:
+        with urllib.request.urlopen(where, timeout=timeout_s, context=https) as rsp:
+            answer = json.loads(rsp.read())
+    except urllib.error.URLError as exc:
+        raise ClientError(f"cannot reach login_server at {url}: {exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        raise ClientError(f"bad answer from login_server at {url}: {exc}") from None
+    try:
+        return msg_server_address(answer, url, tls=ssl is not None)
+    except LocateError as exc:
+        raise ClientError(str(exc)) from None
