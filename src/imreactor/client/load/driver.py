@@ -1,7 +1,6 @@
-"""``imreactor load``: a load generator that verifies every message it sends.
+"""One load run on one loop: :class:`LoadRun`, the state machine of its phases.
 
-One process, one :class:`~imreactor.net.EventLoop`, one
-:class:`~imreactor.client.session.ClientSession` per connection. A run has
+One :class:`~imreactor.client.session.ClientSession` per connection. A run has
 four phases:
 
 1. **login**: every connection asks login_server ``GET /msg_server`` where to
@@ -45,66 +44,58 @@ message acked while it was away must arrive live or in that fetch, and the run e
 only once every dropped connection is back or has given up (``login_retry_s``).
 Messages in flight on a dropped connection were never acked and are not counted.
 
-The report gives acked messages/s over the sending time and deliveries/s:
-verified deliveries over the time from the first send to the last of them.
-
 With ``echo`` set, the same connections and senders run against a PDU echo
 server instead (no login; the "ack" is the echoed PDU, checked byte for
 byte): a reference for what the client side and the reactor cost.
-
-Exit status of the command: 0 if the run verified clean, 1 if it did not, 2
-for options that cannot make a run.
-
-The msg_server's per-connection rate limit (``msg_rate_per_s``, 50/s by
-default) drops messages above it without an answer: raise it for benchmarks,
-or the drops show up here as timeouts.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
-import json
 import logging
-import math
 import os
 import random
 import resource
-import signal
 import ssl
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
-import httptools
-
-from ..accounts import create_users, data_dir_database
-from ..net import ConnState, EventLoop, Protocol, Timer, Transport
-from ..net.connection import parse_address
-from ..net.limits import raise_open_files_limit
-from ..pdu.imconn import CLIENT_SIDE, Keepalive
-from ..pdu.kinds import GROUP_MSG_TYPES, NOT_READY
-from ..pdu.password import password_digest
-from ..pdu.proto import im_base_define_pb2 as base
-from ..pdu.proto import im_group_pb2 as group_pb
-from ..pdu.proto import im_login_pb2 as login_pb
-from ..pdu.proto import im_message_pb2 as msg_pb
-from .locate import MSG_SERVER_PATH, LocateError, msg_server_address
-from .session import ClientSession
-from .tls import add_tls_arguments, client_context
-
-if TYPE_CHECKING:
-    pass
+from ...net import ConnState, EventLoop, Timer, Transport
+from ...net.connection import parse_address
+from ...pdu.imconn import CLIENT_SIDE, Keepalive
+from ...pdu.kinds import GROUP_MSG_TYPES, NOT_READY
+from ...pdu.password import password_digest
+from ...pdu.proto import im_base_define_pb2 as base
+from ...pdu.proto import im_group_pb2 as group_pb
+from ...pdu.proto import im_login_pb2 as login_pb
+from ...pdu.proto import im_message_pb2 as msg_pb
+from ..locate import MSG_SERVER_PATH, LocateError, msg_server_address
+from ..session import ClientSession
+from ..tls import client_context
+from .options import DEFAULT_DURATION_S, ERROR_KINDS, LoadOptions
+from .query import MsgServerQuery
+from .records import (
+    CAUGHT,
+    CAUGHT_AND_LIVE,
+    CONNECTING,
+    FAILED,
+    IDLE,
+    LIVE,
+    LOGIN,
+    QUERY,
+    READY,
+    Endpoint,
+    Sender,
+    Sent,
+    User,
+    conversation,
+)
+from .report import MAX_PROBLEMS, Latency, LoadReport
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PASSWORD = "imreactor"
-DEFAULT_DURATION_S = 10.0
 #: Pacing tick with ``--rate``, and the most credit a stall may bank (as seconds of rate).
 PACE_TICK_S = 0.005
 PACE_BURST_S = 0.1
@@ -114,444 +105,8 @@ PACE_BURST_S = 0.1
 LOGIN_RETRY_DELAY_S = 0.2
 #: Closing at the end waits this long for the servers to close their side.
 SHUTDOWN_WAIT_S = 3.0
-MAX_PROBLEMS = 20
-
-#: Error counters; any of them non-zero fails the run.
-ERROR_KINDS = (
-    "refused_logins",  # the server said no (e.g. 6: wrong password, unknown user)
-    "login_failures",  # could not reach a server, or no answer in time
-    "group_failures",  # the group was not created, or not with exactly the users asked
-    "timeouts",  # a message got no IMMsgDataAck within ack_timeout_s
-    "unacked_on_close",  # the sender's connection closed before the ack
-    "bad_acks",  # an ack for the wrong user/session, msg_id 0, or a corrupt echo
-    "disconnects",  # a logged-in connection closed during the run
-    "kicks",  # IMKickUser received
-    "losses",  # an acked message missing at a connection that should have it
-    "duplicates",  # extra copies of a message at one connection
-    "reorders",  # a message arrived after a later msg_id of its conversation
-    "wrong_ids",  # delivered with another msg_id than the sender was acked with
-    "misdelivered",  # arrived where it was not sent, or with the wrong sender/recipient
-    "id_conflicts",  # two messages of one conversation acked with the same msg_id
-    "id_gaps",  # msg_ids missing inside a conversation whose messages were all acked
-    "process_failures",  # a load process of a --processes run died or reported nothing
-)
-
-
-@dataclass
-class LoadOptions:
-    """What to run. ``pairs`` defaults to ``users // 2``; without ``duration_s`` and
-    ``count`` a run lasts ``DEFAULT_DURATION_S``. Raises nothing; :meth:`check` does."""
-
-    login_url: str = "http://127.0.0.1:8080"
-    msg_server: str | None = None  # "host:port": skip login_server
-    msg_servers: list[str] | None = None  # ["host:port", ...]: user i to entry i mod n
-    echo: str | None = None  # "host:port": reference run against a PDU echo server
-    users: int = 200  # ignored with group_size
-    pairs: int | None = None
-    group_size: int | None = None  # M: one group of load0..load<M-1>, no pairs
-    senders: int | None = None  # group members that send (the first ones; default 1)
-    duplex: bool = False
-    devices: int = 1  # 2: every user also logs in as a mobile client
-    in_flight: int = 1
-    rate: float | None = None
-    duration_s: float | None = None
-    count: int | None = None
-    size: int = 64
-    password: str = DEFAULT_PASSWORD
-    user_prefix: str = "load"
-    first_user: int = 0  # the users are <prefix><first_user>.. (even: pairs stay pairs)
-    source_host: str | None = None  # bind every connection's local end to this address
-    login_concurrency: int = 64
-    login_retry_s: float = 10.0
-    login_timeout_s: float = 10.0
-    ack_timeout_s: float = 10.0
-    drain_s: float = 5.0
-    receipts: bool = True
-    reconnect: bool = False  # a dropped connection logs in again and catches up (1:1 runs)
-    reconnect_jitter_s: float = 5.0  # each reconnect waits a random 0..this first
-    tls: bool = False  # msg_server's TLS port ("tlsPort"; --msg-server: a TLS port)
-    ca_file: str | None = None  # CA to verify servers with (None: the system's)
-
-    @property
-    def pair_count(self) -> int:
-        """Sending pairs (0 in a group run)."""
-        if self.group_size is not None:
-            return 0
-        return self.users // 2 if self.pairs is None else self.pairs
-
-    @property
-    def user_count(self) -> int:
-        """Users logged in: ``group_size`` in a group run, else ``users``."""
-        return self.users if self.group_size is None else self.group_size
-
-    @property
-    def group_senders(self) -> int:
-        """Members that send in a group run."""
-        return 1 if self.senders is None else self.senders
-
-    def check(self) -> None:
-        """Raise ValueError for options that cannot make a run."""
-        if self.ca_file is not None:
-            client_context(self.ca_file)  # ValueError if it cannot be read
-        if self.echo is not None and (self.tls or self.ca_file is not None):
-            raise ValueError("--echo speaks plain TCP, not --tls")
-        if self.group_size is not None:
-            if self.group_size < 2:
-                raise ValueError("--group-size must be at least 2")
-            if self.pairs is not None or self.duplex:
-                raise ValueError("--pairs and --duplex are for 1:1 runs, not --group-size")
-            if self.echo is not None:
-                raise ValueError("--echo has no groups")
-            if not 1 <= self.group_senders <= self.group_size:
-                raise ValueError(f"--senders must be in 1..{self.group_size} (group size)")
-        else:
-            if self.senders is not None:
-                raise ValueError("--senders needs --group-size (1:1 runs use --pairs)")
-            if self.users < 2:
-                raise ValueError("--users must be at least 2")
-            if not 1 <= self.pair_count <= self.users // 2:
-                raise ValueError(f"--pairs must be in 1..{self.users // 2} (users // 2)")
-        if self.msg_servers is not None:
-            if not self.msg_servers:
-                raise ValueError("--msg-servers needs at least one host:port")
-            if self.msg_server is not None or self.echo is not None:
-                raise ValueError("--msg-servers excludes --msg-server and --echo")
-            for entry in self.msg_servers:
-                parse_address(entry, 8000)
-        if self.devices not in (1, 2):
-            raise ValueError("--devices must be 1 or 2")
-        if not 1 <= self.in_flight <= 60000:
-            raise ValueError("--in-flight must be in 1..60000")
-        if self.rate is not None and self.rate <= 0:
-            raise ValueError("--rate must be positive")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError("--duration must be positive")
-        if self.count is not None and self.count < 1:
-            raise ValueError("--count must be at least 1")
-        if self.login_concurrency < 1:
-            raise ValueError("--login-concurrency must be at least 1")
-        if self.reconnect and (self.group_size is not None or self.echo is not None):
-            raise ValueError("--reconnect is for 1:1 runs (no --group-size, no --echo)")
-        if self.reconnect_jitter_s < 0:
-            raise ValueError("--reconnect-jitter must not be negative")
-        if self.source_host is not None:
-            try:
-                ipaddress.ip_address(self.source_host)
-            except ValueError:
-                raise ValueError(
-                    f"--source-host must be an IP address, not {self.source_host!r}"
-                ) from None
-        if self.first_user < 0 or self.first_user % 2:
-            raise ValueError("first_user must be even and not negative")
-        if self.group_size is not None and self.first_user:
-            raise ValueError("a group run starts at the first user")
-
-    def user_names(self) -> list[str]:
-        first = self.first_user
-        return [f"{self.user_prefix}{first + i}" for i in range(self.user_count)]
-
-
-@dataclass
-class Latency:
-    """Nearest-rank percentiles of a sample, in milliseconds (None: no sample)."""
-
-    count: int = 0
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    max_ms: float | None = None
-
-    @classmethod
-    def of(cls, samples_s: list[float]) -> Latency:
-        if not samples_s:
-            return cls()
-        s = sorted(samples_s)
-        n = len(s)
-
-        def rank(q: float) -> float:
-            return round(s[max(0, math.ceil(q * n) - 1)] * 1000.0, 3)
-
-        return cls(n, rank(0.50), rank(0.99), round(s[-1] * 1000.0, 3))
-
-    def text(self) -> str:
-        if self.p50_ms is None:
-            return "-"
-        return f"p50 {self.p50_ms:.2f} ms  p99 {self.p99_ms:.2f} ms  max {self.max_ms:.2f} ms"
-
-
-@dataclass
-class LoadReport:
-    """The outcome of a run. ``ok``: something was acked and every error counter is 0.
-
-    ``msgs_per_s``: acked messages over ``send_s`` (first send to last ack);
-    ``deliveries_per_s``: verified deliveries over ``delivery_s`` (first send to the
-    last of them). ``group_size``/``group_id`` are 0 in a 1:1 run.
-    """
-
-    ok: bool
-    mode: str  # "im" or "echo"
-    target: str
-    connections: int
-    users: int
-    group_size: int
-    group_id: int
-    senders: int
-    in_flight: int
-    rate: float | None
-    logins_ok: int
-    logins_refused: int
-    logins_failed: int
-    login_retries: int
-    login_s: float
-    logins_per_s: float
-    sent: int
-    acked: int
-    send_s: float
-    msgs_per_s: float
-    expected_deliveries: int
-    deliveries: int
-    delivery_s: float
-    deliveries_per_s: float
-    ack_latency: Latency
-    delivery_latency: Latency
-    errors: dict[str, int]
-    info: dict[str, int]
-    problems: list[str]
-    loader_cpu_s: float
-    #: With ``reconnect``: connections dropped and logged in again, messages they
-    #: fetched from history after it, and the longest drop-to-caught-up time.
-    reconnects: int = 0
-    caught_up: int = 0
-    back_max_s: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def text(self) -> str:
-        """A human-readable summary (several lines)."""
-        what = "round trips" if self.mode == "echo" else "messages"
-        login = "connects" if self.mode == "echo" else "logins"
-        rate = f", target {self.rate:g}/s" if self.rate else ""
-        group = f", group {self.group_id} of {self.group_size}" if self.group_size else ""
-        lines = [
-            f"imreactor load ({self.mode} against {self.target}): {self.senders} senders, "
-            f"{self.connections} connections{group}, {self.in_flight} in flight per sender{rate}",
-            f"  {login:<17}{self.logins_ok} ok in {self.login_s:.2f} s "
-            f"({self.logins_per_s:,.1f}/s); refused {self.logins_refused}, "
-            f"failed {self.logins_failed}, retried {self.login_retries}",
-            f"  {what:<17}{self.acked:,} acked of {self.sent:,} sent in {self.send_s:.2f} s: "
-            f"{self.msgs_per_s:,.0f}/s",
-            f"  {'ack latency':<17}{self.ack_latency.text()}",
-        ]
-        if self.mode == "im":
-            lines.append(f"  {'delivery latency':<17}{self.delivery_latency.text()}")
-            lines.append(
-                f"  {'deliveries':<17}{self.deliveries:,} of {self.expected_deliveries:,} expected"
-                f" in {self.delivery_s:.2f} s: {self.deliveries_per_s:,.0f}/s"
-            )
-        if self.reconnects:
-            lines.append(
-                f"  {'reconnects':<17}{self.reconnects:,}, each back and caught up within "
-                f"{self.back_max_s:.2f} s; {self.caught_up:,} messages caught up from history"
-            )
-        lines.append(f"  {'loader CPU':<17}{self.loader_cpu_s:.2f} s")
-        bad = {k: v for k, v in self.errors.items() if v}
-        if self.ok:
-            lines.append("verification: OK")
-        else:
-            detail = ", ".join(f"{k} {v}" for k, v in bad.items()) or "nothing was acknowledged"
-            lines.append(f"verification: FAILED ({detail})")
-            lines.extend(f"  - {p}" for p in self.problems)
-            if sum(bad.values()) > len(self.problems):
-                lines.append(f"  (the first {len(self.problems)} shown)")
-        return "\n".join(lines)
-
-
-# -- the driver ------------------------------------------------------------------------------
-
-_IDLE, _QUERY, _CONNECTING, _LOGIN, _READY, _FAILED = range(6)
-
-
-class _User:
-    """One user; ``index`` is its number in the whole run (``first_user`` + position)."""
-
-    __slots__ = ("endpoints", "index", "name", "user_id")
-
-    def __init__(self, index: int, name: str) -> None:
-        self.index = index
-        self.name = name
-        self.user_id = 0
-        self.endpoints: list[_Endpoint] = []
-
-
-class _Endpoint:
-    """One client connection and what it received.
-
-    ``got``: (sending endpoint, seq) → [copies, and of the first copy: msg_id, arrival
-    time, from_user_id, to_session_id, msg_type, how it came (:data:`_LIVE`,
-    :data:`_CAUGHT`: fetched from history after a reconnect, :data:`_CAUGHT_AND_LIVE`:
-    that and then pushed once too)];
-    ``last_id``: conversation → highest msg_id received on it;
-    ``lost_at``: when its connection dropped, until it is back and caught up (0 else).
-    """
-
-    __slots__ = (
-        "client_type",
-        "conn",
-        "first_try",
-        "got",
-        "index",
-        "kicked",
-        "last_id",
-        "lost_at",
-        "session",
-        "state",
-        "user",
-    )
-
-    def __init__(self, index: int, user: _User, client_type: int) -> None:
-        self.index = index
-        self.user = user
-        self.client_type = client_type
-        self.state = _IDLE
-        self.session: ClientSession | None = None
-        self.conn: Transport | None = None
-        self.first_try = 0.0
-        self.kicked = False
-        self.got: dict[tuple[int, int], list[Any]] = {}
-        self.last_id: dict[tuple[int, int], int] = {}
-        self.lost_at = 0.0
-
-
-_LIVE, _CAUGHT, _CAUGHT_AND_LIVE = range(3)
 #: Messages per history request while catching up after a reconnect.
 CATCH_UP_PAGE = 200
-
-
-class _Sender:
-    """One sending connection and where its messages go.
-
-    ``session_id``: the recipient's user id (1:1) or the group id; ``receivers``:
-    the users whose connections, except this one, get each message (the
-    recipient and the sender; every member of a group); ``conv``: the
-    conversation's key (see :func:`_conversation`).
-    """
-
-    __slots__ = (
-        "conv",
-        "endpoint",
-        "msg_type",
-        "next_seq",
-        "outstanding",
-        "queued",
-        "receivers",
-        "session_id",
-        "session_type",
-    )
-
-    def __init__(
-        self, endpoint: _Endpoint, session_id: int, receivers: list[_User], group: bool
-    ) -> None:
-        self.endpoint = endpoint
-        self.session_id = session_id
-        self.receivers = receivers
-        if group:
-            self.msg_type = base.MSG_TYPE_GROUP_TEXT
-            self.session_type = base.SESSION_TYPE_GROUP
-        else:
-            self.msg_type = base.MSG_TYPE_SINGLE_TEXT
-            self.session_type = base.SESSION_TYPE_SINGLE
-        self.conv = _conversation(endpoint.user.user_id, session_id, self.msg_type)
-        self.next_seq = 0
-        self.outstanding = 0
-        self.queued = False
-
-
-def _conversation(from_user_id: int, to_session_id: int, msg_type: int) -> tuple[int, int]:
-    """A conversation's key: (smaller, larger) user id for 1:1, (0, group id) for a group
-    (user ids start at 1, so no pair of users has this key)."""
-    if msg_type in GROUP_MSG_TYPES:
-        return (0, to_session_id)
-    if from_user_id <= to_session_id:
-        return (from_user_id, to_session_id)
-    return (to_session_id, from_user_id)
-
-
-class _Sent:
-    """One message sent: when, and once acked, its msg_id and who should receive it."""
-
-    __slots__ = ("expected", "msg_id", "t_ack", "t_sent")
-
-    def __init__(self, t_sent: float) -> None:
-        self.t_sent = t_sent
-        self.t_ack = 0.0
-        self.msg_id = 0
-        self.expected: tuple[int, ...] = ()
-
-
-class _MsgServerQuery(Protocol):
-    """``GET /msg_server`` on login_server; ``done(answer, error)`` runs exactly once.
-
-    ``answer`` is the decoded JSON object, or None with ``error`` saying why.
-    """
-
-    def __init__(self, host: str, path: str, done: Any) -> None:
-        self._request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
-            "User-Agent: imreactor-load\r\n\r\n"
-        ).encode("latin-1")
-        self._parser = httptools.HttpResponseParser(self)
-        self._body = bytearray()
-        self._done = done
-        self._finished = False
-        self._answer: tuple[dict[str, Any] | None, str] | None = None
-        self.conn: Transport | None = None
-
-    def connection_made(self, conn: Transport) -> None:
-        self.conn = conn
-        conn.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._finish(None, f"bad HTTP answer: {exc}")
-            return
-        # Finished here, not inside the parser's callback: an exception in ``done``
-        # must not be taken for a parse error.
-        if self._answer is not None:
-            self._finish(*self._answer)
-
-    def on_body(self, body: bytes) -> None:
-        self._body += body
-
-    def on_message_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if status != 200:
-            self._answer = (None, f"HTTP {status}")
-            return
-        try:
-            answer = json.loads(self._body)
-        except ValueError as exc:
-            self._answer = (None, f"answer is not JSON: {exc}")
-            return
-        if not isinstance(answer, dict):
-            self._answer = (None, "answer is not a JSON object")
-            return
-        self._answer = (answer, "")
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._finish(None, f"connection closed before the answer ({exc or 'EOF'})")
-
-    def connection_failed(self, exc: BaseException) -> None:
-        self._finish(None, f"cannot connect: {exc}")
-
-    def _finish(self, answer: dict[str, Any] | None, error: str) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        if self.conn is not None:
-            self.conn.close()
-        self._done(answer, error)
 
 
 class LoadRun:
@@ -578,7 +133,7 @@ class LoadRun:
         self._keepalive = Keepalive(loop)
         self._run_id = os.urandom(4).hex().encode()
         self.users = [
-            _User(options.first_user + i, name) for i, name in enumerate(options.user_names())
+            User(options.first_user + i, name) for i, name in enumerate(options.user_names())
         ]
         self._source: tuple[str, int] | None = None
         #: TLS for msg_server connections (and an https:// login_server); None: plain.
@@ -588,11 +143,11 @@ class LoadRun:
         #: Called once every login has finished, with what starts the sending phase
         #: (``None``: start at once); a ``--processes`` child waits for its parent here.
         self.before_sending: Callable[[Callable[[], None]], None] | None = None
-        self.endpoints: list[_Endpoint] = []
+        self.endpoints: list[Endpoint] = []
         types = [base.CLIENT_TYPE_WINDOWS, base.CLIENT_TYPE_ANDROID][: options.devices]
         for user in self.users:
             for client_type in types:
-                ep = _Endpoint(len(self.endpoints), user, client_type)
+                ep = Endpoint(len(self.endpoints), user, client_type)
                 user.endpoints.append(ep)
                 self.endpoints.append(ep)
         self._http_host = ""
@@ -622,7 +177,7 @@ class LoadRun:
         self.finished = False
         self._conns: set[Transport] = set()
         self._closing = False
-        self._login_queue: deque[_Endpoint] = deque()
+        self._login_queue: deque[Endpoint] = deque()
         self._logins_active = 0
         self._logins_done = 0
         self.logins_ok = 0
@@ -630,10 +185,10 @@ class LoadRun:
         self.t_start = self.t_logins_done = 0.0
         self.t_send_start = self.t_send_end = 0.0
         self.group_id = 0
-        self.group_members: list[_User] = []
-        self.senders: list[_Sender] = []
-        self._sender_of: dict[int, _Sender] = {}
-        self.sent: dict[tuple[int, int], _Sent] = {}
+        self.group_members: list[User] = []
+        self.senders: list[Sender] = []
+        self._sender_of: dict[int, Sender] = {}
+        self.sent: dict[tuple[int, int], Sent] = {}
         self.sent_total = 0
         self.acked = 0
         self.outstanding = 0
@@ -643,7 +198,7 @@ class LoadRun:
         self.ack_samples: list[float] = []
         self._conv_ids: dict[tuple[int, int], list[int]] = {}
         self._conv_unacked: set[tuple[int, int]] = set()
-        self._ready: deque[_Sender] = deque()
+        self._ready: deque[Sender] = deque()
         self._credit = 0.0
         self._last_pace = 0.0
         self._timers: list[Timer] = []
@@ -656,7 +211,7 @@ class LoadRun:
         self.reconnects = 0
         self.caught_up = 0
         self._back_s: list[float] = []
-        self._peer: dict[int, _User] = {}
+        self._peer: dict[int, User] = {}
         self._drain_late = False
         #: Filled by :meth:`report`: each verified delivery's latency, and the last one's time.
         self.delivery_samples: list[float] = []
@@ -689,13 +244,13 @@ class LoadRun:
             ep.first_try = self.loop.time()
             self._attempt(ep)
 
-    def _attempt(self, ep: _Endpoint) -> None:
+    def _attempt(self, ep: Endpoint) -> None:
         if self._closing:
             return
         if self._direct:
             self._connect(ep, *self._direct[ep.user.index % len(self._direct)])
             return
-        ep.state = _QUERY
+        ep.state = QUERY
 
         def answered(answer: dict[str, Any] | None, error: str) -> None:
             if self._closing:
@@ -714,7 +269,7 @@ class LoadRun:
                 return
             self._connect(ep, host, port)
 
-        query = _MsgServerQuery(self._http_host, MSG_SERVER_PATH, answered)
+        query = MsgServerQuery(self._http_host, MSG_SERVER_PATH, answered)
         try:
             conn = self.loop.connect(
                 self._target[0],
@@ -732,8 +287,8 @@ class LoadRun:
         timer = self.loop.call_later(self.options.login_timeout_s, conn.abort)
         conn.add_close_callback(lambda c, exc: timer.cancel())
 
-    def _connect(self, ep: _Endpoint, host: str, port: int) -> None:
-        ep.state = _CONNECTING
+    def _connect(self, ep: Endpoint, host: str, port: int) -> None:
+        ep.state = CONNECTING
         session = ClientSession(
             lambda message, seq: self._push(ep, message),
             on_connected=lambda: self._connected(ep),
@@ -765,12 +320,12 @@ class LoadRun:
         if self._closing and not self._conns:
             self.loop.stop()
 
-    def _connected(self, ep: _Endpoint) -> None:
+    def _connected(self, ep: Endpoint) -> None:
         if self.echo:
             ep.user.user_id = ep.user.index + 1
             self._logged_in(ep)
             return
-        ep.state = _LOGIN
+        ep.state = LOGIN
         assert ep.session is not None
         req = login_pb.IMLoginReq(
             user_name=ep.user.name,
@@ -781,7 +336,7 @@ class LoadRun:
         )
 
         def answered(res: Any, exc: BaseException | None) -> None:
-            if ep.state != _LOGIN:
+            if ep.state != LOGIN:
                 return
             if exc is not None:
                 self._retry_closing(ep, "login_failures", f"{ep.user.name}: login: {exc}")
@@ -796,35 +351,35 @@ class LoadRun:
             req, answered, timeout_s=self.options.login_timeout_s, response=login_pb.IMLoginRes
         )
 
-    def _retry_closing(self, ep: _Endpoint, kind: str, why: str, code: int | None = None) -> None:
+    def _retry_closing(self, ep: Endpoint, kind: str, why: str, code: int | None = None) -> None:
         conn = ep.conn
-        ep.state = _IDLE  # its close is no disconnect
+        ep.state = IDLE  # its close is no disconnect
         ep.session = ep.conn = None
         if conn is not None:
             conn.close()
         self._retry(ep, kind, why, code=code)
 
-    def _retry(self, ep: _Endpoint, kind: str, why: str, code: Any = None) -> None:
+    def _retry(self, ep: Endpoint, kind: str, why: str, code: Any = None) -> None:
         """Try ``ep`` again if the failure may pass and there is time left, else fail it."""
         transient = kind == "login_failures" or code in NOT_READY
         if transient and self.loop.time() - ep.first_try < self.options.login_retry_s:
             self.login_retries += 1
-            ep.state = _IDLE
+            ep.state = IDLE
             delay = LOGIN_RETRY_DELAY_S * random.uniform(0.5, 1.5)
             self.loop.call_later(delay, self._attempt, ep)
             return
         self._fail(ep, kind, why)
 
-    def _fail(self, ep: _Endpoint, kind: str, why: str) -> None:
-        ep.state = _FAILED
+    def _fail(self, ep: Endpoint, kind: str, why: str) -> None:
+        ep.state = FAILED
         self._error(kind, why)
         if ep.lost_at:
             self._back(ep, failed=True)
         else:
             self._login_finished()
 
-    def _logged_in(self, ep: _Endpoint) -> None:
-        ep.state = _READY
+    def _logged_in(self, ep: Endpoint) -> None:
+        ep.state = READY
         if ep.lost_at:
             self._resume(ep)
             self._catch_up(ep, ep.session)
@@ -846,39 +401,39 @@ class LoadRun:
         else:
             self._start_logins()
 
-    def _closed(self, ep: _Endpoint, conn: Transport, exc: BaseException | None) -> None:
+    def _closed(self, ep: Endpoint, conn: Transport, exc: BaseException | None) -> None:
         if ep.conn is not conn:
             return  # an earlier attempt, already dealt with
         state = ep.state
         ep.session = ep.conn = None
         if self._closing:
             return
-        if state == _CONNECTING:
+        if state == CONNECTING:
             self._retry(ep, "login_failures", f"{ep.user.name}: connect: {exc or 'closed'}")
-        elif state == _READY and self.options.reconnect and not ep.kicked:
+        elif state == READY and self.options.reconnect and not ep.kicked:
             self._reconnect(ep)
-        elif state == _READY:
-            ep.state = _FAILED
+        elif state == READY:
+            ep.state = FAILED
             if not ep.kicked:
                 self._error("disconnects", f"{ep.user.name}: connection closed ({exc or 'EOF'})")
             self._check_done()
-        # _LOGIN: the pending login request already failed with ConnectionError.
+        # LOGIN: the pending login request already failed with ConnectionError.
 
     # -- reconnects ----------------------------------------------------------------------
 
-    def _reconnect(self, ep: _Endpoint) -> None:
+    def _reconnect(self, ep: Endpoint) -> None:
         """``ep`` dropped: log in again after a random wait, the way it first did."""
         now = self.loop.time()
         if not ep.lost_at:  # not already counted (a drop during its catch-up)
             ep.lost_at = now
             self._lost += 1
         self.reconnects += 1
-        ep.state = _IDLE
+        ep.state = IDLE
         delay = random.uniform(0.0, self.options.reconnect_jitter_s)
         ep.first_try = now + delay  # the retry window counts from the first try
         self.loop.call_later(delay, self._attempt, ep)
 
-    def _resume(self, ep: _Endpoint) -> None:
+    def _resume(self, ep: Endpoint) -> None:
         """A sender back online sends again (its rate share, or its in-flight window)."""
         sender = self._sender_of.get(ep.index)
         if sender is None:
@@ -889,7 +444,7 @@ class LoadRun:
             self._ready.append(sender)
             sender.queued = True
 
-    def _catch_up(self, ep: _Endpoint, session: ClientSession | None, begin: int = 0) -> None:
+    def _catch_up(self, ep: Endpoint, session: ClientSession | None, begin: int = 0) -> None:
         """Fetch, newest first, what ``ep``'s conversation got past what ``ep`` saw.
 
         Pages of :data:`CATCH_UP_PAGE` down to the highest msg_id it received; each
@@ -900,7 +455,7 @@ class LoadRun:
         if peer is None or session is None:
             self._back(ep)
             return
-        conv = _conversation(ep.user.user_id, peer.user_id, base.MSG_TYPE_SINGLE_TEXT)
+        conv = conversation(ep.user.user_id, peer.user_id, base.MSG_TYPE_SINGLE_TEXT)
         floor = ep.last_id.get(conv, 0)
         req = msg_pb.IMGetMsgListReq(
             user_id=ep.user.user_id,
@@ -936,18 +491,18 @@ class LoadRun:
             req, answered, timeout_s=self.options.ack_timeout_s, response=msg_pb.IMGetMsgListRsp
         )
 
-    def _caught(self, ep: _Endpoint, peer: _User, m: Any) -> None:
+    def _caught(self, ep: Endpoint, peer: User, m: Any) -> None:
         """A history message of ``ep``'s conversation: received, unless it was already."""
         key = self._key_of(m.msg_data)
         if key is None or key in ep.got or key[0] == ep.index:
             return  # another run's, already here, or sent from this very connection
         to = peer.user_id if m.from_session_id == ep.user.user_id else ep.user.user_id
-        ep.got[key] = [1, m.msg_id, self.loop.time(), m.from_session_id, to, m.msg_type, _CAUGHT]
+        ep.got[key] = [1, m.msg_id, self.loop.time(), m.from_session_id, to, m.msg_type, CAUGHT]
         self.caught_up += 1
         if self._awaiting:
             self._awaiting.discard((ep.index, key))
 
-    def _back(self, ep: _Endpoint, *, failed: bool = False) -> None:
+    def _back(self, ep: Endpoint, *, failed: bool = False) -> None:
         """``ep`` is caught up (or gave up): the run may end once every drop is back."""
         if not failed:
             self._back_s.append(self.loop.time() - ep.lost_at)
@@ -964,7 +519,7 @@ class LoadRun:
         creator = self.users[0].endpoints[0]
         members = [u for u in self.users if u.user_id]
         session = creator.session
-        if creator.state != _READY or session is None:
+        if creator.state != READY or session is None:
             self._error("group_failures", f"{creator.user.name} is not logged in: no group")
             self._finish()
             return
@@ -1004,7 +559,7 @@ class LoadRun:
             req, answered, timeout_s=self.options.ack_timeout_s, response=group_pb.IMGroupCreateRsp
         )
 
-    def _add_sender(self, sender: _Sender) -> None:
+    def _add_sender(self, sender: Sender) -> None:
         self.senders.append(sender)
         self._sender_of[sender.endpoint.index] = sender
 
@@ -1013,14 +568,14 @@ class LoadRun:
         if self.group_id:
             for user in self.users[: o.group_senders]:
                 ep = user.endpoints[0]
-                if ep.state == _READY:
-                    self._add_sender(_Sender(ep, self.group_id, self.group_members, True))
+                if ep.state == READY:
+                    self._add_sender(Sender(ep, self.group_id, self.group_members, True))
         for p in range(o.pair_count):
             a, b = self.users[2 * p], self.users[2 * p + 1]
             for s, r in [(a, b), (b, a)] if o.duplex else [(a, b)]:
                 ep = s.endpoints[0]
-                if ep.state == _READY and r.user_id:
-                    self._add_sender(_Sender(ep, r.user_id, [r, s], False))
+                if ep.state == READY and r.user_id:
+                    self._add_sender(Sender(ep, r.user_id, [r, s], False))
             self._peer[a.index], self._peer[b.index] = b, a
         self.t_send_start = self._last_pace = self.loop.time()
         if not self.senders:
@@ -1039,7 +594,7 @@ class LoadRun:
             for sender in self.senders:
                 self._fill(sender)
 
-    def _may_send(self, sender: _Sender) -> bool:
+    def _may_send(self, sender: Sender) -> bool:
         # The connection's own state, not only the endpoint's: when a connection
         # closes, its pending requests fail (and land here) before its close
         # callback marks the endpoint.
@@ -1047,12 +602,12 @@ class LoadRun:
         return (
             self._sending
             and sender.outstanding < self.options.in_flight
-            and sender.endpoint.state == _READY
+            and sender.endpoint.state == READY
             and conn is not None
             and conn.state is ConnState.CONNECTED
         )
 
-    def _fill(self, sender: _Sender) -> None:
+    def _fill(self, sender: Sender) -> None:
         while self._may_send(sender):
             self._send_one(sender)
 
@@ -1080,7 +635,7 @@ class LoadRun:
         head = b"%s:%d:%d:" % (self._run_id, ep_index, seq)
         return head + b"x" * (self.options.size - len(head))
 
-    def _send_one(self, sender: _Sender) -> None:
+    def _send_one(self, sender: Sender) -> None:
         ep = sender.endpoint
         seq = sender.next_seq
         sender.next_seq += 1
@@ -1093,7 +648,7 @@ class LoadRun:
             msg_type=sender.msg_type,
             msg_data=self._body(ep.index, seq),
         )
-        record = _Sent(self.loop.time())
+        record = Sent(self.loop.time())
         self.sent[key] = record
         sender.outstanding += 1
         self.outstanding += 1
@@ -1110,9 +665,9 @@ class LoadRun:
 
     def _acked(
         self,
-        sender: _Sender,
+        sender: Sender,
         key: tuple[int, int],
-        record: _Sent,
+        record: Sent,
         rsp: Any,
         exc: BaseException | None,
     ) -> None:
@@ -1163,7 +718,7 @@ class LoadRun:
                 e.index
                 for user in sender.receivers
                 for e in user.endpoints
-                if e is not ep and (e.state == _READY or e.lost_at)
+                if e is not ep and (e.state == READY or e.lost_at)
             )
             for index in record.expected:
                 if key not in self.endpoints[index].got:
@@ -1175,7 +730,7 @@ class LoadRun:
             sender.queued = True
         self._check_done()
 
-    def _ack_ok(self, record: _Sent) -> None:
+    def _ack_ok(self, record: Sent) -> None:
         now = self.loop.time()
         record.t_ack = now
         self.t_send_end = now
@@ -1186,7 +741,7 @@ class LoadRun:
         self._sending = False
         self._check_done()
 
-    def _push(self, ep: _Endpoint, message: Any) -> None:
+    def _push(self, ep: Endpoint, message: Any) -> None:
         if isinstance(message, msg_pb.IMMsgData):
             self._delivered(ep, message)
         elif isinstance(message, login_pb.IMKickUser):
@@ -1205,7 +760,7 @@ class LoadRun:
         except ValueError:
             return None
 
-    def _delivered(self, ep: _Endpoint, msg: Any) -> None:
+    def _delivered(self, ep: Endpoint, msg: Any) -> None:
         now = self.loop.time()
         key = self._key_of(msg.msg_data)
         if key is None:
@@ -1213,15 +768,15 @@ class LoadRun:
             return
         entry = ep.got.get(key)
         if entry is not None:
-            if entry[6] == _CAUGHT:
+            if entry[6] == CAUGHT:
                 # Fetched after the reconnect, then pushed too (it was in flight): a
                 # client tells the two apart by msg_id; a second push is a duplicate.
-                entry[6] = _CAUGHT_AND_LIVE
+                entry[6] = CAUGHT_AND_LIVE
             else:
                 entry[0] += 1
             return
-        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id, msg.msg_type, _LIVE]
-        conv = _conversation(msg.from_user_id, msg.to_session_id, msg.msg_type)
+        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id, msg.msg_type, LIVE]
+        conv = conversation(msg.from_user_id, msg.to_session_id, msg.msg_type)
         last = ep.last_id.get(conv, 0)
         if msg.msg_id > last:
             ep.last_id[conv] = msg.msg_id
@@ -1380,7 +935,7 @@ class LoadRun:
                         f"{src} message {key[1]} acked as msg_id {record.msg_id}, "
                         f"delivered to {where} as {msg_id}",
                     )
-                if entry[6] == _LIVE:  # a history fetch is no delivery latency
+                if entry[6] == LIVE:  # a history fetch is no delivery latency
                     delivery_latency.append(t_recv - record.t_sent)
         for ep in self.endpoints:
             for key, entry in ep.got.items():
@@ -1475,239 +1030,3 @@ class LoadRun:
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def run_load(options: LoadOptions, *, progress: IO[str] | None = None) -> LoadReport:
-    """Run a whole load test on a new loop in the calling thread; returns its report.
-
-    Raises ValueError for impossible options. SIGINT (in the main thread) stops
-    sending and still verifies; a second SIGINT stops waiting.
-    """
-    return execute(options, progress=progress).report()
-
-
-def execute(
-    options: LoadOptions,
-    *,
-    progress: IO[str] | None = None,
-    prepare: Callable[[LoadRun], None] | None = None,
-    before_shutdown: Callable[[LoadRun], None] | None = None,
-) -> LoadRun:
-    """:func:`run_load`, returning the finished run (its :meth:`LoadRun.report` made).
-
-    ``prepare(run)`` is called on the new run before it starts (to set
-    :attr:`LoadRun.before_sending`, say); ``before_shutdown(run)`` once the report
-    is made, while every connection is still open (the loop is not running then).
-    """
-    options.check()
-    limit = raise_open_files_limit()
-    needed = len(options.user_names()) * options.devices + 64
-    if limit is not None and limit < needed:
-        log.warning("RLIMIT_NOFILE is %d; %d connections need about %d", limit, needed, needed)
-    loop = EventLoop()
-    try:
-        run = LoadRun(loop, options, progress=progress)
-        if prepare is not None:
-            prepare(run)
-        if threading.current_thread() is threading.main_thread():
-            loop.add_signal_handler(signal.SIGINT, run.interrupt)
-        loop.call_soon(run.start)
-        loop.run()
-        run.report()
-        if before_shutdown is not None:
-            before_shutdown(run)
-        run.shutdown()
-        loop.run()
-    finally:
-        loop.close()
-    return run
-
-
-# -- users -------------------------------------------------------------------------------------
-
-
-# -- command line ------------------------------------------------------------------------------
-
-
-def add_arguments(ap: argparse.ArgumentParser) -> None:
-    add_tls_arguments(ap)
-    ap.add_argument(
-        "--login-url",
-        default="http://127.0.0.1:8080",
-        help="login_server; every client asks its /msg_server (default %(default)s)",
-    )
-    target = ap.add_mutually_exclusive_group()
-    target.add_argument("--msg-server", metavar="HOST:PORT", help="skip login_server; connect here")
-    target.add_argument(
-        "--msg-servers",
-        metavar="HOST:PORT,...",
-        type=lambda text: [entry.strip() for entry in text.split(",") if entry.strip()],
-        help="skip login_server; user i logs in at entry i mod n (a pair's two users, and "
-        "consecutive group members, on different servers)",
-    )
-    target.add_argument(
-        "--echo",
-        metavar="HOST:PORT",
-        help="reference run: the same connections and senders against a PDU echo server",
-    )
-    ap.add_argument(
-        "--users",
-        type=int,
-        default=200,
-        help="users load0..loadN-1 (default 200; ignored with --group-size)",
-    )
-    ap.add_argument("--user-prefix", default="load", help="user name prefix (default load)")
-    ap.add_argument(
-        "--processes",
-        type=int,
-        default=1,
-        metavar="N",
-        help="spread the users over N load processes, each on its own loopback source "
-        "address, and merge their verification (1:1 runs; see client/load_multi.py)",
-    )
-    ap.add_argument(
-        "--source-host",
-        metavar="ADDR",
-        help="bind every connection's local end to ADDR (default: the OS picks; with "
-        "--processes and loopback targets, 127.0.1.<k+1> for process k)",
-    )
-    ap.add_argument("--password", default=DEFAULT_PASSWORD, help="every user's password")
-    ap.add_argument(
-        "--pairs", type=int, default=None, help="sending pairs (default users // 2; rest idle)"
-    )
-    ap.add_argument("--duplex", action="store_true", help="both users of a pair send")
-    ap.add_argument(
-        "--group-size",
-        type=int,
-        default=None,
-        metavar="M",
-        help="group run: users load0..loadM-1, a temporary group of them all (no pairs)",
-    )
-    ap.add_argument(
-        "--senders",
-        type=int,
-        default=None,
-        metavar="K",
-        help="group run: the first K members send group messages (default 1)",
-    )
-    ap.add_argument(
-        "--devices",
-        type=int,
-        choices=(1, 2),
-        default=1,
-        help="2: every user also logs in as a mobile client (receives copies)",
-    )
-    ap.add_argument(
-        "--in-flight",
-        type=int,
-        default=1,
-        help="unacknowledged messages per sender (1: send the next once acked)",
-    )
-    ap.add_argument("--rate", type=float, default=None, help="target messages/s overall")
-    ap.add_argument("--duration", type=float, default=None, help="seconds of sending")
-    ap.add_argument("--count", type=int, default=None, help="messages to send overall")
-    ap.add_argument("--size", type=int, default=64, help="msg_data bytes (default 64)")
-    ap.add_argument("--login-concurrency", type=int, default=64, help="logins at a time")
-    ap.add_argument("--login-retry", type=float, default=10.0, help="retry 'not ready' for (s)")
-    ap.add_argument("--login-timeout", type=float, default=10.0, help="seconds per login try")
-    ap.add_argument("--ack-timeout", type=float, default=10.0, help="seconds to wait for an ack")
-    ap.add_argument("--drain", type=float, default=5.0, help="seconds to wait for deliveries")
-    ap.add_argument(
-        "--no-receipts",
-        action="store_true",
-        help="do not answer deliveries with IMMsgDataAck (clients do)",
-    )
-    ap.add_argument(
-        "--reconnect",
-        action="store_true",
-        help="a dropped connection logs in again (after a random wait) and catches up from "
-        "history; acked messages must still all arrive (1:1 runs)",
-    )
-    ap.add_argument(
-        "--reconnect-jitter",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="each reconnect first waits a random 0..S seconds (default 5)",
-    )
-    ap.add_argument("--create-users", action="store_true", help="create the users first")
-    where = ap.add_mutually_exclusive_group()
-    where.add_argument("--database", help="storage URL for --create-users")
-    where.add_argument("--data-dir", help="an 'imreactor up' data dir, for --create-users")
-    ap.add_argument("--json", action="store_true", help="print the report as JSON")
-    ap.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``imreactor load`` to the CLI's subcommands."""
-    p = sub.add_parser("load", help="verifying load generator (1:1 and group messages)")
-    add_arguments(p)
-    p.set_defaults(run=run)
-
-
-def options_from(args: argparse.Namespace) -> LoadOptions:
-    return LoadOptions(
-        login_url=args.login_url,
-        msg_server=args.msg_server,
-        msg_servers=args.msg_servers,
-        echo=args.echo,
-        users=args.users,
-        pairs=args.pairs,
-        group_size=args.group_size,
-        senders=args.senders,
-        duplex=args.duplex,
-        devices=args.devices,
-        in_flight=args.in_flight,
-        rate=args.rate,
-        duration_s=args.duration,
-        count=args.count,
-        size=args.size,
-        password=args.password,
-        user_prefix=args.user_prefix,
-        source_host=args.source_host,
-        login_concurrency=args.login_concurrency,
-        login_retry_s=args.login_retry,
-        login_timeout_s=args.login_timeout,
-        ack_timeout_s=args.ack_timeout,
-        drain_s=args.drain,
-        receipts=not args.no_receipts,
-        reconnect=args.reconnect,
-        reconnect_jitter_s=args.reconnect_jitter,
-        tls=args.tls,
-        ca_file=args.ca,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """0 if the run verified clean, 1 if not, 2 for unusable options."""
-    from .load_multi import run_processes, split
-
-    try:
-        options = options_from(args)
-        options.check()
-        if args.processes != 1:
-            split(options, args.processes)  # refuses what cannot be split, before any work
-    except ValueError as exc:
-        print(f"imreactor load: {exc}", file=sys.stderr)
-        return 2
-    if args.create_users:
-        if args.database:
-            database = args.database
-        elif args.data_dir:
-            database = data_dir_database(args.data_dir)
-        else:
-            print("imreactor load: --create-users needs --database or --data-dir", file=sys.stderr)
-            return 2
-        started = time.monotonic()
-        created = len(create_users(database, options.user_names(), options.password))
-        print(f"created {created} users in {time.monotonic() - started:.1f} s", file=sys.stderr)
-    progress = None if args.no_progress else sys.stderr
-    if args.processes != 1:
-        report = run_processes(options, args.processes, progress=progress)
-    else:
-        report = run_load(options, progress=progress)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    else:
-        print(report.text())
-    return 0 if report.ok else 1
