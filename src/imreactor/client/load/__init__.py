@@ -8,6 +8,7 @@ spreads a 1:1 run over N such processes. By concept:
 - :mod:`.query`: login_server's ``GET /msg_server``, without blocking the loop;
 - :mod:`.records`: what a run keeps of users, connections, senders and messages;
 - :mod:`.driver`: :class:`LoadRun`, the phases of one run (login, send, drain, verify);
+- :mod:`.verify`: what was sent, acked and received where, and the verdict on it;
 - :mod:`.report`: :class:`LoadReport`, its text and JSON;
 - :mod:`.cli`: the ``imreactor load`` command, :func:`run_load` and :func:`execute`;
 - :mod:`.multi` and :mod:`.child`: one run over N processes, parent and child.

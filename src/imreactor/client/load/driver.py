@@ -26,15 +26,8 @@ four phases:
    count rules.
 3. **drain**: once every message is acknowledged or timed out, wait (at most
    ``drain_s``) until every expected delivery has arrived.
-4. **verify** (see :meth:`LoadRun.report`): every acknowledged message must
-   have arrived exactly once, with the acknowledged ``msg_id``, at every
-   connection of the recipient (of every member, for a group message) and at
-   every other connection of the sender (connections logged in when the ack
-   came; never the sending connection); on each connection the messages of
-   one conversation (a pair of users, or the group) must arrive in increasing
-   ``msg_id`` order; the acked ids of a conversation must be distinct and,
-   when every message of it was acked, contiguous; nothing may arrive where it
-   was not sent.
+4. **verify** (:meth:`LoadRun.report`): what arrived where against what was
+   acked, by the run's :class:`~.verify.Verifier` (whose docstring has the rules).
 
 With ``reconnect`` (1:1 runs), a connection that drops (its msg_server died, say) is
 not an error: after a random wait of up to ``reconnect_jitter_s`` it logs in again the
@@ -77,12 +70,9 @@ from ..tls import client_context
 from .options import DEFAULT_DURATION_S, ERROR_KINDS, LoadOptions
 from .query import MsgServerQuery
 from .records import (
-    CAUGHT,
-    CAUGHT_AND_LIVE,
     CONNECTING,
     FAILED,
     IDLE,
-    LIVE,
     LOGIN,
     QUERY,
     READY,
@@ -93,6 +83,7 @@ from .records import (
     conversation,
 )
 from .report import MAX_PROBLEMS, Latency, LoadReport
+from .verify import Deliveries, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +165,8 @@ class LoadRun:
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.info = {"unacked_delivered": 0, "foreign_messages": 0, "other_pushes": 0}
         self.problems: list[str] = []
+        #: What was sent, acked and received, and the verification of it.
+        self.verifier = Verifier(self._run_id, options.size, self.endpoints, self.info, self._error)
         self.finished = False
         self._conns: set[Transport] = set()
         self._closing = False
@@ -188,16 +181,12 @@ class LoadRun:
         self.group_members: list[User] = []
         self.senders: list[Sender] = []
         self._sender_of: dict[int, Sender] = {}
-        self.sent: dict[tuple[int, int], Sent] = {}
         self.sent_total = 0
         self.acked = 0
         self.outstanding = 0
         self._sending = False
         self._draining = False
-        self._awaiting: set[tuple[int, tuple[int, int]]] = set()
         self.ack_samples: list[float] = []
-        self._conv_ids: dict[tuple[int, int], list[int]] = {}
-        self._conv_unacked: set[tuple[int, int]] = set()
         self._ready: deque[Sender] = deque()
         self._credit = 0.0
         self._last_pace = 0.0
@@ -216,6 +205,11 @@ class LoadRun:
         #: Filled by :meth:`report`: each verified delivery's latency, and the last one's time.
         self.delivery_samples: list[float] = []
         self.t_last_delivery = 0.0
+
+    @property
+    def sent(self) -> dict[tuple[int, int], Sent]:
+        """Each message sent, by (sending endpoint, seq)."""
+        return self.verifier.sent
 
     # -- problems ------------------------------------------------------------------------
 
@@ -493,14 +487,8 @@ class LoadRun:
 
     def _caught(self, ep: Endpoint, peer: User, m: Any) -> None:
         """A history message of ``ep``'s conversation: received, unless it was already."""
-        key = self._key_of(m.msg_data)
-        if key is None or key in ep.got or key[0] == ep.index:
-            return  # another run's, already here, or sent from this very connection
-        to = peer.user_id if m.from_session_id == ep.user.user_id else ep.user.user_id
-        ep.got[key] = [1, m.msg_id, self.loop.time(), m.from_session_id, to, m.msg_type, CAUGHT]
-        self.caught_up += 1
-        if self._awaiting:
-            self._awaiting.discard((ep.index, key))
+        if self.verifier.caught(ep, peer, m, self.loop.time()):
+            self.caught_up += 1
 
     def _back(self, ep: Endpoint, *, failed: bool = False) -> None:
         """``ep`` is caught up (or gave up): the run may end once every drop is back."""
@@ -508,7 +496,7 @@ class LoadRun:
             self._back_s.append(self.loop.time() - ep.lost_at)
         ep.lost_at = 0.0
         self._lost -= 1
-        if self._draining and not self._lost and (not self._awaiting or self._drain_late):
+        if self._draining and not self._lost and (not self.verifier.awaiting or self._drain_late):
             self._finish()
         self._check_done()
 
@@ -631,10 +619,6 @@ class LoadRun:
                 ready.append(sender)
                 sender.queued = True
 
-    def _body(self, ep_index: int, seq: int) -> bytes:
-        head = b"%s:%d:%d:" % (self._run_id, ep_index, seq)
-        return head + b"x" * (self.options.size - len(head))
-
     def _send_one(self, sender: Sender) -> None:
         ep = sender.endpoint
         seq = sender.next_seq
@@ -646,10 +630,9 @@ class LoadRun:
             msg_id=0,
             create_time=int(time.time()),
             msg_type=sender.msg_type,
-            msg_data=self._body(ep.index, seq),
+            msg_data=self.verifier.body(ep.index, seq),
         )
-        record = Sent(self.loop.time())
-        self.sent[key] = record
+        record = self.verifier.sending(key, self.loop.time())
         sender.outstanding += 1
         self.outstanding += 1
         self.sent_total += 1
@@ -680,10 +663,10 @@ class LoadRun:
         if exc is not None and self.options.reconnect and isinstance(exc, ConnectionError):
             # Its connection dropped: whether it was stored is unknown, as for any
             # client; it may still arrive (counted as unacked_delivered).
-            self._conv_unacked.add(conv)
+            self.verifier.unacked(conv)
             self.info["unacked_on_reconnect"] = self.info.get("unacked_on_reconnect", 0) + 1
         elif exc is not None:
-            self._conv_unacked.add(conv)
+            self.verifier.unacked(conv)
             kind = (
                 "timeouts"
                 if isinstance(exc, TimeoutError)
@@ -693,7 +676,7 @@ class LoadRun:
             )
             self._error(kind, f"{ep.user.name} message {key[1]}: {exc}")
         elif self.echo:
-            if rsp.msg_data != self._body(*key):
+            if rsp.msg_data != self.verifier.body(*key):
                 self._error("bad_acks", f"connection {key[0]} round trip {key[1]}: bytes differ")
             else:
                 self._ack_ok(record)
@@ -703,7 +686,7 @@ class LoadRun:
             or rsp.session_id != sender.session_id
             or rsp.session_type != sender.session_type
         ):
-            self._conv_unacked.add(conv)
+            self.verifier.unacked(conv)
             self._error(
                 "bad_acks",
                 f"{ep.user.name} message {key[1]} to {sender.session_id}: ack user "
@@ -712,17 +695,7 @@ class LoadRun:
             )
         else:
             self._ack_ok(record)
-            record.msg_id = rsp.msg_id
-            self._conv_ids.setdefault(conv, []).append(rsp.msg_id)
-            record.expected = tuple(
-                e.index
-                for user in sender.receivers
-                for e in user.endpoints
-                if e is not ep and (e.state == READY or e.lost_at)
-            )
-            for index in record.expected:
-                if key not in self.endpoints[index].got:
-                    self._awaiting.add((index, key))
+            self.verifier.acked(sender, key, record, rsp.msg_id)
         if self.options.rate is None:
             self._fill(sender)
         elif not sender.queued and self._may_send(sender):
@@ -750,42 +723,10 @@ class LoadRun:
         else:
             self.info["other_pushes"] += 1
 
-    def _key_of(self, body: bytes) -> tuple[int, int] | None:
-        """(sending endpoint, seq) of a body this run sent; None for anything else."""
-        parts = body.split(b":", 3)
-        if len(parts) < 4 or parts[0] != self._run_id:
-            return None
-        try:
-            return (int(parts[1]), int(parts[2]))
-        except ValueError:
-            return None
-
     def _delivered(self, ep: Endpoint, msg: Any) -> None:
-        now = self.loop.time()
-        key = self._key_of(msg.msg_data)
+        key = self.verifier.delivered(ep, msg, self.loop.time())
         if key is None:
-            self.info["foreign_messages"] += 1
             return
-        entry = ep.got.get(key)
-        if entry is not None:
-            if entry[6] == CAUGHT:
-                # Fetched after the reconnect, then pushed too (it was in flight): a
-                # client tells the two apart by msg_id; a second push is a duplicate.
-                entry[6] = CAUGHT_AND_LIVE
-            else:
-                entry[0] += 1
-            return
-        ep.got[key] = [1, msg.msg_id, now, msg.from_user_id, msg.to_session_id, msg.msg_type, LIVE]
-        conv = conversation(msg.from_user_id, msg.to_session_id, msg.msg_type)
-        last = ep.last_id.get(conv, 0)
-        if msg.msg_id > last:
-            ep.last_id[conv] = msg.msg_id
-        else:
-            self._error(
-                "reorders",
-                f"{ep.user.name} (connection {ep.index}): msg_id {msg.msg_id} of "
-                f"conversation {conv} arrived after {last}",
-            )
         if self.options.receipts and ep.session is not None:
             group = msg.msg_type in GROUP_MSG_TYPES
             ep.session.send(
@@ -796,10 +737,8 @@ class LoadRun:
                     session_type=base.SESSION_TYPE_GROUP if group else base.SESSION_TYPE_SINGLE,
                 )
             )
-        if self._awaiting:
-            self._awaiting.discard((ep.index, key))
-            if self._draining and not self._awaiting and not self._lost:
-                self._finish()
+        if self.verifier.arrived(ep.index, key) and self._draining and not self._lost:
+            self._finish()
 
     # -- phase 3: draining ---------------------------------------------------------------
 
@@ -817,7 +756,7 @@ class LoadRun:
         if self.t_send_end == 0.0:
             self.t_send_end = self.loop.time()
         self._draining = True
-        if not self._awaiting:
+        if not self.verifier.awaiting:
             self._finish()
         else:
             self._timers.append(self.loop.call_later(self.options.drain_s, self._drain_over))
@@ -878,7 +817,7 @@ class LoadRun:
         elif not self.t_send_start:
             phase = f"login {self._logins_done}/{len(self.endpoints)}"
         elif self._draining:
-            phase = f"drain, awaiting {len(self._awaiting)} deliveries"
+            phase = f"drain, awaiting {len(self.verifier.awaiting)} deliveries"
         else:
             phase = f"send {now - self.t_send_start:5.1f} s"
         last_t, last_acked = self._last_progress
@@ -901,94 +840,22 @@ class LoadRun:
         """Verify what was received against what was acked, and sum up. Computed once."""
         if self._report is not None:
             return self._report
-        delivery_latency: list[float] = []
-        expected_total = delivered = 0
-        t_last_delivery = 0.0
-        for key, record in self.sent.items():
-            if not record.msg_id:
-                continue
-            src = self.endpoints[key[0]].user.name
-            for index in record.expected:
-                expected_total += 1
-                ep = self.endpoints[index]
-                entry = ep.got.get(key)
-                where = f"{ep.user.name} (connection {index})"
-                if entry is None:
-                    self._error(
-                        "losses",
-                        f"{src} message {key[1]} (msg_id {record.msg_id}) never reached {where}",
-                    )
-                    continue
-                delivered += 1
-                copies, msg_id, t_recv = entry[0], entry[1], entry[2]
-                t_last_delivery = max(t_last_delivery, t_recv)
-                if copies > 1:
-                    self._error(
-                        "duplicates",
-                        f"{src} message {key[1]} (msg_id {record.msg_id}) "
-                        f"reached {where} {copies} times",
-                        copies - 1,
-                    )
-                if msg_id != record.msg_id:
-                    self._error(
-                        "wrong_ids",
-                        f"{src} message {key[1]} acked as msg_id {record.msg_id}, "
-                        f"delivered to {where} as {msg_id}",
-                    )
-                if entry[6] == LIVE:  # a history fetch is no delivery latency
-                    delivery_latency.append(t_recv - record.t_sent)
-        for ep in self.endpoints:
-            for key, entry in ep.got.items():
-                sent = self.sent.get(key)
-                sender = self._sender_of.get(key[0])
-                where = f"{ep.user.name} (connection {ep.index})"
-                if sent is None or sender is None:
-                    self._error("misdelivered", f"{where} got message {key} nobody sent")
-                    continue
-                sender_ep = sender.endpoint
-                if not sent.msg_id:
-                    self.info["unacked_delivered"] += 1
-                    if ep is sender_ep or ep.user not in sender.receivers:
-                        self._error("misdelivered", f"{where} got unacked message {key}")
-                elif ep.index not in sent.expected:
-                    self._error("misdelivered", f"{where} got message {key} not meant for it")
-                elif (entry[3], entry[4], entry[5]) != (
-                    sender_ep.user.user_id,
-                    sender.session_id,
-                    sender.msg_type,
-                ):
-                    self._error(
-                        "misdelivered",
-                        f"{where} got message {key} as from {entry[3]} to {entry[4]} "
-                        f"(msg_type {entry[5]:#x})",
-                    )
-        for conv, ids in self._conv_ids.items():
-            distinct = set(ids)
-            if len(distinct) != len(ids):
-                self._error(
-                    "id_conflicts",
-                    f"conversation {conv}: {len(ids) - len(distinct)} msg_ids acked twice",
-                    len(ids) - len(distinct),
-                )
-            if conv not in self._conv_unacked:
-                missing = max(distinct) - min(distinct) + 1 - len(distinct)
-                if missing:
-                    self._error(
-                        "id_gaps",
-                        f"conversation {conv}: {missing} msg_ids missing between "
-                        f"{min(distinct)} and {max(distinct)}",
-                        missing,
-                    )
-        self.delivery_samples = delivery_latency
-        self.t_last_delivery = t_last_delivery
+        found = self.verifier.verify(self._sender_of)
+        self.delivery_samples = found.latency_s
+        self.t_last_delivery = found.t_last
+        self._report = self._summary(found)
+        return self._report
+
+    def _summary(self, found: Deliveries) -> LoadReport:
+        """The report of this run, once ``found`` is verified."""
         t_end = self.t_logins_done or self.loop.time()
         login_s = max(t_end - self.t_start, 1e-9)
         send_s = max(self.t_send_end - self.t_send_start, 0.0) if self.t_send_start else 0.0
-        delivery_s = max(t_last_delivery - self.t_send_start, 0.0) if delivered else 0.0
+        delivery_s = max(found.t_last - self.t_send_start, 0.0) if found.delivered else 0.0
         refused = self.errors["refused_logins"]
         failed = self.errors["login_failures"]
         ok = self.acked > 0 and not any(self.errors.values())
-        report = LoadReport(
+        return LoadReport(
             ok=ok,
             mode="echo" if self.echo else "im",
             target=self._target_text,
@@ -1009,12 +876,12 @@ class LoadRun:
             acked=self.acked,
             send_s=round(send_s, 3),
             msgs_per_s=round(self.acked / send_s, 1) if send_s > 0 else 0.0,
-            expected_deliveries=expected_total,
-            deliveries=delivered,
+            expected_deliveries=found.expected,
+            deliveries=found.delivered,
             delivery_s=round(delivery_s, 3),
-            deliveries_per_s=round(delivered / delivery_s, 1) if delivery_s > 0 else 0.0,
+            deliveries_per_s=round(found.delivered / delivery_s, 1) if delivery_s > 0 else 0.0,
             ack_latency=Latency.of(self.ack_samples),
-            delivery_latency=Latency.of(delivery_latency),
+            delivery_latency=Latency.of(found.latency_s),
             errors=dict(self.errors),
             info=dict(self.info),
             problems=list(self.problems),
@@ -1023,8 +890,6 @@ class LoadRun:
             caught_up=self.caught_up,
             back_max_s=round(max(self._back_s, default=0.0), 3),
         )
-        self._report = report
-        return report
 
 
 def _cpu_s() -> float:
