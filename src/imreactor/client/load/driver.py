@@ -3,14 +3,10 @@
 One :class:`~imreactor.client.session.ClientSession` per connection. A run has
 four phases:
 
-1. **login**: every connection asks login_server ``GET /msg_server`` where to
-   go, connects there and logs in as ``load<i>`` (at most
-   ``login_concurrency`` logins at a time). ``--msg-server`` sends everyone to
-   one msg_server instead; ``--msg-servers A,B,...`` pins user ``i`` to entry
-   ``i mod n`` (all of its connections), so with two or more entries the two
-   users of a pair are always on different servers. "Not ready" answers (no
-   msg_server registered, refusals 3/4/5, refused connects) are retried for
-   ``login_retry_s``; anything else is a failed login.
+1. **login**: every connection logs in as ``load<i>`` (at most
+   ``login_concurrency`` logins at a time), the way :class:`~.login.Logins` says:
+   through login_server, or pinned (with ``--msg-servers A,B,...`` and two or more
+   entries the two users of a pair are always on different servers).
 2. **send**: users ``load<2p>`` and ``load<2p+1>`` form pair ``p``. The
    desktop connection of the first (and with ``duplex`` also of the second)
    sends 1:1 ``IMMsgData`` to the other, keeping ``in_flight`` messages
@@ -48,33 +44,23 @@ import logging
 import os
 import random
 import resource
-import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
-from urllib.parse import urlsplit
 
-from ...net import ConnState, EventLoop, Timer, Transport
-from ...net.connection import parse_address
-from ...pdu.imconn import CLIENT_SIDE, Keepalive
-from ...pdu.kinds import GROUP_MSG_TYPES, NOT_READY
-from ...pdu.password import password_digest
+from ...net import ConnState, EventLoop, Timer
+from ...pdu.kinds import GROUP_MSG_TYPES
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
-from ..locate import MSG_SERVER_PATH, LocateError, msg_server_address
 from ..session import ClientSession
-from ..tls import client_context
+from .login import Logins
 from .options import DEFAULT_DURATION_S, ERROR_KINDS, LoadOptions
-from .query import MsgServerQuery
 from .records import (
-    CONNECTING,
     FAILED,
     IDLE,
-    LOGIN,
-    QUERY,
     READY,
     Endpoint,
     Sender,
@@ -90,12 +76,6 @@ log = logging.getLogger(__name__)
 #: Pacing tick with ``--rate``, and the most credit a stall may bank (as seconds of rate).
 PACE_TICK_S = 0.005
 PACE_BURST_S = 0.1
-#: Mean wait before a login is tried again; each wait is drawn from half to one and a half
-#: times it, so clients refused together (a busy db_proxy, a restarting server) do not all
-#: return together.
-LOGIN_RETRY_DELAY_S = 0.2
-#: Closing at the end waits this long for the servers to close their side.
-SHUTDOWN_WAIT_S = 3.0
 #: Messages per history request while catching up after a reconnect.
 CATCH_UP_PAGE = 200
 
@@ -121,16 +101,10 @@ class LoadRun:
         self.echo = options.echo is not None
         self._progress_out = progress
         self._progress_tty = progress is not None and progress.isatty()
-        self._keepalive = Keepalive(loop)
         self._run_id = os.urandom(4).hex().encode()
         self.users = [
             User(options.first_user + i, name) for i, name in enumerate(options.user_names())
         ]
-        self._source: tuple[str, int] | None = None
-        #: TLS for msg_server connections (and an https:// login_server); None: plain.
-        self._ssl = client_context(options.ca_file) if options.tls or options.ca_file else None
-        if options.source_host is not None:
-            self._source = (options.source_host, 0)
         #: Called once every login has finished, with what starts the sending phase
         #: (``None``: start at once); a ``--processes`` child waits for its parent here.
         self.before_sending: Callable[[Callable[[], None]], None] | None = None
@@ -141,40 +115,24 @@ class LoadRun:
                 ep = Endpoint(len(self.endpoints), user, client_type)
                 user.endpoints.append(ep)
                 self.endpoints.append(ep)
-        self._http_host = ""
-        self._query_ssl: ssl.SSLContext | None = None
-        #: Where connections go without asking login_server: user i to entry i mod n.
-        self._direct: list[tuple[str, int]] = []
-        self._target = ("", 0)
-        if options.echo is not None:
-            self._direct = [parse_address(options.echo, 7000)]
-            self._target_text = f"echo {options.echo}"
-        elif options.msg_server is not None:
-            self._direct = [parse_address(options.msg_server, 8000)]
-            self._target_text = f"msg_server {options.msg_server}"
-        elif options.msg_servers is not None:
-            self._direct = [parse_address(entry, 8000) for entry in options.msg_servers]
-            self._target_text = f"msg_servers {','.join(options.msg_servers)} (round-robin)"
-        else:
-            url = urlsplit(options.login_url)
-            https = url.scheme == "https"
-            self._target = (url.hostname or "127.0.0.1", url.port or (443 if https else 80))
-            self._query_ssl = self._ssl or client_context() if https else None
-            self._http_host = url.netloc
-            self._target_text = options.login_url
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.info = {"unacked_delivered": 0, "foreign_messages": 0, "other_pushes": 0}
         self.problems: list[str] = []
         #: What was sent, acked and received, and the verification of it.
         self.verifier = Verifier(self._run_id, options.size, self.endpoints, self.info, self._error)
+        self._logins = Logins(
+            loop,
+            options,
+            push=self._push,
+            logged_in=self._logged_in,
+            failed=self._fail,
+            dropped=self._dropped,
+        )
         self.finished = False
-        self._conns: set[Transport] = set()
-        self._closing = False
         self._login_queue: deque[Endpoint] = deque()
         self._logins_active = 0
         self._logins_done = 0
         self.logins_ok = 0
-        self.login_retries = 0
         self.t_start = self.t_logins_done = 0.0
         self.t_send_start = self.t_send_end = 0.0
         self.group_id = 0
@@ -207,6 +165,11 @@ class LoadRun:
         self.t_last_delivery = 0.0
 
     @property
+    def login_retries(self) -> int:
+        """Logins tried again after a failure that may pass."""
+        return self._logins.retries
+
+    @property
     def sent(self) -> dict[tuple[int, int], Sent]:
         """Each message sent, by (sending endpoint, seq)."""
         return self.verifier.sent
@@ -236,133 +199,7 @@ class LoadRun:
             ep = self._login_queue.popleft()
             self._logins_active += 1
             ep.first_try = self.loop.time()
-            self._attempt(ep)
-
-    def _attempt(self, ep: Endpoint) -> None:
-        if self._closing:
-            return
-        if self._direct:
-            self._connect(ep, *self._direct[ep.user.index % len(self._direct)])
-            return
-        ep.state = QUERY
-
-        def answered(answer: dict[str, Any] | None, error: str) -> None:
-            if self._closing:
-                return
-            if answer is None:
-                self._retry(ep, "login_failures", f"login_server: {error}")
-                return
-            tls = self._ssl is not None
-            try:
-                host, port = msg_server_address(answer, self._target_text, tls=tls)
-            except LocateError as exc:
-                if exc.code is None:
-                    self._fail(ep, "login_failures", str(exc))
-                else:
-                    self._retry(ep, "login_failures", str(exc), code=exc.code)
-                return
-            self._connect(ep, host, port)
-
-        query = MsgServerQuery(self._http_host, MSG_SERVER_PATH, answered)
-        try:
-            conn = self.loop.connect(
-                self._target[0],
-                self._target[1],
-                query,
-                timeout_s=self.options.login_timeout_s,
-                source=self._source,
-                ssl=self._query_ssl,
-            )
-        except OSError as exc:
-            self._retry(ep, "login_failures", f"login_server: {exc}")
-            return
-        self._track(conn)
-        # An answer that never comes: the abort ends the query through connection_lost.
-        timer = self.loop.call_later(self.options.login_timeout_s, conn.abort)
-        conn.add_close_callback(lambda c, exc: timer.cancel())
-
-    def _connect(self, ep: Endpoint, host: str, port: int) -> None:
-        ep.state = CONNECTING
-        session = ClientSession(
-            lambda message, seq: self._push(ep, message),
-            on_connected=lambda: self._connected(ep),
-            keepalive=self._keepalive,
-            policy=CLIENT_SIDE,
-        )
-        try:
-            conn = self.loop.connect(
-                host,
-                port,
-                session,
-                timeout_s=self.options.login_timeout_s,
-                source=self._source,
-                ssl=self._ssl,
-            )
-        except OSError as exc:
-            self._retry(ep, "login_failures", f"connect to {host}:{port}: {exc}")
-            return
-        ep.session, ep.conn = session, conn
-        self._track(conn)
-        conn.add_close_callback(lambda c, exc: self._closed(ep, c, exc))
-
-    def _track(self, conn: Transport) -> None:
-        self._conns.add(conn)
-        conn.add_close_callback(self._untrack)
-
-    def _untrack(self, conn: Transport, exc: BaseException | None) -> None:
-        self._conns.discard(conn)
-        if self._closing and not self._conns:
-            self.loop.stop()
-
-    def _connected(self, ep: Endpoint) -> None:
-        if self.echo:
-            ep.user.user_id = ep.user.index + 1
-            self._logged_in(ep)
-            return
-        ep.state = LOGIN
-        assert ep.session is not None
-        req = login_pb.IMLoginReq(
-            user_name=ep.user.name,
-            password=password_digest(self.options.password),
-            online_status=base.USER_STATUS_ONLINE,
-            client_type=base.ClientType.ValueType(ep.client_type),
-            client_version="imreactor-load",
-        )
-
-        def answered(res: Any, exc: BaseException | None) -> None:
-            if ep.state != LOGIN:
-                return
-            if exc is not None:
-                self._retry_closing(ep, "login_failures", f"{ep.user.name}: login: {exc}")
-            elif res.result_code == 0:
-                ep.user.user_id = res.user_info.user_id
-                self._logged_in(ep)
-            else:
-                why = f"{ep.user.name}: login refused: {res.result_code} {res.result_string}"
-                self._retry_closing(ep, "refused_logins", why, code=res.result_code)
-
-        ep.session.request(
-            req, answered, timeout_s=self.options.login_timeout_s, response=login_pb.IMLoginRes
-        )
-
-    def _retry_closing(self, ep: Endpoint, kind: str, why: str, code: int | None = None) -> None:
-        conn = ep.conn
-        ep.state = IDLE  # its close is no disconnect
-        ep.session = ep.conn = None
-        if conn is not None:
-            conn.close()
-        self._retry(ep, kind, why, code=code)
-
-    def _retry(self, ep: Endpoint, kind: str, why: str, code: Any = None) -> None:
-        """Try ``ep`` again if the failure may pass and there is time left, else fail it."""
-        transient = kind == "login_failures" or code in NOT_READY
-        if transient and self.loop.time() - ep.first_try < self.options.login_retry_s:
-            self.login_retries += 1
-            ep.state = IDLE
-            delay = LOGIN_RETRY_DELAY_S * random.uniform(0.5, 1.5)
-            self.loop.call_later(delay, self._attempt, ep)
-            return
-        self._fail(ep, kind, why)
+            self._logins.attempt(ep)
 
     def _fail(self, ep: Endpoint, kind: str, why: str) -> None:
         ep.state = FAILED
@@ -395,23 +232,15 @@ class LoadRun:
         else:
             self._start_logins()
 
-    def _closed(self, ep: Endpoint, conn: Transport, exc: BaseException | None) -> None:
-        if ep.conn is not conn:
-            return  # an earlier attempt, already dealt with
-        state = ep.state
-        ep.session = ep.conn = None
-        if self._closing:
-            return
-        if state == CONNECTING:
-            self._retry(ep, "login_failures", f"{ep.user.name}: connect: {exc or 'closed'}")
-        elif state == READY and self.options.reconnect and not ep.kicked:
+    def _dropped(self, ep: Endpoint, exc: BaseException | None) -> None:
+        """The connection of logged-in ``ep`` closed: reconnect, or count a disconnect."""
+        if self.options.reconnect and not ep.kicked:
             self._reconnect(ep)
-        elif state == READY:
+        else:
             ep.state = FAILED
             if not ep.kicked:
                 self._error("disconnects", f"{ep.user.name}: connection closed ({exc or 'EOF'})")
             self._check_done()
-        # LOGIN: the pending login request already failed with ConnectionError.
 
     # -- reconnects ----------------------------------------------------------------------
 
@@ -425,7 +254,7 @@ class LoadRun:
         ep.state = IDLE
         delay = random.uniform(0.0, self.options.reconnect_jitter_s)
         ep.first_try = now + delay  # the retry window counts from the first try
-        self.loop.call_later(delay, self._attempt, ep)
+        self.loop.call_later(delay, self._logins.attempt, ep)
 
     def _resume(self, ep: Endpoint) -> None:
         """A sender back online sends again (its rate share, or its in-flight window)."""
@@ -460,7 +289,7 @@ class LoadRun:
         )
 
         def answered(rsp: Any, exc: BaseException | None) -> None:
-            if ep.session is not session or self._closing:
+            if ep.session is not session or self._logins.closing:
                 return  # that connection is gone; its next login catches up again
             if exc is not None and self.loop.time() - ep.lost_at >= self.options.login_retry_s:
                 self._error("login_failures", f"{ep.user.name}: catch-up failed: {exc}")
@@ -521,7 +350,7 @@ class LoadRun:
         )
 
         def answered(rsp: Any, exc: BaseException | None) -> None:
-            if self._closing or self.finished:
+            if self._logins.closing or self.finished:
                 return
             if exc is not None:
                 self._error("group_failures", f"{creator.user.name}: group create: {exc}")
@@ -656,7 +485,7 @@ class LoadRun:
     ) -> None:
         sender.outstanding -= 1
         self.outstanding -= 1
-        if self._closing:
+        if self._logins.closing:
             return
         ep = sender.endpoint
         conv = sender.conv
@@ -791,19 +620,7 @@ class LoadRun:
 
     def shutdown(self) -> None:
         """Close every connection; calls ``loop.stop()`` once all are closed (or aborted)."""
-        self._closing = True
-        if not self._conns:
-            self.loop.stop()
-            return
-        for conn in list(self._conns):
-            conn.close()
-
-        def abort_rest() -> None:
-            for conn in list(self._conns):
-                conn.abort()
-            self.loop.stop()
-
-        self.loop.call_later(SHUTDOWN_WAIT_S, abort_rest)
+        self._logins.shutdown()
 
     # -- progress ------------------------------------------------------------------------
 
@@ -858,7 +675,7 @@ class LoadRun:
         return LoadReport(
             ok=ok,
             mode="echo" if self.echo else "im",
-            target=self._target_text,
+            target=self._logins.target_text,
             connections=len(self.endpoints),
             users=len(self.users),
             group_size=self.options.group_size or 0,
