@@ -7,6 +7,7 @@ spreads a 1:1 run over N such processes. By concept:
 - :mod:`.options`: what to run (:class:`LoadOptions`) and the error counters;
 - :mod:`.query`: login_server's ``GET /msg_server``, without blocking the loop;
 - :mod:`.login`: how each connection gets to a logged-in session, retries and all;
+- :mod:`.reconnect`: with ``reconnect``, a dropped connection back and caught up;
 - :mod:`.records`: what a run keeps of users, connections, senders and messages;
 - :mod:`.driver`: :class:`LoadRun`, the phases of one run (login, send, drain, verify);
 - :mod:`.verify`: what was sent, acked and received where, and the verdict on it;

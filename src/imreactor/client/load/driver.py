@@ -25,13 +25,9 @@ four phases:
 4. **verify** (:meth:`LoadRun.report`): what arrived where against what was
    acked, by the run's :class:`~.verify.Verifier` (whose docstring has the rules).
 
-With ``reconnect`` (1:1 runs), a connection that drops (its msg_server died, say) is
-not an error: after a random wait of up to ``reconnect_jitter_s`` it logs in again the
-way it first did (through login_server unless pinned) and fetches from history
-(``IMGetMsgListReq``) what its conversation got past the last msg_id it had seen; a
-message acked while it was away must arrive live or in that fetch, and the run ends
-only once every dropped connection is back or has given up (``login_retry_s``).
-Messages in flight on a dropped connection were never acked and are not counted.
+With ``reconnect`` (1:1 runs), a connection that drops is not an error: it logs in
+again and catches up from history (:class:`~.reconnect.Reconnects`), and the run
+ends only once every dropped connection is back or has given up.
 
 With ``echo`` set, the same connections and senders run against a PDU echo
 server instead (no login; the "ack" is the echoed PDU, checked byte for
@@ -42,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import resource
 import time
 from collections import deque
@@ -55,18 +50,16 @@ from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
-from ..session import ClientSession
 from .login import Logins
 from .options import DEFAULT_DURATION_S, ERROR_KINDS, LoadOptions
+from .reconnect import Reconnects
 from .records import (
     FAILED,
-    IDLE,
     READY,
     Endpoint,
     Sender,
     Sent,
     User,
-    conversation,
 )
 from .report import MAX_PROBLEMS, Latency, LoadReport
 from .verify import Deliveries, Verifier
@@ -76,8 +69,6 @@ log = logging.getLogger(__name__)
 #: Pacing tick with ``--rate``, and the most credit a stall may bank (as seconds of rate).
 PACE_TICK_S = 0.005
 PACE_BURST_S = 0.1
-#: Messages per history request while catching up after a reconnect.
-CATCH_UP_PAGE = 200
 
 
 class LoadRun:
@@ -152,13 +143,10 @@ class LoadRun:
         self._last_progress = (0.0, 0)
         self._cpu_start = _cpu_s()
         self._report: LoadReport | None = None
-        #: With ``reconnect``: endpoints dropped and not yet back; the pair partner of
-        #: each sending pair's users (whose conversation a reconnect catches up).
-        self._lost = 0
-        self.reconnects = 0
-        self.caught_up = 0
-        self._back_s: list[float] = []
-        self._peer: dict[int, User] = {}
+        #: With ``reconnect``: the endpoints dropped, each until it is back.
+        self._reconnects = Reconnects(
+            loop, options, self._logins, self.verifier, self._error, back=self._back
+        )
         self._drain_late = False
         #: Filled by :meth:`report`: each verified delivery's latency, and the last one's time.
         self.delivery_samples: list[float] = []
@@ -168,6 +156,16 @@ class LoadRun:
     def login_retries(self) -> int:
         """Logins tried again after a failure that may pass."""
         return self._logins.retries
+
+    @property
+    def reconnects(self) -> int:
+        """Connections dropped and logged in again (with ``reconnect``)."""
+        return self._reconnects.count
+
+    @property
+    def caught_up(self) -> int:
+        """Messages received from history after a reconnect."""
+        return self._reconnects.caught_up
 
     @property
     def sent(self) -> dict[tuple[int, int], Sent]:
@@ -205,7 +203,7 @@ class LoadRun:
         ep.state = FAILED
         self._error(kind, why)
         if ep.lost_at:
-            self._back(ep, failed=True)
+            self._reconnects.gave_up(ep)
         else:
             self._login_finished()
 
@@ -213,7 +211,7 @@ class LoadRun:
         ep.state = READY
         if ep.lost_at:
             self._resume(ep)
-            self._catch_up(ep, ep.session)
+            self._reconnects.logged_in(ep)
             return
         self.logins_ok += 1
         self._login_finished()
@@ -235,7 +233,7 @@ class LoadRun:
     def _dropped(self, ep: Endpoint, exc: BaseException | None) -> None:
         """The connection of logged-in ``ep`` closed: reconnect, or count a disconnect."""
         if self.options.reconnect and not ep.kicked:
-            self._reconnect(ep)
+            self._reconnects.dropped(ep)
         else:
             ep.state = FAILED
             if not ep.kicked:
@@ -243,18 +241,6 @@ class LoadRun:
             self._check_done()
 
     # -- reconnects ----------------------------------------------------------------------
-
-    def _reconnect(self, ep: Endpoint) -> None:
-        """``ep`` dropped: log in again after a random wait, the way it first did."""
-        now = self.loop.time()
-        if not ep.lost_at:  # not already counted (a drop during its catch-up)
-            ep.lost_at = now
-            self._lost += 1
-        self.reconnects += 1
-        ep.state = IDLE
-        delay = random.uniform(0.0, self.options.reconnect_jitter_s)
-        ep.first_try = now + delay  # the retry window counts from the first try
-        self.loop.call_later(delay, self._logins.attempt, ep)
 
     def _resume(self, ep: Endpoint) -> None:
         """A sender back online sends again (its rate share, or its in-flight window)."""
@@ -267,65 +253,13 @@ class LoadRun:
             self._ready.append(sender)
             sender.queued = True
 
-    def _catch_up(self, ep: Endpoint, session: ClientSession | None, begin: int = 0) -> None:
-        """Fetch, newest first, what ``ep``'s conversation got past what ``ep`` saw.
-
-        Pages of :data:`CATCH_UP_PAGE` down to the highest msg_id it received; each
-        message of this run it has not received counts as received (caught up). A
-        user outside the sending pairs has no conversation: it is back at once.
-        """
-        peer = self._peer.get(ep.user.index)
-        if peer is None or session is None:
-            self._back(ep)
-            return
-        conv = conversation(ep.user.user_id, peer.user_id, base.MSG_TYPE_SINGLE_TEXT)
-        floor = ep.last_id.get(conv, 0)
-        req = msg_pb.IMGetMsgListReq(
-            user_id=ep.user.user_id,
-            session_type=base.SESSION_TYPE_SINGLE,
-            session_id=peer.user_id,
-            msg_id_begin=begin,
-            msg_cnt=CATCH_UP_PAGE,
-        )
-
-        def answered(rsp: Any, exc: BaseException | None) -> None:
-            if ep.session is not session or self._logins.closing:
-                return  # that connection is gone; its next login catches up again
-            if exc is not None and self.loop.time() - ep.lost_at >= self.options.login_retry_s:
-                self._error("login_failures", f"{ep.user.name}: catch-up failed: {exc}")
-                self._back(ep, failed=True)
-                return
-            if exc is not None:
-                log.info("%s: catch-up: %s; again in 1 s", ep.user.name, exc)
-                self.loop.call_later(1.0, self._catch_up, ep, session, begin)
-                return
-            older = [m for m in rsp.msg_list if m.msg_id > floor]
-            for m in older:
-                self._caught(ep, peer, m)
-            if older and len(rsp.msg_list) == len(older) and min(m.msg_id for m in older) > 1:
-                self._catch_up(ep, session, min(m.msg_id for m in older) - 1)
-                return
-            last = max((m.msg_id for m in older), default=0)
-            if last > ep.last_id.get(conv, 0):
-                ep.last_id[conv] = last
-            self._back(ep)
-
-        session.request(
-            req, answered, timeout_s=self.options.ack_timeout_s, response=msg_pb.IMGetMsgListRsp
-        )
-
-    def _caught(self, ep: Endpoint, peer: User, m: Any) -> None:
-        """A history message of ``ep``'s conversation: received, unless it was already."""
-        if self.verifier.caught(ep, peer, m, self.loop.time()):
-            self.caught_up += 1
-
-    def _back(self, ep: Endpoint, *, failed: bool = False) -> None:
-        """``ep`` is caught up (or gave up): the run may end once every drop is back."""
-        if not failed:
-            self._back_s.append(self.loop.time() - ep.lost_at)
-        ep.lost_at = 0.0
-        self._lost -= 1
-        if self._draining and not self._lost and (not self.verifier.awaiting or self._drain_late):
+    def _back(self) -> None:
+        """A dropped connection is back (or gave up): the run may end once every drop is."""
+        if (
+            self._draining
+            and not self._reconnects.lost
+            and (not self.verifier.awaiting or self._drain_late)
+        ):
             self._finish()
         self._check_done()
 
@@ -393,7 +327,7 @@ class LoadRun:
                 ep = s.endpoints[0]
                 if ep.state == READY and r.user_id:
                     self._add_sender(Sender(ep, r.user_id, [r, s], False))
-            self._peer[a.index], self._peer[b.index] = b, a
+            self._reconnects.pair(a, b)
         self.t_send_start = self._last_pace = self.loop.time()
         if not self.senders:
             self._finish()
@@ -566,7 +500,7 @@ class LoadRun:
                     session_type=base.SESSION_TYPE_GROUP if group else base.SESSION_TYPE_SINGLE,
                 )
             )
-        if self.verifier.arrived(ep.index, key) and self._draining and not self._lost:
+        if self.verifier.arrived(ep.index, key) and self._draining and not self._reconnects.lost:
             self._finish()
 
     # -- phase 3: draining ---------------------------------------------------------------
@@ -577,7 +511,7 @@ class LoadRun:
         dropped connection is back (or gave up)."""
         if self.finished or self._draining or self.outstanding or not self.t_send_start:
             return
-        if self._lost:
+        if self._reconnects.lost:
             return
         if self._sending and any(self._may_send(s) for s in self.senders):
             return
@@ -594,7 +528,7 @@ class LoadRun:
         """``drain_s`` has passed: finish, unless a dropped connection is still coming back
         (it may yet fetch what is awaited; :meth:`_back` finishes then)."""
         self._drain_late = True
-        if not self._lost:
+        if not self._reconnects.lost:
             self._finish()
 
     def _finish(self) -> None:
@@ -703,9 +637,9 @@ class LoadRun:
             info=dict(self.info),
             problems=list(self.problems),
             loader_cpu_s=round(_cpu_s() - self._cpu_start, 2),
-            reconnects=self.reconnects,
-            caught_up=self.caught_up,
-            back_max_s=round(max(self._back_s, default=0.0), 3),
+            reconnects=self._reconnects.count,
+            caught_up=self._reconnects.caught_up,
+            back_max_s=round(max(self._reconnects.back_s, default=0.0), 3),
         )
 
 
