@@ -94,13 +94,22 @@ class LoadReport:
 
     def text(self) -> str:
         """A human-readable summary (several lines)."""
-        what = "round trips" if self.mode == "echo" else "messages"
-        login = "connects" if self.mode == "echo" else "logins"
+        return "\n".join([self._headline(), *self._figures(), *self._verdict()])
+
+    def _headline(self) -> str:
+        """What ran against what."""
         rate = f", target {self.rate:g}/s" if self.rate else ""
         group = f", group {self.group_id} of {self.group_size}" if self.group_size else ""
-        lines = [
+        return (
             f"imreactor load ({self.mode} against {self.target}): {self.senders} senders, "
-            f"{self.connections} connections{group}, {self.in_flight} in flight per sender{rate}",
+            f"{self.connections} connections{group}, {self.in_flight} in flight per sender{rate}"
+        )
+
+    def _figures(self) -> list[str]:
+        """One line a measure: logins, messages, latencies, deliveries, reconnects, CPU."""
+        what = "round trips" if self.mode == "echo" else "messages"
+        login = "connects" if self.mode == "echo" else "logins"
+        lines = [
             f"  {login:<17}{self.logins_ok} ok in {self.login_s:.2f} s "
             f"({self.logins_per_s:,.1f}/s); refused {self.logins_refused}, "
             f"failed {self.logins_failed}, retried {self.login_retries}",
@@ -120,13 +129,16 @@ class LoadReport:
                 f"{self.back_max_s:.2f} s; {self.caught_up:,} messages caught up from history"
             )
         lines.append(f"  {'loader CPU':<17}{self.loader_cpu_s:.2f} s")
-        bad = {k: v for k, v in self.errors.items() if v}
+        return lines
+
+    def _verdict(self) -> list[str]:
+        """OK, or FAILED with the counters that are not 0 and the problems kept."""
         if self.ok:
-            lines.append("verification: OK")
-        else:
-            detail = ", ".join(f"{k} {v}" for k, v in bad.items()) or "nothing was acknowledged"
-            lines.append(f"verification: FAILED ({detail})")
-            lines.extend(f"  - {p}" for p in self.problems)
-            if sum(bad.values()) > len(self.problems):
-                lines.append(f"  (the first {len(self.problems)} shown)")
-        return "\n".join(lines)
+            return ["verification: OK"]
+        bad = {k: v for k, v in self.errors.items() if v}
+        detail = ", ".join(f"{k} {v}" for k, v in bad.items()) or "nothing was acknowledged"
+        lines = [f"verification: FAILED ({detail})"]
+        lines.extend(f"  - {p}" for p in self.problems)
+        if sum(bad.values()) > len(self.problems):
+            lines.append(f"  (the first {len(self.problems)} shown)")
+        return lines
