@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ...net import EventLoop, Transport
+from ...net import EventLoop, Protocol, Transport
 from ...net.connection import parse_address
 from ...pdu.imconn import CLIENT_SIDE, Keepalive
 from ...pdu.kinds import NOT_READY
@@ -130,14 +130,7 @@ class Logins:
 
         query = MsgServerQuery(self._http_host, MSG_SERVER_PATH, answered)
         try:
-            conn = self.loop.connect(
-                self._target[0],
-                self._target[1],
-                query,
-                timeout_s=self.options.login_timeout_s,
-                source=self._source,
-                ssl=self._query_ssl,
-            )
+            conn = self._open(*self._target, query, self._query_ssl)
         except OSError as exc:
             self._retry(ep, "login_failures", f"login_server: {exc}")
             return
@@ -155,20 +148,26 @@ class Logins:
             policy=CLIENT_SIDE,
         )
         try:
-            conn = self.loop.connect(
-                host,
-                port,
-                session,
-                timeout_s=self.options.login_timeout_s,
-                source=self._source,
-                ssl=self._ssl,
-            )
+            conn = self._open(host, port, session, self._ssl)
         except OSError as exc:
             self._retry(ep, "login_failures", f"connect to {host}:{port}: {exc}")
             return
         ep.session, ep.conn = session, conn
         self._track(conn)
         conn.add_close_callback(lambda c, exc: self._closed(ep, c, exc))
+
+    def _open(
+        self, host: str, port: int, protocol: Protocol, context: ssl.SSLContext | None
+    ) -> Transport:
+        """A connection for one try, from the source address; OSError if it cannot start."""
+        return self.loop.connect(
+            host,
+            port,
+            protocol,
+            timeout_s=self.options.login_timeout_s,
+            source=self._source,
+            ssl=context,
+        )
 
     def _track(self, conn: Transport) -> None:
         self._conns.add(conn)
