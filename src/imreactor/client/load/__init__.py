@@ -10,6 +10,7 @@ spreads a 1:1 run over N such processes. By concept:
 - :mod:`.reconnect`: with ``reconnect``, a dropped connection back and caught up;
 - :mod:`.records`: what a run keeps of users, connections, senders and messages;
 - :mod:`.driver`: :class:`LoadRun`, the phases of one run (login, send, drain, verify);
+- :mod:`.send`: the sending phase: senders, in-flight windows, pace, acks;
 - :mod:`.verify`: what was sent, acked and received where, and the verdict on it;
 - :mod:`.report`: :class:`LoadReport`, its text and JSON;
 - :mod:`.cli`: the ``imreactor load`` command, :func:`run_load` and :func:`execute`;

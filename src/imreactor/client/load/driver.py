@@ -9,17 +9,14 @@ four phases:
    entries the two users of a pair are always on different servers).
 2. **send**: users ``load<2p>`` and ``load<2p+1>`` form pair ``p``. The
    desktop connection of the first (and with ``duplex`` also of the second)
-   sends 1:1 ``IMMsgData`` to the other, keeping ``in_flight`` messages
-   unacknowledged at most, optionally paced to ``rate`` messages/s overall,
-   until ``duration_s`` has passed or ``count`` messages were sent. A body
-   reads ``<run id>:<sending connection>:<sequence number>:`` and padding.
+   sends 1:1 ``IMMsgData`` to the other, as :class:`~.send.Sending` says
+   (in flight, rate, duration, count).
 
    With ``group_size`` M the users are ``load0..load<M-1>`` instead, and no
    pairs: once all are logged in, ``load0`` creates a temporary group of all
    of them (``IMGroupCreateReq``; the answer must list exactly them), then the
    desktop connections of the first ``senders`` members send group messages
-   (``msg_type`` 0x11) to it, with the same in-flight, rate, duration and
-   count rules.
+   (``msg_type`` 0x11) to it, by the same rules.
 3. **drain**: once every message is acknowledged or timed out, wait (at most
    ``drain_s``) until every expected delivery has arrived.
 4. **verify** (:meth:`LoadRun.report`): what arrived where against what was
@@ -36,39 +33,25 @@ byte): a reference for what the client side and the reactor cost.
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-from ...net import ConnState, EventLoop, Timer
+from ...net import EventLoop, Timer
 from ...pdu.kinds import GROUP_MSG_TYPES
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
 from .login import Logins
-from .options import DEFAULT_DURATION_S, ERROR_KINDS, LoadOptions
+from .options import ERROR_KINDS, LoadOptions
 from .reconnect import Reconnects
-from .records import (
-    FAILED,
-    READY,
-    Endpoint,
-    Sender,
-    Sent,
-    User,
-)
+from .records import FAILED, READY, Endpoint, Sender, Sent, User
 from .report import MAX_PROBLEMS, Latency, LoadReport
+from .send import Sending
 from .verify import Deliveries, Verifier
-
-log = logging.getLogger(__name__)
-
-#: Pacing tick with ``--rate``, and the most credit a stall may bank (as seconds of rate).
-PACE_TICK_S = 0.005
-PACE_BURST_S = 0.1
 
 
 class LoadRun:
@@ -109,8 +92,10 @@ class LoadRun:
         self.errors = dict.fromkeys(ERROR_KINDS, 0)
         self.info = {"unacked_delivered": 0, "foreign_messages": 0, "other_pushes": 0}
         self.problems: list[str] = []
-        #: What was sent, acked and received, and the verification of it.
-        self.verifier = Verifier(self._run_id, options.size, self.endpoints, self.info, self._error)
+        #: What was sent, acked and received where, and the verdict on it.
+        self._verifier = Verifier(
+            self._run_id, options.size, self.endpoints, self.info, self._error
+        )
         self._logins = Logins(
             loop,
             options,
@@ -125,32 +110,66 @@ class LoadRun:
         self._logins_done = 0
         self.logins_ok = 0
         self.t_start = self.t_logins_done = 0.0
-        self.t_send_start = self.t_send_end = 0.0
         self.group_id = 0
         self.group_members: list[User] = []
-        self.senders: list[Sender] = []
-        self._sender_of: dict[int, Sender] = {}
-        self.sent_total = 0
-        self.acked = 0
-        self.outstanding = 0
-        self._sending = False
+        #: The senders, their pace and their acks.
+        self._send = Sending(
+            loop,
+            options,
+            self._verifier,
+            self.info,
+            self._error,
+            closing=lambda: self._logins.closing,
+            settled=self._check_done,
+        )
         self._draining = False
-        self.ack_samples: list[float] = []
-        self._ready: deque[Sender] = deque()
-        self._credit = 0.0
-        self._last_pace = 0.0
         self._timers: list[Timer] = []
         self._last_progress = (0.0, 0)
         self._cpu_start = _cpu_s()
         self._report: LoadReport | None = None
         #: With ``reconnect``: the endpoints dropped, each until it is back.
         self._reconnects = Reconnects(
-            loop, options, self._logins, self.verifier, self._error, back=self._back
+            loop, options, self._logins, self._verifier, self._error, back=self._back
         )
         self._drain_late = False
         #: Filled by :meth:`report`: each verified delivery's latency, and the last one's time.
         self.delivery_samples: list[float] = []
         self.t_last_delivery = 0.0
+
+    @property
+    def senders(self) -> list[Sender]:
+        """The sending connections (once sending began)."""
+        return self._send.senders
+
+    @property
+    def sent_total(self) -> int:
+        """Messages sent."""
+        return self._send.sent_total
+
+    @property
+    def acked(self) -> int:
+        """Messages acked as they should be (round trips, with ``echo``)."""
+        return self._send.acked
+
+    @property
+    def outstanding(self) -> int:
+        """Messages sent and not answered yet."""
+        return self._send.outstanding
+
+    @property
+    def ack_samples(self) -> list[float]:
+        """Each good ack's latency (s)."""
+        return self._send.ack_samples
+
+    @property
+    def t_send_start(self) -> float:
+        """When sending began (0: not yet)."""
+        return self._send.t_send_start
+
+    @property
+    def t_send_end(self) -> float:
+        """The last good ack (or when sending was over without one)."""
+        return self._send.t_send_end
 
     @property
     def login_retries(self) -> int:
@@ -169,8 +188,8 @@ class LoadRun:
 
     @property
     def sent(self) -> dict[tuple[int, int], Sent]:
-        """Each message sent, by (sending endpoint, seq)."""
-        return self.verifier.sent
+        """Each message sent, by (sending endpoint, seq); once acked, where it should arrive."""
+        return self._verifier.sent
 
     # -- problems ------------------------------------------------------------------------
 
@@ -210,7 +229,7 @@ class LoadRun:
     def _logged_in(self, ep: Endpoint) -> None:
         ep.state = READY
         if ep.lost_at:
-            self._resume(ep)
+            self._send.resume(ep.index)
             self._reconnects.logged_in(ep)
             return
         self.logins_ok += 1
@@ -242,23 +261,12 @@ class LoadRun:
 
     # -- reconnects ----------------------------------------------------------------------
 
-    def _resume(self, ep: Endpoint) -> None:
-        """A sender back online sends again (its rate share, or its in-flight window)."""
-        sender = self._sender_of.get(ep.index)
-        if sender is None:
-            return
-        if self.options.rate is None:
-            self._fill(sender)
-        elif not sender.queued and self._may_send(sender):
-            self._ready.append(sender)
-            sender.queued = True
-
     def _back(self) -> None:
         """A dropped connection is back (or gave up): the run may end once every drop is."""
         if (
             self._draining
             and not self._reconnects.lost
-            and (not self.verifier.awaiting or self._drain_late)
+            and (not self._verifier.awaiting or self._drain_late)
         ):
             self._finish()
         self._check_done()
@@ -310,172 +318,24 @@ class LoadRun:
             req, answered, timeout_s=self.options.ack_timeout_s, response=group_pb.IMGroupCreateRsp
         )
 
-    def _add_sender(self, sender: Sender) -> None:
-        self.senders.append(sender)
-        self._sender_of[sender.endpoint.index] = sender
-
     def _start_sending(self) -> None:
         o = self.options
         if self.group_id:
             for user in self.users[: o.group_senders]:
                 ep = user.endpoints[0]
                 if ep.state == READY:
-                    self._add_sender(Sender(ep, self.group_id, self.group_members, True))
+                    self._send.add(Sender(ep, self.group_id, self.group_members, True))
         for p in range(o.pair_count):
             a, b = self.users[2 * p], self.users[2 * p + 1]
             for s, r in [(a, b), (b, a)] if o.duplex else [(a, b)]:
                 ep = s.endpoints[0]
                 if ep.state == READY and r.user_id:
-                    self._add_sender(Sender(ep, r.user_id, [r, s], False))
+                    self._send.add(Sender(ep, r.user_id, [r, s], False))
             self._reconnects.pair(a, b)
-        self.t_send_start = self._last_pace = self.loop.time()
-        if not self.senders:
+        if not self._send.start():
             self._finish()
-            return
-        self._sending = True
-        if o.duration_s is not None or o.count is None:
-            duration = o.duration_s if o.duration_s is not None else DEFAULT_DURATION_S
-            self._timers.append(self.loop.call_later(duration, self._stop_sending))
-        if o.rate is not None:
-            self._ready.extend(self.senders)
-            for sender in self.senders:
-                sender.queued = True
-            self._timers.append(self.loop.call_every(PACE_TICK_S, self._pace, first_s=0.0))
-        else:
-            for sender in self.senders:
-                self._fill(sender)
 
-    def _may_send(self, sender: Sender) -> bool:
-        # The connection's own state, not only the endpoint's: when a connection
-        # closes, its pending requests fail (and land here) before its close
-        # callback marks the endpoint.
-        conn = sender.endpoint.conn
-        return (
-            self._sending
-            and sender.outstanding < self.options.in_flight
-            and sender.endpoint.state == READY
-            and conn is not None
-            and conn.state is ConnState.CONNECTED
-        )
-
-    def _fill(self, sender: Sender) -> None:
-        while self._may_send(sender):
-            self._send_one(sender)
-
-    def _pace(self) -> None:
-        now = self.loop.time()
-        rate = self.options.rate
-        assert rate is not None
-        self._credit = min(
-            self._credit + (now - self._last_pace) * rate, max(1.0, rate * PACE_BURST_S)
-        )
-        self._last_pace = now
-        ready = self._ready
-        while self._credit >= 1.0 and ready:
-            sender = ready.popleft()
-            sender.queued = False
-            if not self._may_send(sender):
-                continue
-            self._credit -= 1.0
-            self._send_one(sender)
-            if self._may_send(sender):
-                ready.append(sender)
-                sender.queued = True
-
-    def _send_one(self, sender: Sender) -> None:
-        ep = sender.endpoint
-        seq = sender.next_seq
-        sender.next_seq += 1
-        key = (ep.index, seq)
-        msg = msg_pb.IMMsgData(
-            from_user_id=ep.user.user_id,
-            to_session_id=sender.session_id,
-            msg_id=0,
-            create_time=int(time.time()),
-            msg_type=sender.msg_type,
-            msg_data=self.verifier.body(ep.index, seq),
-        )
-        record = self.verifier.sending(key, self.loop.time())
-        sender.outstanding += 1
-        self.outstanding += 1
-        self.sent_total += 1
-        if self.options.count is not None and self.sent_total >= self.options.count:
-            self._sending = False
-        assert ep.session is not None
-        ep.session.request(
-            msg,
-            lambda rsp, exc: self._acked(sender, key, record, rsp, exc),
-            timeout_s=self.options.ack_timeout_s,
-            response=msg_pb.IMMsgData if self.echo else msg_pb.IMMsgDataAck,
-        )
-
-    def _acked(
-        self,
-        sender: Sender,
-        key: tuple[int, int],
-        record: Sent,
-        rsp: Any,
-        exc: BaseException | None,
-    ) -> None:
-        sender.outstanding -= 1
-        self.outstanding -= 1
-        if self._logins.closing:
-            return
-        ep = sender.endpoint
-        conv = sender.conv
-        if exc is not None and self.options.reconnect and isinstance(exc, ConnectionError):
-            # Its connection dropped: whether it was stored is unknown, as for any
-            # client; it may still arrive (counted as unacked_delivered).
-            self.verifier.unacked(conv)
-            self.info["unacked_on_reconnect"] = self.info.get("unacked_on_reconnect", 0) + 1
-        elif exc is not None:
-            self.verifier.unacked(conv)
-            kind = (
-                "timeouts"
-                if isinstance(exc, TimeoutError)
-                else "unacked_on_close"
-                if isinstance(exc, ConnectionError)
-                else "bad_acks"
-            )
-            self._error(kind, f"{ep.user.name} message {key[1]}: {exc}")
-        elif self.echo:
-            if rsp.msg_data != self.verifier.body(*key):
-                self._error("bad_acks", f"connection {key[0]} round trip {key[1]}: bytes differ")
-            else:
-                self._ack_ok(record)
-        elif (
-            rsp.msg_id == 0
-            or rsp.user_id != ep.user.user_id
-            or rsp.session_id != sender.session_id
-            or rsp.session_type != sender.session_type
-        ):
-            self.verifier.unacked(conv)
-            self._error(
-                "bad_acks",
-                f"{ep.user.name} message {key[1]} to {sender.session_id}: ack user "
-                f"{rsp.user_id} session {rsp.session_id} type {rsp.session_type} "
-                f"msg_id {rsp.msg_id}",
-            )
-        else:
-            self._ack_ok(record)
-            self.verifier.acked(sender, key, record, rsp.msg_id)
-        if self.options.rate is None:
-            self._fill(sender)
-        elif not sender.queued and self._may_send(sender):
-            self._ready.append(sender)
-            sender.queued = True
-        self._check_done()
-
-    def _ack_ok(self, record: Sent) -> None:
-        now = self.loop.time()
-        record.t_ack = now
-        self.t_send_end = now
-        self.acked += 1
-        self.ack_samples.append(now - record.t_sent)
-
-    def _stop_sending(self) -> None:
-        self._sending = False
-        self._check_done()
+    # -- receiving -----------------------------------------------------------------------
 
     def _push(self, ep: Endpoint, message: Any) -> None:
         if isinstance(message, msg_pb.IMMsgData):
@@ -487,7 +347,7 @@ class LoadRun:
             self.info["other_pushes"] += 1
 
     def _delivered(self, ep: Endpoint, msg: Any) -> None:
-        key = self.verifier.delivered(ep, msg, self.loop.time())
+        key = self._verifier.delivered(ep, msg, self.loop.time())
         if key is None:
             return
         if self.options.receipts and ep.session is not None:
@@ -500,7 +360,7 @@ class LoadRun:
                     session_type=base.SESSION_TYPE_GROUP if group else base.SESSION_TYPE_SINGLE,
                 )
             )
-        if self.verifier.arrived(ep.index, key) and self._draining and not self._reconnects.lost:
+        if self._verifier.arrived(ep.index, key) and self._draining and not self._reconnects.lost:
             self._finish()
 
     # -- phase 3: draining ---------------------------------------------------------------
@@ -513,13 +373,11 @@ class LoadRun:
             return
         if self._reconnects.lost:
             return
-        if self._sending and any(self._may_send(s) for s in self.senders):
+        if self._send.may_send_more():
             return
-        self._sending = False
-        if self.t_send_end == 0.0:
-            self.t_send_end = self.loop.time()
+        self._send.over()
         self._draining = True
-        if not self.verifier.awaiting:
+        if not self._verifier.awaiting:
             self._finish()
         else:
             self._timers.append(self.loop.call_later(self.options.drain_s, self._drain_over))
@@ -535,7 +393,7 @@ class LoadRun:
         if self.finished:
             return
         self.finished = True
-        self._sending = False
+        self._send.close()
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -546,8 +404,8 @@ class LoadRun:
 
     def interrupt(self) -> None:
         """Stop sending and finish as soon as the acks are in; a second call finishes now."""
-        if self._sending:
-            self._sending = False
+        if self._send.active:
+            self._send.stop()
             self._check_done()
         else:
             self._finish()
@@ -568,7 +426,7 @@ class LoadRun:
         elif not self.t_send_start:
             phase = f"login {self._logins_done}/{len(self.endpoints)}"
         elif self._draining:
-            phase = f"drain, awaiting {len(self.verifier.awaiting)} deliveries"
+            phase = f"drain, awaiting {len(self._verifier.awaiting)} deliveries"
         else:
             phase = f"send {now - self.t_send_start:5.1f} s"
         last_t, last_acked = self._last_progress
@@ -591,7 +449,7 @@ class LoadRun:
         """Verify what was received against what was acked, and sum up. Computed once."""
         if self._report is not None:
             return self._report
-        found = self.verifier.verify(self._sender_of)
+        found = self._verifier.verify(self._send.sender_of)
         self.delivery_samples = found.latency_s
         self.t_last_delivery = found.t_last
         self._report = self._summary(found)
