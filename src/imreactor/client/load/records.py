@@ -1,7 +1,8 @@
 """What a run keeps of each user, connection, sending connection and message sent.
 
-Plain records, loop thread only: the driver (:mod:`.driver`) changes them, the
-verification (:mod:`.verify`) reads them.
+Plain records, loop thread only, shared by the parts of a run: logins (:mod:`.login`)
+set an endpoint's state and session, the verifier (:mod:`.verify`) what it received,
+the sending side (:mod:`.send`) a sender's window.
 """
 
 from __future__ import annotations
