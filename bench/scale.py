@@ -49,7 +49,7 @@ from typing import Any
 
 from imreactor.accounts import create_users
 from imreactor.client.load import LoadOptions, LoadReport, run_load
-from imreactor.client.load_multi import run_processes
+from imreactor.client.load.multi import run_processes
 from imreactor.servers.suite import Child, SuiteLayout, stop_children
 from imreactor.storage.passwords import PasswordHasher
 

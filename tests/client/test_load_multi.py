@@ -19,7 +19,7 @@ from servers.conftest import RunningSuite
 
 from imreactor.cli import main as cli_main
 from imreactor.client.load import LoadOptions
-from imreactor.client.load_multi import _Child, merge, run_processes, split
+from imreactor.client.load.multi import _Child, merge, run_processes, split
 
 from .test_load import (
     LOAD_USERS,

@@ -6,7 +6,7 @@ parent splits the users into N contiguous slices of whole pairs (slice k starts
 at an even user number, so both users of every pair are in one process and
 each process verifies its own pairs completely) and the pairs, the rate and the
 count in proportion; it starts one child per slice (``python -m
-imreactor.client.load_multi``), each an ordinary :class:`~.load.LoadRun` on its
+imreactor.client.load.child``), each an ordinary :class:`~.driver.LoadRun` on its
 own loop. With ``--msg-servers``, user i still goes to entry i mod n (i counts
 across the whole run), so each pair is split over two servers as in one process.
 
@@ -15,7 +15,7 @@ when every target is an IPv4 loopback address, unless ``source_host`` says
 otherwise): a source address has its own ephemeral ports towards each server.
 
 Protocol between parent and child (one JSON object per line): the parent writes
-the child's :class:`~.load.LoadOptions` on its stdin; the child logs in and
+the child's :class:`~.options.LoadOptions` on its stdin; the child logs in and
 writes ``{"ready": {...}}``; once every child is ready (or gone), the parent
 writes ``go`` to each, so that every child sends while all users are online;
 at the end the child writes ``{"result": ...}``: its report, its raw ack and
@@ -48,16 +48,9 @@ from queue import Queue
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ..net.connection import parse_address
-from .load import (
-    ERROR_KINDS,
-    MAX_PROBLEMS,
-    Latency,
-    LoadOptions,
-    LoadReport,
-    LoadRun,
-    execute,
-)
+from ...net.connection import parse_address
+from .options import ERROR_KINDS, LoadOptions
+from .report import MAX_PROBLEMS, Latency, LoadReport
 
 MAX_PROCESSES = 64
 
@@ -126,52 +119,6 @@ def _sources(options: LoadOptions, processes: int) -> list[str | None]:
     return [f"127.0.1.{k + 1}" for k in range(processes)]
 
 
-# -- the child ---------------------------------------------------------------------------------
-
-
-def child_main() -> int:
-    """A child's whole life: options on stdin, lines on stdout (module docstring)."""
-    options = LoadOptions(**json.loads(sys.stdin.readline()))
-    out = sys.stdout
-
-    def write(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj) + "\n")
-        out.flush()
-
-    def prepare(run: LoadRun) -> None:
-        def before_sending(start: Callable[[], None]) -> None:
-            write({"ready": {"logins_ok": run.logins_ok, "connections": len(run.endpoints)}})
-
-            def wait_for_go() -> None:
-                go = sys.stdin.readline().strip() == "go"
-                # Without "go" the parent is gone: finish (and report) without sending.
-                run.loop.call_soon_threadsafe(start if go else run.interrupt)
-
-            threading.Thread(target=wait_for_go, name="load-go", daemon=True).start()
-
-        run.before_sending = before_sending
-
-    def report(run: LoadRun) -> None:
-        write(
-            {
-                "result": {
-                    "report": run.report().to_json(),
-                    "ack_s": run.ack_samples,
-                    "delivery_s": run.delivery_samples,
-                    "t_start": run.t_start,
-                    "t_logins_done": run.t_logins_done,
-                    "t_send_start": run.t_send_start,
-                    "t_send_end": run.t_send_end,
-                    "t_last_delivery": run.t_last_delivery,
-                }
-            }
-        )
-        sys.stdin.readline()  # "bye", or EOF: the parent is gone
-
-    execute(options, prepare=prepare, before_shutdown=report)
-    return 0
-
-
 # -- the parent --------------------------------------------------------------------------------
 
 
@@ -221,7 +168,7 @@ def run_processes(
     t0 = time.monotonic()
     for k, share in enumerate(shares):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "imreactor.client.load_multi"],
+            [sys.executable, "-m", "imreactor.client.load.child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -402,7 +349,3 @@ def merge(options: LoadOptions, children: list[_Child]) -> LoadReport:
         caught_up=int(totals.get("caught_up", 0)),
         back_max_s=back_max_s,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(child_main())
