@@ -5,8 +5,8 @@ which refuses (ValueError) options that cannot make a run. :data:`ERROR_KINDS` a
 counters a run keeps: any of them non-zero fails the run.
 
 The msg_server's per-connection rate limit (``msg_rate_per_s``, 50/s by
-default) drops messages above it without an answer: raise it for benchmarks,
-or the drops show up here as timeouts.
+default) slows each connection to that rate (it pauses reading; nothing is
+dropped): raise it for benchmarks that measure the servers, not the limit.
 """
 
 from __future__ import annotations
