@@ -511,7 +511,8 @@ class Chat:
             self.out("no groups (/newgroup NAME PEER,PEER creates one)")
         self.learn_users(uid for g in groups for uid in g.group_member_list)
         for g in groups:
-            members = ", ".join(self.name(uid) for uid in g.group_member_list)
+            # In user-id order, whichever answer or notify the list last came from.
+            members = ", ".join(self.name(uid) for uid in sorted(g.group_member_list))
             self.out(f"  #{g.group_id} {g.group_name}: {members}")
 
     def cmd_newgroup(self, rest: str) -> None:
