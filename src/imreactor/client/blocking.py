@@ -204,6 +204,12 @@ class Client:
         return self._supervisor.reconnects if self._supervisor is not None else 0
 
     @property
+    def may_reconnect(self) -> bool:
+        """Whether a reconnect may still happen: False without ``reconnect=True``, and for
+        good once the client was closed, kicked, or had its login refused."""
+        return self._supervisor is not None and self._supervisor.alive
+
+    @property
     def caught_up(self) -> int:
         """Messages queued by catch-ups so far."""
         return self._catchup.caught_up
@@ -324,6 +330,8 @@ class Client:
             return
         if self._kicked:
             self._status.set(ClientStatus.KICKED)
+            if self._supervisor is not None:
+                self._supervisor.wake()  # to see that reconnecting is over, and end
         elif self._supervisor is not None and self._credentials is not None:
             self._catchup.hold()
             self._status.set(ClientStatus.OFFLINE)

@@ -85,11 +85,18 @@ class Supervisor:
         if self._thread.ident is not None and threading.current_thread() is not self._thread:
             self._thread.join(JOIN_S)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the thread may still reconnect; once False, it never will again."""
+        return self._thread.is_alive()
+
     def _run(self) -> None:
+        # The thread ends once reconnecting is over for good (closed, kicked, refused),
+        # so that "no reconnect will follow" is a fact to wait for, not a timeout.
         while True:
             self._wake.wait()
             self._wake.clear()
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._ended():
                 return
             if self._needed():
                 try:
@@ -98,6 +105,8 @@ class Supervisor:
                     if self._stopping.is_set():
                         return
                     log.exception("reconnect failed")
+                if self._ended():
+                    return
 
     def _reconnect(self) -> None:
         """Attempt with backoff until one succeeds, reconnecting ends, or :meth:`stop`."""
