@@ -248,9 +248,15 @@ static int on_readable(conn_t *c, int measuring, int running) {
             drop(c);
             return -1;
         }
-        /* One SSL_read returns at most one record; loop until OpenSSL has nothing left. */
+        /* One SSL_read returns at most one record: loop while OpenSSL holds more.  When
+         * it holds nothing, stop rather than pay a recv() that would say EAGAIN; epoll
+         * (level-triggered) reports the socket again if more came meanwhile. */
         int n = SSL_read(c->ssl, c->rbuf + c->rlen, room > 1 << 30 ? 1 << 30 : (int)room);
-        if (n > 0) { c->rlen += n; continue; }
+        if (n > 0) {
+            c->rlen += n;
+            if (!SSL_has_pending(c->ssl)) break;
+            continue;
+        }
         int e = SSL_get_error(c->ssl, n);
         if (e == SSL_ERROR_WANT_READ) break;
         if (e == SSL_ERROR_WANT_WRITE) { want(c, EPOLLIN | EPOLLOUT); break; }
