@@ -192,11 +192,14 @@ def run_load(
     argv = loadgen_argv(server, port, ca, "--conns", str(conns), "--depth", str(depth))
     argv += ["--duration", str(args.duration), "--warmup", str(args.warmup)]
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # Sample the server's CPU inside the measured window (after connecting and warm-up).
+    # Sample CPU use inside the measured window (after connecting and warm-up): the
+    # server's, the load generator's, and what everything else took of their two CPUs.
     time.sleep(args.warmup + 0.3)
-    t0, (u0, s0) = time.monotonic(), cpu_seconds(proc.pid)
+    t0, (u0, s0), busy0 = time.monotonic(), cpu_seconds(proc.pid), cpu_busy()
+    c0 = sum(cpu_seconds(client.pid))
     time.sleep(max(0.5, args.duration - 0.5))
-    t1, (u1, s1) = time.monotonic(), cpu_seconds(proc.pid)
+    t1, (u1, s1), busy1 = time.monotonic(), cpu_seconds(proc.pid), cpu_busy()
+    c1 = sum(cpu_seconds(client.pid))
     try:
         out, err = client.communicate(timeout=args.duration + args.warmup + 120)
     except subprocess.TimeoutExpired:
@@ -212,7 +215,23 @@ def run_load(
     result["server_user_share"] = round((u1 - u0) / max(1e-9, u1 - u0 + s1 - s0), 3)
     if result.get("fps"):
         result["server_cpu_us_per_frame"] = round(server_cpu * 1e6 / result["fps"], 3)
+    window = t1 - t0
+    others = busy1[0] - busy0[0] - (u1 - u0 + s1 - s0), busy1[1] - busy0[1] - (c1 - c0)
+    result["others_cpu0"] = round(max(0.0, others[0] / window), 3)
+    result["others_cpu1"] = round(max(0.0, others[1] / window), 3)
     return result
+
+
+def cpu_busy() -> tuple[float, float]:
+    """Seconds that CPU 0 and CPU 1 have spent running processes (user, nice, system)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if name in ("cpu0", "cpu1"):
+                busy[name] = (int(fields[0]) + int(fields[1]) + int(fields[2])) / hz
+    return busy.get("cpu0", 0.0), busy.get("cpu1", 0.0)
 
 
 def rss_kib(pid: int) -> int:
@@ -351,11 +370,12 @@ def report(data: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     lines += ["", *verdicts, ""]
     lines.append("Spread and cost: frames/s of the slowest and fastest run; then medians of the")
     lines.append("p50 / p99 round trip, the server's CPU µs per echoed frame (user + kernel), and")
-    lines.append("how busy the server's and the load generator's CPU were.")
+    lines.append("how busy the server (CPU 0) and the load generator (CPU 1) were, and how much of")
+    lines.append("CPU 0 / CPU 1 other processes took meanwhile (this machine is shared).")
     lines.append("")
     lines += ["| scenario | server | frames/s range | p50 µs | p99 µs | server µs/frame "]
-    lines[-1] += "| server CPU | client CPU |"
-    lines += ["|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines[-1] += "| server CPU | client CPU | others |"
+    lines += ["|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for scenario in SCENARIOS:
         for s in order:
             runs = data.get(scenario, {}).get(s)
@@ -367,7 +387,8 @@ def report(data: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
                 f"| {scenario.replace('x', ' x ')} | {LABELS[s]} | {spread} "
                 f"| {median(runs, 'p50_us'):,.0f} "
                 f"| {median(runs, 'p99_us'):,.0f} | {median(runs, 'server_cpu_us_per_frame'):.2f} "
-                f"| {median(runs, 'server_cpu'):.0%} | {median(runs, 'client_cpu'):.0%} |"
+                f"| {median(runs, 'server_cpu'):.0%} | {median(runs, 'client_cpu'):.0%} "
+                f"| {median(runs, 'others_cpu0'):.0%} / {median(runs, 'others_cpu1'):.0%} |"
             )
     idle = data.get("idle")
     if idle:
