@@ -61,6 +61,9 @@ BODY_BYTES = 64
 MAX_IDLE_CONNS = 15_000
 START_TIMEOUT_S = 20.0
 
+#: scenario -> server -> runs (the load generator's JSON, with what the driver adds).
+Results = dict[str, dict[str, list[dict[str, Any]]]]
+
 # The issue's goals: imreactor / uvloop frames/s.
 GOALS = {"100x1": 1.0, "100x16": 1.5}
 
@@ -322,17 +325,23 @@ def measure(args: argparse.Namespace, out: IO[str], logf: IO[bytes]) -> None:
                 )
 
 
-def load(path: Path) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """scenario -> server -> the runs without errors."""
-    data: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+def load(path: Path, max_others: float) -> tuple[Results, int]:
+    """scenario -> server -> the runs without errors in which other processes took at
+    most ``max_others`` of CPU 0 and of CPU 1; and how many load runs that left out."""
+    data: Results = defaultdict(lambda: defaultdict(list))
+    dropped = 0
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         row = json.loads(line)
         if row.get("error") or row.get("errors"):
             continue
+        others = max(row.get("others_cpu0", 0.0), row.get("others_cpu1", 0.0))
+        if row["scenario"] != "idle" and others > max_others:
+            dropped += 1
+            continue
         data[row["scenario"]][row["server"]].append(row)
-    return data
+    return data, dropped
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float:
@@ -340,12 +349,20 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def report(data: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+def report(loaded: tuple[Results, int], max_others: float) -> str:
+    data, dropped = loaded
     order = [s for s in LABELS if any(s in data[sc] for sc in data)]
     peers = [p for p in ("uvloop", "asyncio") if p in order]
     lines: list[str] = []
-    reps = max((len(rows) for sc in data.values() for rows in sc.values()), default=0)
-    lines.append(f"Frames/s, medians of {reps} runs; 64-byte body; ratios from the same run.")
+    counts = [len(data[sc][s]) for sc in SCENARIOS if sc in data for s in order if data[sc][s]]
+    if not counts:
+        return f"No runs left to show ({dropped} left out as disturbed; see --max-others)."
+    n = f"{min(counts)}-{max(counts)}" if min(counts) != max(counts) else str(counts[0])
+    lines.append(f"Frames/s, medians of {n} runs each; 64-byte body; ratios from the same run.")
+    lines.append(
+        f"Left out: {dropped} runs in which other processes took more than {max_others:.0%}"
+        " of CPU 0 or CPU 1."
+    )
     lines.append("")
     head = "| scenario | " + " | ".join(LABELS[s] for s in order)
     head += "".join(f" | imreactor / {p}" for p in peers) + " |"
@@ -412,9 +429,17 @@ def main() -> int:
     ap.add_argument("--idle-servers", default="imreactor,uvloop,asyncio,imreactor-tcp")
     ap.add_argument("--out", type=Path, help="JSON lines (default bench/results/tls-echo-*.jsonl)")
     ap.add_argument("--report", type=Path, metavar="JSONL", help="only print the tables of a run")
+    ap.add_argument(
+        "--max-others",
+        type=float,
+        default=0.10,
+        metavar="SHARE",
+        help="leave out of the tables the runs in which other processes took more than this"
+        " share of CPU 0 or CPU 1 (default 0.10; 1 keeps every run)",
+    )
     args = ap.parse_args()
     if args.report is not None:
-        print(report(load(args.report)))
+        print(report(load(args.report, args.max_others), args.max_others))
         return 0
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
@@ -428,7 +453,7 @@ def main() -> int:
     with open(out_path, "a") as out, open(results / "tls-echo-servers.log", "ab") as logf:
         measure(args, out, logf)
     print(f"## TLS frame echo ({out_path})\n")
-    print(report(load(out_path)))
+    print(report(load(out_path, args.max_others), args.max_others))
     return 0
 
 
