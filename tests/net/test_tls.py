@@ -384,3 +384,57 @@ def test_a_stalled_handshake_does_not_hold_up_other_connections(
             stalled.recv(1)  # still open, still waiting for its ClientHello
     finally:
         stalled.close()
+
+
+class _Piecewise(Recorder):
+    """Answers each read with one write per byte, then (optionally) closes."""
+
+    close_after = False
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        assert self.conn is not None
+        for i in range(len(data)):
+            self.conn.write(data[i : i + 1])
+        if self.close_after:
+            self.conn.close()
+
+
+class _CountingSSLObject:
+    """Stands in for a transport's SSLObject and counts the plaintext writes."""
+
+    def __init__(self, real: ssl.SSLObject) -> None:
+        self.real = real
+        self.writes: list[int] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(len(data))
+        return self.real.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+@pytest.mark.parametrize("close_after", [False, True])
+def test_the_writes_answering_one_read_are_encrypted_together_in_order(
+    loop: EventLoop, run_until: RunUntil, close_after: bool
+) -> None:
+    made = Collect(_Piecewise)
+    port = loop.listen("127.0.0.1", 0, made, ssl=pki.server_ctx()).port
+    proto, tls = _connect(loop, port)
+    run_until(lambda: len(made) == 1 and made.made[0].conn is not None and proto.conn is not None)
+    server = made.made[0]
+    server.close_after = close_after
+    transport = server.conn
+    assert isinstance(transport, TLSTransport)
+    counting = _CountingSSLObject(transport._sslobj)
+    transport._sslobj = counting  # type: ignore[assignment]
+    tls.write(b"sixteen bytes!!!")
+    run_until(lambda: bytes(proto.received) == b"sixteen bytes!!!")
+    assert counting.writes[0] == 16  # one encryption for the sixteen one-byte writes
+    if close_after:
+        run_until(lambda: proto.lost == [None])  # close_notify came after the data
+    else:
+        transport.write(b"+")  # outside a read: written at once, as before
+        run_until(lambda: bytes(proto.received) == b"sixteen bytes!!!+")
+        assert counting.writes == [16, 1]

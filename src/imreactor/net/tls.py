@@ -142,6 +142,7 @@ class TLSTransport(BaseProtocol):
         "_lower",
         "_outgoing",
         "_pending",
+        "_plain",
         "_reading",
         "_reported",
         "_sslobj",
@@ -178,6 +179,9 @@ class TLSTransport(BaseProtocol):
         self._reading = True
         self._wpaused = False
         self._pending: list[bytes] | None = None  # plaintext written before CONNECTED
+        # Plaintext written while the protocol handles one read: encrypted together
+        # afterwards, so the answers to one read become as few records as they fit in.
+        self._plain: list[bytes] | None = None
         self._timer: Timer | None = None
         self._handshake_timeout_s = handshake_timeout_s
         self._error: BaseException | None = None  # why it ends, when we know first
@@ -238,8 +242,9 @@ class TLSTransport(BaseProtocol):
     @property
     def write_buffer_size(self) -> int:
         size = self._lower.write_buffer_size if self._lower is not None else 0
-        if self._pending:
-            size += sum(len(chunk) for chunk in self._pending)
+        for queued in (self._pending, self._plain):
+            if queued:
+                size += sum(len(chunk) for chunk in queued)
         return size
 
     @property
@@ -267,10 +272,19 @@ class TLSTransport(BaseProtocol):
 
     def write(self, data: Buffer) -> None:
         """Encrypt ``data`` into records and hand them to the TCP connection, which
-        sends everything written in one loop iteration with one ``send``."""
+        sends everything written in one loop iteration with one ``send``.
+
+        What is written while the protocol handles one read is encrypted together
+        when it returns (in order with everything else): one ``SSLObject.write``
+        and as few records as fit, instead of one record per small write.
+        """
         if not data:
             return
         if self._state is CONNECTED:
+            plain = self._plain
+            if plain is not None:
+                plain.append(data if type(data) is bytes else bytes(data))
+                return
             self._sslobj.write(data)
             lower = self._lower
             assert lower is not None
@@ -308,6 +322,8 @@ class TLSTransport(BaseProtocol):
         state = self._state
         if state is CLOSING or state is CLOSED:
             return
+        if self._plain:
+            self._flush_plain()  # what the protocol wrote before closing goes first
         self._state = CLOSING
         if self._timer is not None:
             self._timer.cancel()
@@ -325,6 +341,7 @@ class TLSTransport(BaseProtocol):
         self._state = CLOSED
         self._clean = True
         self._pending = None
+        self._plain = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -386,6 +403,14 @@ class TLSTransport(BaseProtocol):
                 self._app.resume_writing()
 
     # -- inside ----------------------------------------------------------------------------------
+
+    def _flush_plain(self) -> None:
+        plain, self._plain = self._plain, None
+        if plain and self._state is CONNECTED:
+            self._sslobj.write(plain[0] if len(plain) == 1 else b"".join(plain))
+            lower = self._lower
+            assert lower is not None
+            lower.write(self._outgoing.read())
 
     def _flush_outgoing(self) -> None:
         if self._outgoing.pending and self._lower is not None:
@@ -483,7 +508,11 @@ class TLSTransport(BaseProtocol):
         if chunks:
             app = self._app
             assert app is not None
-            app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._plain = []
+            try:
+                app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            finally:
+                self._flush_plain()
         if end is not False:
             if end is None:
                 self._peer_closed()
