@@ -11,19 +11,20 @@ import argparse
 import ssl
 from pathlib import Path
 
+from ..net.tls import client_context as net_client_context
+
 
 def client_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
-    """A client context with chain and host-name verification, TLS 1.2 or newer.
+    """The reactor's client context (:func:`imreactor.net.tls.client_context`: chain and
+    host-name verification, TLS 1.2 or newer, no renegotiation) for ``ca_file``.
 
     Raises :class:`ValueError` with one readable line if ``ca_file`` cannot be read
     as PEM certificates.
     """
     try:
-        ctx = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        return net_client_context(None if ca_file is None else str(ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"cannot use CA file {ca_file}: {exc}") from None
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
 
 
 def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
