@@ -162,10 +162,12 @@ class ClientConn(ImConnection):
         if self._rate_timer is None:
             self.slowed += 1
             self.conn.pause_reading()
-            self._rate_timer = self.server.loop.call_later(
-                -self._tokens / config.msg_rate_per_s, self._repaid
-            )
+            self._wait_for_repayment()
         return True
+
+    def _wait_for_repayment(self) -> None:
+        rate = self.server.config.msg_rate_per_s
+        self._rate_timer = self.server.loop.call_later(-self._tokens / rate, self._repaid)
 
     def _refill(self) -> None:
         config = self.server.config
@@ -178,9 +180,7 @@ class ClientConn(ImConnection):
     def _repaid(self) -> None:
         self._refill()
         if self._tokens < 0.0:  # messages of the same read came after the pause began
-            self._rate_timer = self.server.loop.call_later(
-                -self._tokens / self.server.config.msg_rate_per_s, self._repaid
-            )
+            self._wait_for_repayment()
             return
         self._rate_timer = None
         self.conn.resume_reading()
