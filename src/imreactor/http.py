@@ -1,7 +1,7 @@
 """A small HTTP/1.1 server protocol on the reactor, with httptools doing the parsing.
 
 For the handful of plain endpoints the IM servers expose (login_server's
-``/msg_server``, ``/healthz``, ``/metrics``): a route table of path prefix →
+``/msg_server``, ``/healthz``, ``/readyz``, ``/metrics``): a route table of path prefix →
 handler, each returning ``(status, content_type, body)``. Requests are served
 in order; keep-alive is honoured; a request the parser rejects (an upgrade
 too), or one larger than ``MAX_REQUEST_BYTES``, gets ``400`` and the

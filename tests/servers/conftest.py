@@ -79,6 +79,7 @@ class RunningSuite:
         try:
             for name in self.layout.tables():
                 self.children[name] = self.layout.start(name)
+            self.layout.wait_until_offered(list(self.children.values()))
         except BaseException:
             self.stop()
             raise

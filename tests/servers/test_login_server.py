@@ -78,6 +78,16 @@ def test_no_msg_server_answers_code_1(login: Login) -> None:
     assert login.msg_server() == {"code": 1, "msg": "没有msg_server"}
 
 
+def test_readyz_is_503_until_a_msg_server_registers(login: Login) -> None:
+    assert login.get("/readyz") == (503, b'{"ready": false, "msg_servers": 0}\n')
+    a = login.register("10.0.0.1", 8001, cur=0, max_=10)
+    login.wait_for(lambda r: r["code"] == 0, "registered")
+    assert login.get("/readyz") == (200, b'{"ready": true, "msg_servers": 1}\n')
+    a.close()
+    login.wait_for(lambda r: r["code"] == 1, "forgotten")
+    assert login.get("/readyz")[0] == 503
+
+
 def test_least_loaded_is_chosen_and_port_is_a_string(login: Login) -> None:
     a = login.register("10.0.0.1", 8001, cur=5, max_=10)
     b = login.register("10.0.0.2", 8002, cur=2, max_=10)

@@ -10,12 +10,16 @@ order. If a child dies, the others are stopped too and ``up`` exits non-zero.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import select
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -196,16 +200,47 @@ class SuiteLayout:
         return start_child(name, role, self.data_dir / f"{name}.toml", self.data_dir)
 
     def start_all(self) -> list[Child]:
-        """Write the configs and start every server in dependency order."""
+        """Write the configs, start every server in dependency order, and return once
+        login_server offers every msg_server to clients (so a client that asks at once
+        gets an address, not "no msg_server is up")."""
         names = list(self.write())
         children: list[Child] = []
         try:
             for name in names:
                 children.append(self.start(name))
+            self.wait_until_offered(children)
         except BaseException:
             stop_children(children)
             raise
         return children
+
+    def wait_until_offered(self, children: list[Child]) -> None:
+        """Poll login_server's ``/readyz`` until all msg_servers have registered.
+
+        A msg_server is READY once it listens; it registers with login_server over
+        its link a moment later (longer when the link's TLS handshake is slow).
+        """
+        login = self.tables()["login_server"]["login"]
+        https = bool(login.get("cert_file"))
+        url = f"{'https' if https else 'http'}://{self.host}:{login['http_port']}/readyz"
+        # A readiness probe of our own child on this machine: nothing secret crosses it,
+        # and the certificate may be one the operator brought, signed by a CA we lack.
+        context = ssl._create_unverified_context() if https else None
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if any(child.proc.poll() is not None for child in children):
+                return  # the supervision loop reports which one exited
+            try:
+                with urllib.request.urlopen(url, timeout=2.0, context=context) as rsp:
+                    if json.loads(rsp.read()).get("msg_servers", 0) >= len(self.msg_ports):
+                        return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass  # 503 (nobody registered yet) arrives as HTTPError, a URLError
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"login_server did not offer all {len(self.msg_ports)} msg_server(s) within"
+            f" {READY_TIMEOUT_S:g} s; see the logs in {self.data_dir}"
+        )
 
 
 _ROLES = {

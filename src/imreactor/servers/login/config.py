@@ -13,7 +13,7 @@ class LoginConfig(LinkSecurity):
     listen_host: str = option(
         "127.0.0.1", "address for all of login_server's ports", check=check_host
     )
-    http_port: int = option(8080, "HTTP port for GET /msg_server, /healthz, /metrics")
+    http_port: int = option(8080, "HTTP port for GET /msg_server, /healthz, /readyz, /metrics")
     msg_server_port: int = option(8100, "TCP port msg_servers register on")
     cert_file: str = option("", "certificate chain (PEM) for HTTPS on http_port; empty: plain HTTP")
     key_file: str = option("", "private key (PEM) of cert_file")

@@ -118,6 +118,7 @@ class LoginServer:
         self.router = Router()
         self.router.add("/msg_server", self._http_msg_server)
         self.router.add("/healthz", self._http_healthz)
+        self.router.add("/readyz", self._http_readyz)
         self.router.add("/metrics", self._http_metrics)
 
     def start(self) -> None:
@@ -202,6 +203,13 @@ class LoginServer:
 
     def _http_healthz(self, request: Request) -> Response:
         return 200, TEXT, b"ok\n"
+
+    def _http_readyz(self, request: Request) -> Response:
+        # Ready means a client asking now gets an address: at least one msg_server has
+        # registered. The body says how many, so a supervisor can wait for all of them.
+        count = len(self.registry)
+        body = json.dumps({"ready": count > 0, "msg_servers": count}).encode() + b"\n"
+        return (200 if count else 503), JSON, body
 
     def _http_metrics(self, request: Request) -> Response:
         lines = [
