@@ -28,6 +28,10 @@ MAX_REQUEST_BYTES = 64 * 1024
 #: next, or holds many small pipelined requests.
 FEED_BYTES = 4 * 1024
 
+#: Content types of the answers the servers give.
+JSON = "application/json; charset=utf-8"
+TEXT = "text/plain; charset=utf-8"
+
 Response = tuple[int, str, bytes]
 Route = Callable[["Request"], Response]
 

@@ -395,3 +395,21 @@ def test_sigterm_reaches_the_handler_on_the_loop_thread(loop: EventLoop) -> None
     assert loop.remove_signal_handler(signal.SIGTERM)
     assert not loop.remove_signal_handler(signal.SIGTERM)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_iterations_idle_time_and_worst_iteration_are_counted(loop: EventLoop) -> None:
+    # The counters a metrics exporter reads: waiting in the poller is idle time, the
+    # work between two polls is busy time, and the worst of it is kept until reset.
+    loop.run_once(0)
+    first = loop.iterations
+    loop.run_once(0.05)  # nothing ready: the whole timeout is spent waiting
+    assert loop.iterations == first + 1
+    assert loop.idle_s >= 0.04
+    loop.max_busy_s = 0.0
+    loop.call_soon(time.sleep, 0.05)  # one iteration that works for 50 ms
+    loop.run_once(0)
+    loop.run_once(0)  # its busy time is taken when the next poll starts
+    assert loop.max_busy_s >= 0.05
+    idle = loop.idle_s
+    loop.run_once(0)
+    assert loop.idle_s >= idle

@@ -61,6 +61,7 @@ from imreactor.pdu.imconn import (
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_login_pb2, im_message_pb2
 from imreactor.pdu.registry import ids_of
+from imreactor.pdu.traffic import TRAFFIC
 
 SID_MSG, CID_MSG_DATA = 0x0003, 0x0301
 QUIET = LinkPolicy(heartbeat_s=None, timeout_s=None)
@@ -168,10 +169,14 @@ class Refusals(ImConnection):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.refused: list[tuple[int, int, int, str]] = []
+        self.kinds: list[str] = []
 
-    def bad_pdu(self, service_id: int, command_id: int, seq: int, reason: str) -> None:
+    def bad_pdu(
+        self, service_id: int, command_id: int, seq: int, reason: str, kind: str = "refused"
+    ) -> None:
         self.refused.append((service_id, command_id, seq, reason))
-        super().bad_pdu(service_id, command_id, seq, reason)
+        self.kinds.append(kind)
+        super().bad_pdu(service_id, command_id, seq, reason, kind)
 
 
 class Closing(ImConnection):
@@ -916,3 +921,28 @@ def test_header_of_a_sent_message(loop: EventLoop) -> None:
         0x4242,
     )
     assert im_message_pb2.IMMsgData.FromString(pdu[HEADER_LEN:]) == msg_data()
+
+
+def test_traffic_counts_pdus_by_command_and_refusals_by_kind(loop: EventLoop) -> None:
+    received, sent, errors = (
+        dict(TRAFFIC.received),
+        dict(TRAFFIC.sent),
+        dict(TRAFFIC.errors),
+    )
+    dispatcher = Dispatcher[ImConnection]()
+    dispatcher.register(im_message_pb2.IMMsgData, lambda conn, msg, seq: conn.send(msg, seq))
+    proto = Refusals(dispatcher, policy=QUIET)
+    attach(loop, proto)
+    proto.data_received(pdu_of(msg_data(), 1) + pdu_of(msg_data(), 2))
+    proto.data_received(pdu_of(login_req(), seq=3))  # no handler
+    proto.data_received(encode_pdu(SID_MSG, CID_MSG_DATA, 4, b"\x08\xff\xff\xff"))
+
+    def delta(now: dict[Any, int], before: dict[Any, int], key: Any) -> int:
+        return now.get(key, 0) - before.get(key, 0)
+
+    assert delta(TRAFFIC.received, received, CID_MSG_DATA) == 3
+    assert delta(TRAFFIC.received, received, 0x0103) == 1
+    assert delta(TRAFFIC.sent, sent, CID_MSG_DATA) == 2  # the two echoes
+    assert proto.kinds == ["unknown_command", "undecodable"]
+    assert delta(TRAFFIC.errors, errors, "unknown_command") == 1
+    assert delta(TRAFFIC.errors, errors, "undecodable") == 1

@@ -12,11 +12,13 @@ import random
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from imreactor import pki
 from imreactor.client import Client
@@ -28,6 +30,20 @@ from imreactor.servers.suite import (
     create_demo_users,
     stop_children,
 )
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    """``GET url`` (a ``/metrics``) parsed: (sample name, sorted labels) → value."""
+    with urllib.request.urlopen(url, timeout=5) as rsp:
+        assert rsp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = rsp.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def free_ports(n: int) -> list[int]:

@@ -23,7 +23,7 @@ from imreactor.pdu.proto import im_server_pb2 as server_pb
 from imreactor.pdu.registry import ids_of
 from imreactor.servers.suite import start_child, stop_children
 
-from .conftest import free_ports
+from .conftest import free_ports, scrape
 
 
 class Login:
@@ -79,10 +79,12 @@ def test_no_msg_server_answers_code_1(login: Login) -> None:
 
 
 def test_readyz_is_503_until_a_msg_server_registers(login: Login) -> None:
-    assert login.get("/readyz") == (503, b'{"ready": false, "msg_servers": 0}\n')
+    not_ready = b'{"ready": false, "role": "login_server", "msg_servers": 0}\n'
+    assert login.get("/readyz") == (503, not_ready)
     a = login.register("10.0.0.1", 8001, cur=0, max_=10)
     login.wait_for(lambda r: r["code"] == 0, "registered")
-    assert login.get("/readyz") == (200, b'{"ready": true, "msg_servers": 1}\n')
+    ready = b'{"ready": true, "role": "login_server", "msg_servers": 1}\n'
+    assert login.get("/readyz") == (200, ready)
     a.close()
     login.wait_for(lambda r: r["code"] == 1, "forgotten")
     assert login.get("/readyz")[0] == 503
@@ -147,9 +149,17 @@ def test_garbage_on_registration_port_closes_only_that_link(login: Login) -> Non
 def test_metrics_count_servers_and_users(login: Login) -> None:
     s = login.register("10.0.0.5", 8005, cur=3, max_=10)
     login.wait_for(lambda r: r["code"] == 0, "registered")
-    status, body = login.get("/metrics")
-    assert status == 200
-    assert b"imreactor_login_msg_servers 1\n" in body
-    assert b"imreactor_login_users 3\n" in body
+    metrics = scrape(f"http://127.0.0.1:{login.http}/metrics")
+    assert metrics[("imreactor_login_msg_servers", ())] == 1
+    assert metrics[("imreactor_login_users", ())] == 3
+    login.msg_server()
+    ok = ("imreactor_login_msg_server_answers_total", (("result", "ok"), ("via", "http")))
+    assert scrape(f"http://127.0.0.1:{login.http}/metrics")[ok] == metrics.get(ok, 0) + 1
+    # What every server exports: its process, its loop, its PDUs.
+    assert metrics[("process_open_fds", ())] > 0
+    assert metrics[("imreactor_loop_iterations_total", ())] > 0
+    assert ("imreactor_loop_lag_seconds_count", ()) in metrics
+    received = ("imreactor_pdus_received_total", (("command", "CID_OTHER_MSG_SERV_INFO"),))
+    assert metrics[received] == 1
     assert login.get("/nope")[0] == 404
     s.close()

@@ -16,7 +16,7 @@ from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.storage import open_storage
 
-from .conftest import RunningSuite
+from .conftest import RunningSuite, scrape
 
 SINGLE = base.SESSION_TYPE_SINGLE
 
@@ -112,9 +112,8 @@ def test_login_server_restart_gets_a_recount(suite: RunningSuite) -> None:
     suite.restart("login_server")
     deadline = time.monotonic() + 10
     while True:
-        with urllib.request.urlopen(suite.http_url + "/metrics", timeout=5) as rsp:
-            metrics = rsp.read().decode()
-        if "imreactor_login_users 2\n" in metrics:
+        metrics = scrape(suite.http_url + "/metrics")
+        if metrics.get(("imreactor_login_users", ())) == 2:
             break
         assert time.monotonic() < deadline, metrics
         time.sleep(0.1)

@@ -8,13 +8,16 @@ whole suite serves a chat on every poller backend the machine has.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +28,7 @@ from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
 
-from .conftest import free_port_run, free_ports
+from .conftest import free_port_run, free_ports, scrape
 
 
 def start_up(
@@ -33,6 +36,7 @@ def start_up(
 ) -> tuple[subprocess.Popen[str], list[int], str]:
     http, login, db, route = free_ports(4)
     msg = free_port_run(3)  # --msg-servers up to 3 take consecutive ports
+    metrics = free_port_run(5)  # db_proxy, route_server, 3 msg_servers
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -51,6 +55,8 @@ def start_up(
             str(route),
             "--msg-port",
             str(msg),
+            "--metrics-port",
+            str(metrics),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -105,6 +111,30 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
         assert (got.msg_id, got.msg_data) == (ack.msg_id, b"over the suite")
         alice.close()
         bob.close()
+        # Every server's metrics URL is in the banner, and each serves its own role's
+        # series, the loop's and the process's, with /healthz and /readyz beside it.
+        urls = re.findall(r"metrics      (\S+)  \((\w+)\)", out)
+        expected = {"db_proxy_server", "login_server", *(
+            ["msg_server"] if msg_servers == 1 else ["route_server", "msg_server1", "msg_server2"]
+        )}  # fmt: skip
+        assert {name for _, name in urls} == expected
+        for url, name in urls:
+            metrics = scrape(url)
+            assert metrics[("imreactor_loop_iterations_total", ())] > 0, name
+            assert metrics[("process_resident_memory_bytes", ())] > 0, name
+            base = url.removesuffix("/metrics")
+            with urllib.request.urlopen(base + "/readyz", timeout=5) as rsp:
+                assert json.loads(rsp.read())["ready"] is True, name
+            with urllib.request.urlopen(base + "/healthz", timeout=5) as rsp:
+                assert rsp.read() == b"ok\n"
+        msg_url = dict((n, u) for u, n in urls)["msg_server" if msg_servers == 1 else "msg_server1"]
+        db_url = dict((n, u) for u, n in urls)["db_proxy_server"]
+        logins = sum(
+            v for (k, labels), v in scrape(msg_url).items()
+            if k == "imreactor_msg_logins_total" and labels == (("result", "ok"),)
+        )  # fmt: skip
+        assert logins >= 1
+        assert scrape(db_url)[("imreactor_db_messages_stored_total", ())] >= 1
         if msg_servers == 2:
             assert (tmp_path / "route_server.toml").exists()
             assert "route_server" in (tmp_path / "msg_server1.toml").read_text() or (
@@ -221,6 +251,8 @@ def test_port_in_use_fails_the_start_clearly(tmp_path: Path) -> None:
                 str(free_ports(1)[0]),
                 "--msg-port",
                 str(free_ports(1)[0]),
+                "--metrics-port",
+                str(free_port_run(2)),
             ],
             capture_output=True,
             text=True,

@@ -180,6 +180,15 @@ class EventLoop:
             collections.deque()
         )
         self._loop_callbacks: list[LoopCallback] = []
+        #: Iterations run so far, the seconds spent waiting in the poller, and the
+        #: longest time one iteration spent working (not waiting) since a reader last
+        #: set it to 0: libuv's ``uv_metrics_info``/``uv_metrics_idle_time``, which a
+        #: metrics exporter turns into busy fraction and worst iteration. Written only
+        #: by the loop; cost: two clock reads per iteration.
+        self.iterations = 0
+        self.idle_s = 0.0
+        self.max_busy_s = 0.0
+        self._woke_at: float | None = None
         self._signal_handlers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
         self._running = False
         self._stopping = False
@@ -483,6 +492,7 @@ class EventLoop:
             self._running = False
             self._stopping = False
             self._thread_id = None
+            self._woke_at = None  # time until the next run is not the loop's work
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current iteration. Safe from any thread."""
@@ -509,10 +519,18 @@ class EventLoop:
                 if timeout is None or until < timeout:
                     timeout = until
         poll = self.poller.poll
+        slept_at = clock()
+        if self._woke_at is not None:
+            busy = slept_at - self._woke_at  # the previous iteration's work
+            if busy > self.max_busy_s:
+                self.max_busy_s = busy
         try:
             events = poll(timeout)
         except InterruptedError:
             events = []
+        self._woke_at = woke_at = clock()
+        self.idle_s += woke_at - slept_at
+        self.iterations += 1
         batch = self._spare_batch
         self.write_batch = batch
         try:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, over
 from google.protobuf.message import DecodeError, Message
 
 from ..net.transport import Transport
-from .framing import Frame, FrameProtocol
+from .framing import Frame, FrameError, FrameProtocol
 from .header import (
     DEFAULT_MAX_PDU_BYTES,
     HEADER_LEN,
@@ -49,12 +49,15 @@ from .header import (
     encode_pdu,
 )
 from .registry import command_name, ids_of, message_class
+from .traffic import TRAFFIC
 
 if TYPE_CHECKING:
     from ..net.loop import EventLoop
     from ..net.timers import Timer
 
 log = logging.getLogger(__name__)
+# The process's counters, bound once: a count is one dict update.
+_received, _sent, _errors = TRAFFIC.received, TRAFFIC.sent, TRAFFIC.errors
 
 SID_OTHER = 0x0007
 CID_OTHER_HEARTBEAT = 0x0701
@@ -303,6 +306,7 @@ class ImConnection(FrameProtocol):
     def send_frame(self, frame: Frame) -> None:
         """Send a whole PDU as received (relaying without re-encoding)."""
         self._send_flag = True
+        _sent[frame[10] << 8 | frame[11]] += 1  # the header's command id
         self.conn.write(frame)
 
     @overload
@@ -386,6 +390,7 @@ class ImConnection(FrameProtocol):
 
     def frame_received(self, service_id: int, command_id: int, seq: int, frame: Frame) -> None:
         self._recv_flag = True
+        _received[command_id] += 1
         if command_id == CID_OTHER_HEARTBEAT:
             if self.policy.echo_heartbeat:
                 self.send_frame(frame)
@@ -398,6 +403,7 @@ class ImConnection(FrameProtocol):
         if seq and self._late and self._late.get(seq) in (0, command_id):
             del self._late[seq]
             self.late_answers += 1
+            _errors["late_answer"] += 1
             log.info(
                 "%r: late answer %s (seq %d) after its request timed out; dropped",
                 self.conn,
@@ -407,7 +413,13 @@ class ImConnection(FrameProtocol):
             return
         handler = self.dispatcher.get(command_id)
         if handler is None:
-            self.bad_pdu(service_id, command_id, seq, f"unknown command 0x{command_id:04x}")
+            self.bad_pdu(
+                service_id,
+                command_id,
+                seq,
+                f"unknown command 0x{command_id:04x}",
+                "unknown_command",
+            )
             return
         message = self.decode(service_id, command_id, seq, frame)
         if message is None:
@@ -421,6 +433,7 @@ class ImConnection(FrameProtocol):
             # One request failed: log it with its command and keep serving the
             # link (a server-to-server link carries everyone's traffic).
             self.handler_errors += 1
+            _errors["handler_failed"] += 1
             log.exception(
                 "%r: handler for command 0x%04x seq %d failed", self.conn, command_id, seq
             )
@@ -429,19 +442,31 @@ class ImConnection(FrameProtocol):
         """Parse the body of ``frame``; None (after :meth:`bad_pdu`) if it is not valid."""
         cls = message_class(service_id, command_id)
         if cls is None:
-            self.bad_pdu(service_id, command_id, seq, f"no message type for 0x{command_id:04x}")
+            self.bad_pdu(
+                service_id,
+                command_id,
+                seq,
+                f"no message type for 0x{command_id:04x}",
+                "unknown_command",
+            )
             return None
         message = cls()
         try:
             # A memoryview spares copying the body; the C parser takes any buffer.
             message.ParseFromString(cast(bytes, memoryview(frame)[HEADER_LEN:]))
         except DecodeError as exc:
-            self.bad_pdu(service_id, command_id, seq, f"undecodable {cls.__name__}: {exc}")
+            self.bad_pdu(
+                service_id, command_id, seq, f"undecodable {cls.__name__}: {exc}", "undecodable"
+            )
             return None
         if not message.IsInitialized():
             missing = ", ".join(message.FindInitializationErrors())  # type: ignore[attr-defined]
             self.bad_pdu(
-                service_id, command_id, seq, f"{cls.__name__} lacks required fields: {missing}"
+                service_id,
+                command_id,
+                seq,
+                f"{cls.__name__} lacks required fields: {missing}",
+                "missing_fields",
             )
             return None
         return message
@@ -466,9 +491,17 @@ class ImConnection(FrameProtocol):
         else:
             _answer(callback, message, None)
 
-    def bad_pdu(self, service_id: int, command_id: int, seq: int, reason: str) -> None:
-        """A PDU that cannot be served arrived: log it. Default: keep the connection."""
+    def frame_error(self, error: FrameError) -> None:
+        _errors["bad_frame"] += 1
+        super().frame_error(error)
+
+    def bad_pdu(
+        self, service_id: int, command_id: int, seq: int, reason: str, kind: str = "refused"
+    ) -> None:
+        """A PDU that cannot be served arrived: log it and count it as ``kind`` (one of
+        :data:`~imreactor.pdu.traffic.ERROR_KINDS`). Default: keep the connection."""
         self.bad_pdus += 1
+        _errors[kind] += 1
         log.warning(
             "%r: refused PDU service 0x%04x command 0x%04x seq %d: %s",
             self.conn,

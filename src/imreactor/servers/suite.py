@@ -73,6 +73,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         " certificate are made in <data-dir>/pki and the CA's path printed for clients",
     )
     ap.add_argument("--tls-port", type=_port, default=8443, help="first msg_server's TLS port")
+    ap.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=8300,
+        help="first port of the other servers' /metrics, /healthz, /readyz (login_server"
+        " serves them on --http-port); one per server from here up",
+    )
 
 
 @dataclass
@@ -91,7 +98,9 @@ class SuiteLayout:
     ``link_auth``: links between the servers are mutual TLS with a cluster CA kept
     in ``<data_dir>/pki`` (made on first use); False leaves them plain TCP.
     ``tls_ports``: one per msg_server, TLS ports for clients, with a certificate for
-    ``host`` and ``localhost`` from :attr:`client_ca`.
+    ``host`` and ``localhost`` from :attr:`client_ca`. ``metrics_port``: the first
+    port of the HTTP endpoints of the servers other than login_server (which serves
+    them on ``http_port``), one per server in start order; 0 for none.
     """
 
     data_dir: Path
@@ -105,6 +114,7 @@ class SuiteLayout:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     link_auth: bool = True
     tls_ports: list[int] = field(default_factory=list)
+    metrics_port: int = 0
 
     @property
     def pki_dir(self) -> Path:
@@ -176,11 +186,27 @@ class SuiteLayout:
                 "link_cert_file": str(link.cert),
                 "link_key_file": str(link.key),
             }
+        others = [name for name in files if name != "login_server"]
+        for i, name in enumerate(others if self.metrics_port else []):
+            for table in files[name].values():
+                table["http_port"] = self.metrics_port + i
         for tables in files.values():
             for role, table in tables.items():
                 table.update(link_keys)
                 table.update(self.overrides.get(role, {}))
         return files
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Server name → its ``/metrics`` URL (the servers that serve one)."""
+        urls = {}
+        for name, tables in self.tables().items():
+            for table in tables.values():
+                if table.get("http_port"):
+                    scheme = (
+                        "https" if name == "login_server" and table.get("cert_file") else "http"
+                    )
+                    urls[name] = f"{scheme}://{self.host}:{table['http_port']}/metrics"
+        return urls
 
     def write(self) -> dict[str, Path]:
         """Write one config file per server into the data directory."""
@@ -309,6 +335,7 @@ def run(args: argparse.Namespace) -> int:
         route_ports=[args.route_port] if args.msg_servers > 1 else [],
         database=args.database or "",
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
+        metrics_port=args.metrics_port,
     )
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_demo_users:
@@ -335,6 +362,9 @@ def run(args: argparse.Namespace) -> int:
                 f" (clients trust {layout.client_ca})\n"
                 if layout.tls_ports
                 else ""
+            )
+            + "".join(
+                f"  metrics      {url}  ({name})\n" for name, url in layout.metrics_urls().items()
             )
             + f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}"
             + (f" --ca {layout.client_ca}\n" if layout.tls_ports else "\n")

@@ -20,6 +20,7 @@ def _check_database(key: str, url: str) -> None:
 class DbProxyConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address msg_servers connect to", check=check_host)
     port: int = option(10600, "TCP port for msg_servers")
+    http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")
     database: str = option(
         "sqlite:///data/imreactor.db",
         "storage URL: sqlite:///PATH (relative to the working directory) or postgresql://...",

@@ -43,6 +43,7 @@ from ...pdu.proto import im_server_pb2 as server_pb
 from ...storage import ConflictError, NotFoundError, Storage, StorageError, open_storage
 from ...storage.records import GroupType, LoginRecord, NewMessage, SessionType, User
 from ..linkauth import link_server_context
+from ..metrics import SIZE_BUCKETS, Metrics
 from .config import DbProxyConfig
 from .credentials import CredentialCache
 from .writer import GroupCommitWriter
@@ -98,8 +99,18 @@ class DbProxyServer:
         self.credentials = CredentialCache(
             config.credential_cache_size, config.credential_cache_ttl_s, clock=loop.time
         )
+        self.metrics = metrics = Metrics(loop, "db_proxy_server", self._ready)
         self.writer: GroupCommitWriter[NewMessage, Any] = GroupCommitWriter(
-            self.store.insert_messages, config.max_batch, retry_alone=(ConflictError, NotFoundError)
+            self.store.insert_messages,
+            config.max_batch,
+            retry_alone=(ConflictError, NotFoundError),
+            batch_sizes=metrics.histogram(
+                "imreactor_db_commit_batch_size", "Messages per group commit", SIZE_BUCKETS
+            ),
+        )
+        #: From a message's arrival to its commit (observed on the writer thread).
+        self.store_latency = metrics.histogram(
+            "imreactor_db_store_seconds", "From an IMMsgData's arrival to its commit"
         )
         self.keepalive = Keepalive(loop)
         self.policy = LinkPolicy(
@@ -109,10 +120,12 @@ class DbProxyServer:
         self._server: Server | None = None
         self.requests = 0
         self.failures = 0
+        self._storage_failing = False
         #: Requests dropped unstarted because their msg_server had stopped waiting.
         self.expired = 0
         #: Logins answered "busy" because the hash pool was full.
         self.busy = 0
+        self._export(metrics)
         self._serve(msg_pb.IMMsgDataReadAck, self._read_ack)
         self._serve(msg_pb.IMUnreadMsgCntReq, self._unread)
         self._serve(msg_pb.IMGetMsgListReq, self._msg_list)
@@ -133,8 +146,47 @@ class DbProxyServer:
         self.dispatcher.register(msg_pb.IMMsgData, self._on_msg_data)
         self.dispatcher.register(server_pb.IMValidateReq, self._on_validate)
 
+    def _export(self, m: Metrics) -> None:
+        m.counted("imreactor_db_requests", "Requests received", lambda: self.requests)
+        m.counted("imreactor_db_failures", "Requests the storage failed", lambda: self.failures)
+        m.counted(
+            "imreactor_db_expired",
+            "Requests dropped unstarted: their msg_server had stopped waiting",
+            lambda: self.expired,
+        )
+        m.counted(
+            "imreactor_db_logins_busy", "Logins answered busy: hash pool full", lambda: self.busy
+        )
+        m.counted("imreactor_db_messages_stored", "Messages committed", lambda: self.writer.items)
+        m.counted(
+            "imreactor_db_failed_batches",
+            "Group commits that raised",
+            lambda: self.writer.failed_batches,
+        )
+        m.gauge(
+            "imreactor_db_queue_depth",
+            "Work waiting or running, by queue",
+            lambda: {
+                ("workers",): self.pool.pending,
+                ("hash",): self.hash_pool.pending,
+                ("writer",): self.writer.queued,
+            },
+            ("queue",),
+        )
+        m.gauge("imreactor_db_links", "msg_server links connected", lambda: len(self.keepalive))
+
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
+        # Ready while messages can be stored: the writer thread runs and the storage's
+        # most recent answer was not a failure.
+        return self.writer.alive and not self._storage_failing, {
+            "writer": self.writer.alive,
+            "storage_failing": self._storage_failing,
+        }
+
     def start(self) -> None:
         c = self.config
+        if c.http_port:
+            self.metrics.listen(c.listen_host, c.http_port)
         self._server = self.loop.listen(
             c.listen_host,
             c.port,
@@ -149,6 +201,7 @@ class DbProxyServer:
 
     def close(self) -> None:
         """Stop listening, finish queued work, then close the storage."""
+        self.metrics.close()
         if self._server is not None:
             self._server.close()
         self.pool.shutdown(wait=True)
@@ -179,6 +232,7 @@ class DbProxyServer:
                 if isinstance(exc, DeadlineExpired):
                     self._expired(request)
                     return
+                self._storage_failing = exc is not None
                 if exc is not None:
                     self.failures += 1
                     log.error("%s failed: %r", type(request).__name__, exc)
@@ -325,8 +379,10 @@ class DbProxyServer:
         """
         self.requests += 1
         attach = req.attach_data
+        arrived = self.loop.time()
 
         def committed(result: Any) -> None:  # writer thread
+            self.store_latency.observe(self.loop.time() - arrived)
             rsp = msg_pb.IMMsgData()
             rsp.CopyFrom(req)
             rsp.msg_id = result.msg_id if result.ok else 0
@@ -350,6 +406,7 @@ class DbProxyServer:
                 self._expired(req)
             elif exc is not None:
                 self.failures += 1
+                self._storage_failing = True
                 log.error("IMMsgData failed: %r", exc)
                 answer = self._failure_answer(req)
                 if answer is not None:

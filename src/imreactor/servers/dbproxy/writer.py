@@ -35,6 +35,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
+from ..metrics import Histogram
+
 log = logging.getLogger(__name__)
 
 In = TypeVar("In")
@@ -64,8 +66,11 @@ class GroupCommitWriter(Generic[In, Out]):
         store_batch: Callable[[Sequence[In]], Sequence[Out]],
         max_batch: int = 256,
         retry_alone: tuple[type[BaseException], ...] = (),
+        batch_sizes: Histogram | None = None,
     ) -> None:
         self._store_batch = store_batch
+        #: Observes each committed batch's size, on the writer thread (its only writer).
+        self.batch_sizes = batch_sizes
         self.max_batch = max_batch
         self.retry_alone = retry_alone
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -74,6 +79,16 @@ class GroupCommitWriter(Generic[In, Out]):
         self.failed_batches = 0  #: transactions that raised (items retried alone count too)
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch (approximate, as any queue size read elsewhere)."""
+        return self._queue.qsize()
+
+    @property
+    def alive(self) -> bool:
+        """The writer thread runs (false after :meth:`close`, or if it died)."""
+        return self._thread.is_alive()
 
     def submit(self, item: In, on_commit: Callable[[Out], Any] | None = None) -> Future[Out]:
         """Queue ``item``; the future completes once it is committed (or failed).
@@ -154,6 +169,8 @@ class GroupCommitWriter(Generic[In, Out]):
             return
         if len(results) != len(batch):
             raise RuntimeError(f"store_batch gave {len(results)} results for {len(batch)} items")
+        if self.batch_sizes is not None:
+            self.batch_sizes.observe(len(batch))
         self.batches += 1
         self.items += len(batch)
         for (_, fut, on_commit), result in zip(batch, results, strict=True):

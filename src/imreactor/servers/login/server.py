@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ...http import HttpProtocol, Request, Response, Router
+from ...http import JSON, HttpProtocol, Request, Response, Router
 from ...net import EventLoop, Server
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
 from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
@@ -22,12 +22,10 @@ from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ..linkauth import link_server_context, public_server_context
+from ..metrics import Metrics
 from .config import LoginConfig
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json; charset=utf-8"
-TEXT = "text/plain; charset=utf-8"
 
 
 @dataclass
@@ -105,7 +103,6 @@ class LoginServer:
         self.loop = loop
         self.config = config
         self.registry = MsgServerRegistry()
-        self.http_requests = 0
         self.keepalive = Keepalive(loop)
         self._servers: list[Server] = []
         self._link_policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
@@ -115,11 +112,23 @@ class LoginServer:
         self.msg_dispatch.register(server_pb.IMUserCntUpdate, self._on_user_cnt_update)
         self.client_dispatch = Dispatcher[ImConnection]()
         self.client_dispatch.register(login_pb.IMMsgServReq, self._on_msg_serv_req)
+        self.metrics = Metrics(loop, "login_server", self._ready)
+        self.metrics.gauge(
+            "imreactor_login_msg_servers", "msg_servers registered", lambda: len(self.registry)
+        )
+        self.metrics.gauge(
+            "imreactor_login_users",
+            "Users online on the registered msg_servers",
+            self.registry.total_users,
+        )
+        self._answers = self.metrics.counter(
+            "imreactor_login_msg_server_answers",
+            "Answers to clients asking for a msg_server, by how they asked and the result",
+            ("via", "result"),
+        )
         self.router = Router()
         self.router.add("/msg_server", self._http_msg_server)
-        self.router.add("/healthz", self._http_healthz)
-        self.router.add("/readyz", self._http_readyz)
-        self.router.add("/metrics", self._http_metrics)
+        self.metrics.routes(self.router)  # /metrics, /healthz, /readyz
 
     def start(self) -> None:
         c = self.config
@@ -146,6 +155,7 @@ class LoginServer:
         return {name: srv.port for name, srv in zip(names, self._servers, strict=False)}
 
     def close(self) -> None:
+        self.metrics.close()
         for srv in self._servers:
             srv.close()
         self._servers.clear()
@@ -172,6 +182,7 @@ class LoginServer:
 
     def _on_msg_serv_req(self, link: ImConnection, msg: login_pb.IMMsgServReq, seq: int) -> None:
         code, entry = self.registry.pick()
+        self._count_answer("tcp", code)
         rsp = login_pb.IMMsgServRsp(result_code=base.ResultType.ValueType(code))
         if entry is not None:
             rsp.prior_ip, rsp.backip_ip, rsp.port = entry.ip1, entry.ip2, entry.port
@@ -180,8 +191,8 @@ class LoginServer:
     # -- HTTP -----------------------------------------------------------------------------
 
     def _http_msg_server(self, request: Request) -> Response:
-        self.http_requests += 1
         code, entry = self.registry.pick()
+        self._count_answer("http", code)
         body: dict[str, Any]
         if entry is None:
             msg = "没有msg_server" if code == base.REFUSE_REASON_NO_MSG_SERVER else "负载过高"
@@ -201,26 +212,17 @@ class LoginServer:
                 body["tlsPort"] = str(entry.tls_port)
         return 200, JSON, json.dumps(body, ensure_ascii=False).encode()
 
-    def _http_healthz(self, request: Request) -> Response:
-        return 200, TEXT, b"ok\n"
+    def _count_answer(self, via: str, code: int) -> None:
+        result = (
+            "ok" if code == 0 else "none" if code == base.REFUSE_REASON_NO_MSG_SERVER else "full"
+        )
+        self._answers.inc(via, result)
 
-    def _http_readyz(self, request: Request) -> Response:
+    def _ready(self) -> tuple[bool, dict[str, Any]]:
         # Ready means a client asking now gets an address: at least one msg_server has
         # registered. The body says how many, so a supervisor can wait for all of them.
         count = len(self.registry)
-        body = json.dumps({"ready": count > 0, "msg_servers": count}).encode() + b"\n"
-        return (200 if count else 503), JSON, body
-
-    def _http_metrics(self, request: Request) -> Response:
-        lines = [
-            "# TYPE imreactor_login_msg_servers gauge",
-            f"imreactor_login_msg_servers {len(self.registry)}",
-            "# TYPE imreactor_login_users gauge",
-            f"imreactor_login_users {self.registry.total_users()}",
-            "# TYPE imreactor_login_http_requests_total counter",
-            f"imreactor_login_http_requests_total {self.http_requests}",
-        ]
-        return 200, "text/plain; version=0.0.4", ("\n".join(lines) + "\n").encode()
+        return count > 0, {"msg_servers": count}
 
 
 class _MsgServerLink(ImConnection):

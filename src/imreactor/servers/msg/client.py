@@ -137,8 +137,10 @@ class ClientConn(ImConnection):
             return
         super().frame_received(service_id, command_id, seq, frame)
 
-    def bad_pdu(self, service_id: int, command_id: int, seq: int, reason: str) -> None:
-        super().bad_pdu(service_id, command_id, seq, reason)
+    def bad_pdu(
+        self, service_id: int, command_id: int, seq: int, reason: str, kind: str = "refused"
+    ) -> None:
+        super().bad_pdu(service_id, command_id, seq, reason, kind)
         if not self.logged_in or self.bad_pdus > MAX_BAD_PDUS:
             self.conn.abort()
 
@@ -161,6 +163,7 @@ class ClientConn(ImConnection):
             return False
         if self._rate_timer is None:
             self.slowed += 1
+            self.server.stats.slowed.inc()
             self.conn.pause_reading()
             self._wait_for_repayment()
         return True

@@ -15,6 +15,7 @@ PRESENCE_MODES = ("subscribed", "broadcast")
 class MsgConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address clients connect to", check=check_host)
     port: int = option(8000, "TCP port for clients")
+    http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")
     tls_port: int = option(
         0, "TLS port for clients (0 = none; needs cert_file and key_file); told to login_server"
     )

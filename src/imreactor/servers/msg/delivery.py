@@ -112,9 +112,12 @@ class Delivery:
     ) -> None:
         """Store via db_proxy; only then ack to the sender and deliver everywhere."""
         db = self.server.db.pick()
+        stats = self.server.stats
         if db is None:
             log.warning("%r: no db_proxy; message not accepted", conn.conn)
+            stats.messages.inc("not_stored")
             return
+        received = stats.loop.time()
         msg.create_time = int(time.time())
         msg.msg_id = 0
         msg.attach_data = conn.attach()
@@ -123,7 +126,10 @@ class Delivery:
             if rsp is None or rsp.msg_id == 0:
                 # Not stored: no ack, no delivery; the client retries.
                 log.warning("message from %d not stored: %s", msg.from_user_id, exc or "refused")
+                stats.messages.inc("not_stored")
                 return
+            stats.messages.inc("stored")
+            stats.store_latency.observe(stats.loop.time() - received)
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:
                 ack = msg_pb.IMMsgDataAck(
@@ -152,6 +158,7 @@ class Delivery:
                 relay.CopyFrom(rsp)
                 relay.attach_data = struct.pack(f">{len(members)}I", *members)
                 self.server.relay.to_route(relay)
+            stats.delivery_latency.observe(stats.loop.time() - received)
 
         db.request(
             msg, stored, timeout_s=self.server.config.db_timeout_s, response=msg_pb.IMMsgData
@@ -166,6 +173,7 @@ class Delivery:
         members costs one serialization, not m.
         """
         frame: bytes | None = None
+        delivered = 0
         for user_id in user_ids:
             conns = self.server.users.get(user_id)
             if conns is None:
@@ -175,11 +183,14 @@ class Delivery:
                     continue
                 if frame is None:
                     frame = encode_message(msg)
+                delivered += 1
                 sequencer = c.sequencer
                 if sequencer is not None:
                     sequencer.deliver(msg, functools.partial(c.send_frame, frame))
                 else:
                     c.send_frame(frame)
+        if delivered:
+            self.server.stats.deliveries.inc(amount=delivered)
 
     def deliver(self, message: Message, user_id: int, exclude: ClientConn | None = None) -> None:
         conns = self.server.users.get(user_id)

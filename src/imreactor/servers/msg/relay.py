@@ -79,8 +79,13 @@ class Relay:
         link = self.server.route.pick()
         if link is not None:
             link.send(message, partial=True)
+            self.server.stats.relayed.inc("out", type(message).__name__)
+
+    def _relayed_in(self, message: Message) -> None:
+        self.server.stats.relayed.inc("in", type(message).__name__)
 
     def _from_route_msg(self, link: Link, msg: msg_pb.IMMsgData, seq: int) -> None:
+        self._relayed_in(msg)
         if msg.msg_type in GROUP_MSG_TYPES:
             data = msg.attach_data
             members = struct.unpack(f">{len(data) // 4}I", data[: len(data) // 4 * 4])
@@ -93,12 +98,15 @@ class Relay:
     def _from_route_read_notify(
         self, link: Link, msg: msg_pb.IMMsgDataReadNotify, seq: int
     ) -> None:
+        self._relayed_in(msg)
         self.server.delivery.deliver(msg, msg.user_id)
 
     def _from_route_p2p(self, link: Link, msg: switch_pb.IMP2PCmdMsg, seq: int) -> None:
+        self._relayed_in(msg)
         self.server.delivery.deliver(msg, msg.to_user_id)
 
     def _from_route_kick(self, link: Link, msg: server_pb.IMServerKickUser, seq: int) -> None:
+        self._relayed_in(msg)
         conns = self.server.users.get(msg.user_id)
         if conns is None:
             return
@@ -109,6 +117,7 @@ class Relay:
     def _from_route_group_change(
         self, link: Link, msg: group_pb.IMGroupChangeMemberNotify, seq: int
     ) -> None:
+        self._relayed_in(msg)
         self.server.groups.invalidate(msg.group_id)
         self.server.delivery.notify_group_members(msg)  # route_server relayed it: nothing goes back
 

@@ -31,6 +31,7 @@ from .groups import GroupCache
 from .presence import Presence
 from .relay import Relay
 from .sessions import FD_RESERVE, Sessions, connection_capacity
+from .stats import MsgStats
 
 __all__ = ["FD_RESERVE", "ClientConn", "MsgServer", "connection_capacity"]
 
@@ -117,6 +118,7 @@ class MsgServer:
             ssl=link_ssl,
         )
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
+        self.stats = MsgStats(self)
 
     def start(self) -> None:
         c = self.config
@@ -132,6 +134,8 @@ class MsgServer:
                 backlog=4096,
                 ssl=public_server_context(c.cert_file, c.key_file, "msg"),
             )
+        if c.http_port:
+            self.stats.metrics.listen(c.listen_host, c.http_port)
         self.db.start()
         self.login.start()
         self.route.start()
@@ -147,6 +151,7 @@ class MsgServer:
         return self._tls_server.port if self._tls_server is not None else 0
 
     def close(self) -> None:
+        self.stats.metrics.close()
         if self._tls_server is not None:
             self._tls_server.close()
         if self._server is not None:

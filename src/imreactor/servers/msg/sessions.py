@@ -91,16 +91,19 @@ class Sessions:
             # Answered well before the login deadline would close the connection unanswered.
             config = self.server.config
             delay = min(wait, config.throttle_answer_delay_s, config.login_timeout_s / 2)
+            self.server.stats.logins.inc("throttled")
             if delay > 0.0:
                 conn.login_pending = True  # a second IMLoginReq meanwhile is ignored
                 self.server.loop.call_later(delay, self._throttled_answer, conn, seq, why)
             else:
-                self._login_refused(conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, why)
+                self._login_refused(conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, why, None)
             return
         refuse = 0
         db = self.server.db.pick()
         if len(self.server.clients) > self.server.capacity:
-            self._login_refused(conn, seq, base.REFUSE_REASON_MSG_SERVER_FULL, "server full")
+            self._login_refused(
+                conn, seq, base.REFUSE_REASON_MSG_SERVER_FULL, "server full", "full"
+            )
             return
         if db is None:
             refuse = base.REFUSE_REASON_NO_DB_SERVER
@@ -109,7 +112,7 @@ class Sessions:
         elif self.server.route.configured and not self.server.route.live:
             refuse = base.REFUSE_REASON_NO_ROUTE_SERVER
         if refuse or db is None:
-            self._login_refused(conn, seq, refuse, "server not ready")
+            self._login_refused(conn, seq, refuse, "server not ready", "unavailable")
             return
         conn.login_pending = True
         validate = server_pb.IMValidateReq(
@@ -117,14 +120,19 @@ class Sessions:
         )
         client_type = req.client_type
         online_status = req.online_status
+        stats = self.server.stats
+        asked = stats.loop.time()
 
         def validated(rsp: server_pb.IMValidateRsp | None, exc: BaseException | None) -> None:
             conn.login_pending = False
+            stats.login_latency.observe(stats.loop.time() - asked)
             if conn.conn.state is not ConnState.CONNECTED:
                 return
             if rsp is None:
                 log.warning("validate for %r failed: %s", req.user_name, exc)
-                self._login_refused(conn, seq, base.REFUSE_REASON_NO_DB_SERVER, "database busy")
+                self._login_refused(
+                    conn, seq, base.REFUSE_REASON_NO_DB_SERVER, "database busy", "unavailable"
+                )
                 return
             if rsp.result_code != 0 or not rsp.HasField("user_info"):
                 # db_proxy says 3 when its database failed: not the user's fault.
@@ -138,9 +146,13 @@ class Sessions:
                             name if kind == "account" else address,
                             self.server.config.throttle_lockout_s,
                         )
-                self._login_refused(conn, seq, code, rsp.result_string)
+                outcome = (
+                    "failed" if code == base.REFUSE_REASON_DB_VALIDATE_FAILED else "unavailable"
+                )
+                self._login_refused(conn, seq, code, rsp.result_string, outcome)
                 return
             self.throttle.success(name)
+            stats.logins.inc("ok")
             self._logged_in(conn, seq, rsp.user_info, client_type, online_status)
 
         db.request(
@@ -153,9 +165,14 @@ class Sessions:
     def _throttled_answer(self, conn: ClientConn, seq: int, why: str) -> None:
         conn.login_pending = False
         if conn.conn.state is ConnState.CONNECTED:
-            self._login_refused(conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, why)
+            self._login_refused(conn, seq, base.REFUSE_REASON_DB_VALIDATE_FAILED, why, None)
 
-    def _login_refused(self, conn: ClientConn, seq: int, code: int, why: str) -> None:
+    def _login_refused(
+        self, conn: ClientConn, seq: int, code: int, why: str, outcome: str | None
+    ) -> None:
+        """Answer ``code`` and close; count the login as ``outcome`` (None: counted already)."""
+        if outcome is not None:
+            self.server.stats.logins.inc(outcome)
         log.info("%r: login refused (%d %s)", conn.conn, code, why)
         conn.send(
             login_pb.IMLoginRes(

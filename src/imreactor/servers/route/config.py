@@ -12,6 +12,7 @@ from ..linkauth import LinkSecurity
 class RouteConfig(LinkSecurity):
     listen_host: str = option("127.0.0.1", "address route_server listens on", check=check_host)
     port: int = option(8200, "TCP port msg_servers connect to")
+    http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")
     heartbeat_s: float = option(5.0, "heartbeat to a msg_server after this long without sending")
     timeout_s: float = option(30.0, "close a msg_server link silent for this long")
     max_link_subscriptions: int = option(

@@ -79,6 +79,7 @@ from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ...pdu.proto import im_switch_service_pb2 as switch_pb
 from ..linkauth import link_server_context
+from ..metrics import Metrics
 from .config import RouteConfig
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,17 @@ class RouteServer:
         self._server: Server | None = None
         self._closing = False
         self._policy = LinkPolicy(heartbeat_s=config.heartbeat_s, timeout_s=config.timeout_s)
+        # route_server serves once it listens: nothing it needs can be down.
+        self.metrics = Metrics(loop, "route_server", lambda: (True, {"links": len(self.links)}))
+        self.metrics.gauge("imreactor_route_links", "msg_server links", lambda: len(self.links))
+        self.metrics.gauge(
+            "imreactor_route_users_online",
+            "Users online on some msg_server",
+            lambda: len(self.presence),
+        )
+        self._relayed = self.metrics.counter(
+            "imreactor_route_relayed", "PDUs relayed to msg_servers (one per target link)"
+        )
 
         d = self.dispatcher = Dispatcher[RouteLink]()
         d.register(server_pb.IMOnlineUserInfo, self._on_online_user_info)
@@ -210,6 +222,8 @@ class RouteServer:
 
     def start(self) -> None:
         c = self.config
+        if c.http_port:
+            self.metrics.listen(c.listen_host, c.http_port)
         self._server = self.loop.listen(
             c.listen_host, c.port, self._new_link, ssl=link_server_context(c, "route")
         )
@@ -221,6 +235,7 @@ class RouteServer:
     def close(self) -> None:
         """Stop listening and close every link (without announcing anyone offline)."""
         self._closing = True
+        self.metrics.close()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -348,6 +363,7 @@ class RouteServer:
             if pdu is None:
                 pdu = origin.relay_pdu()
             link.send_frame(pdu)
+            self._relayed.inc()
 
     def _on_msg_data(self, link: RouteLink, msg: msg_pb.IMMsgData, seq: int) -> None:
         if msg.msg_type in GROUP_MSG_TYPES:
