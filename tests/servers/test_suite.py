@@ -229,7 +229,7 @@ def test_second_start_keeps_the_data_and_creates_no_users(tmp_path: Path) -> Non
         stop_up(proc)
 
 
-def test_port_in_use_fails_the_start_clearly(tmp_path: Path) -> None:
+def test_port_in_use_is_named_before_anything_is_written(tmp_path: Path) -> None:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -260,8 +260,82 @@ def test_port_in_use_fails_the_start_clearly(tmp_path: Path) -> None:
         )
     finally:
         taken.close()
-    assert proc.returncode != 0
-    assert "login_server did not start" in proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"port {port} (login_server http_port) on 127.0.0.1: already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["up.lock"]  # no config, log or db
+
+
+def children_of(pid: int) -> dict[str, int]:
+    """The server role → pid of each child of ``pid`` (Linux /proc)."""
+    found = {}
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        found[cmdline[3].decode()] = int(child)  # python -m imreactor <role> -c FILE
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_second_up_in_the_same_dir_is_refused_and_touches_nothing(tmp_path: Path) -> None:
+    proc, (http, _), _out = start_up(tmp_path)
+    try:
+        before = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()}
+        second = subprocess.run(
+            [sys.executable, "-m", "imreactor", "up", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert f"a suite is already running in {tmp_path} (pid {proc.pid})" in second.stderr
+        after = {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()}
+        assert {k: v for k, v in after.items() if not k.endswith(".log")} == {
+            k: v for k, v in before.items() if not k.endswith(".log")
+        }
+        login(http, "alice").close()  # the first suite never noticed
+    finally:
+        stop_up(proc)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_servers_die_with_up_even_after_kill_9(tmp_path: Path) -> None:
+    proc, _ports, _out = start_up(tmp_path)
+    servers = children_of(proc.pid)
+    assert set(servers) == {"db-proxy-server", "login-server", "msg-server"}
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while any(is_alive(pid) for pid in servers.values()):
+        assert time.monotonic() < deadline, "servers outlived up"
+        time.sleep(0.1)
+
+
+def test_a_crashed_server_is_restarted_and_logged(tmp_path: Path) -> None:
+    proc, (http, _), _out = start_up(tmp_path)
+    try:
+        alice = login(http, "alice")
+        alice.close()
+        os.kill(children_of(proc.pid)["msg-server"], signal.SIGKILL)
+        assert proc.stdout is not None
+        out = ""
+        deadline = time.monotonic() + 30
+        while "msg_server restarted" not in out:
+            assert time.monotonic() < deadline and proc.poll() is None, out
+            ready, _, _ = select.select([proc.stdout.fileno()], [], [], 0.5)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 65536).decode()
+        assert "msg_server exited with -9" in out and "restarting it in 1 s (restart 1)" in out
+        bob = login(http, "bob")  # served again
+        bob.close()
+    finally:
+        stop_up(proc)
 
 
 @pytest.mark.parametrize(

@@ -10,16 +10,24 @@ order. If a child dies, the others are stopped too and ``up`` exits non-zero.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import errno
+import fcntl
 import json
 import logging
+import os
 import select
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -286,6 +294,9 @@ def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
         stderr=log_file,
         text=True,
         cwd=data_dir,
+        # The servers end with `up`, even when it is killed with SIGKILL and cannot
+        # stop them itself (elsewhere than Linux, only a clean stop ends them).
+        preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
     )
     child = Child(name, proc, log_file=log_file)
     assert proc.stdout is not None
@@ -319,12 +330,115 @@ def stop_children(children: list[Child]) -> None:
             child.log_file.close()
 
 
+class SuiteError(Exception):
+    """``up`` cannot start: one line for the operator, exit status 2."""
+
+
+def _ports_of(layout: SuiteLayout) -> list[tuple[str, int]]:
+    """(what, port) for every port the suite's servers will listen on (as :meth:`~SuiteLayout.
+    tables` assigns them, without making the certificates that it makes)."""
+    found = [
+        ("login_server http_port", layout.http_port),
+        ("login_server msg_server_port", layout.login_port),
+        ("db_proxy_server port", layout.db_port),
+    ]
+    found += [("route_server port", p) for p in layout.route_ports]
+    found += [("msg_server port", p) for p in layout.msg_ports]
+    found += [("msg_server tls_port", p) for p in layout.tls_ports]
+    if layout.metrics_port:
+        others = 1 + len(layout.route_ports) + len(layout.msg_ports)
+        found += [("metrics http_port", layout.metrics_port + i) for i in range(others)]
+    return found
+
+
+def check_ports_free(layout: SuiteLayout) -> None:
+    """Raise :class:`SuiteError` naming the first port some other process holds."""
+    seen: dict[int, str] = {}
+    for what, port in _ports_of(layout):
+        if port in seen:
+            raise SuiteError(f"port {port} is given twice ({seen[port]} and {what})")
+        seen[port] = what
+        probe = socket.socket(socket.AF_INET6 if ":" in layout.host else socket.AF_INET)
+        try:
+            # SO_REUSEADDR as the servers set it: a port in TIME_WAIT is free for them.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((layout.host, port))
+        except OSError as exc:
+            why = "already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise SuiteError(f"port {port} ({what}) on {layout.host}: {why}") from None
+        finally:
+            probe.close()
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``<data_dir>/up.lock`` for the life of this process, or raise SuiteError.
+
+    The lock (flock, released by the kernel however the process ends) keeps a second
+    ``up`` from rewriting the configs and logs of a suite that runs in this directory.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(data_dir / "up.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        lock.close()
+        raise SuiteError(f"a suite is already running in {data_dir} (pid {pid})") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For the child, before exec: SIGTERM when ``parent`` dies, even by SIGKILL (Linux)."""
+    libc_name = ctypes.util.find_library("c")
+
+    def arm() -> None:
+        if libc_name is not None:
+            ctypes.CDLL(libc_name).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)  # the parent died before the signal was armed
+
+    return arm
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password, for printing."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def create_demo_users(database: str) -> list[str]:
     """Create the demo users that do not exist yet; returns the names created."""
     return create_users(database, DEMO_USERS, DEMO_PASSWORD)
 
 
+#: Waits before restarting a server that exited, by how many times in a row it did.
+RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+#: A server that ran this long before exiting starts its restart count again.
+RESTART_RESET_S = 60.0
+#: Restarts in a row after which ``up`` gives up and stops the suite.
+MAX_RESTARTS = 8
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except SuiteError as exc:
+        print(f"imreactor up: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     layout = SuiteLayout(
         data_dir=Path(args.data_dir).resolve(),
         host=args.host,
@@ -337,7 +451,39 @@ def run(args: argparse.Namespace) -> int:
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
         metrics_port=args.metrics_port,
     )
-    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything is written: a suite running here keeps its files, and a port
+    # someone holds is named as such instead of failing one server's start.
+    lock = lock_data_dir(layout.data_dir)
+    try:
+        check_ports_free(layout)
+        return _supervise(layout, args)
+    finally:
+        lock.close()
+
+
+def _banner(layout: SuiteLayout) -> str:
+    h = layout.host
+    login_url = f"http://{h}:{layout.http_port}"
+    chat = f"imreactor chat --user alice --password {DEMO_PASSWORD}"
+    if login_url != "http://127.0.0.1:8080":  # the clients' default
+        chat += f" --login-url {login_url}"
+    if layout.tls_ports:
+        chat += f" --tls --ca {layout.client_ca}"
+    lines = [
+        f"imreactor suite is up in {layout.data_dir} (logs and configs there):",
+        f"  database     {_redacted(layout.database_url)}",
+        f"  clients ask  {login_url}/msg_server",
+        f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
+    ]
+    if layout.tls_ports:
+        tls = ", ".join(f"{h}:{p}" for p in layout.tls_ports)
+        lines.append(f"  over TLS     {tls} (clients trust {layout.client_ca})")
+    lines += [f"  metrics      {url}  ({name})" for name, url in layout.metrics_urls().items()]
+    lines += [f"  try:         {chat}", "Ctrl-C stops everything."]
+    return "\n".join(lines)
+
+
+def _supervise(layout: SuiteLayout, args: argparse.Namespace) -> int:
     if not args.no_demo_users:
         created = create_demo_users(layout.database_url)
         if created:
@@ -353,30 +499,50 @@ def run(args: argparse.Namespace) -> int:
     children: list[Child] = []
     try:
         children = layout.start_all()
-        print(
-            f"imreactor suite is up (logs in {layout.data_dir}/):\n"
-            f"  clients ask  http://{args.host}:{args.http_port}/msg_server\n"
-            f"  msg_servers  {', '.join(f'{args.host}:{p}' for p in layout.msg_ports)}\n"
-            + (
-                f"  over TLS     {', '.join(f'{args.host}:{p}' for p in layout.tls_ports)}"
-                f" (clients trust {layout.client_ca})\n"
-                if layout.tls_ports
-                else ""
-            )
-            + "".join(
-                f"  metrics      {url}  ({name})\n" for name, url in layout.metrics_urls().items()
-            )
-            + f"  try:         imreactor chat --user alice --password {DEMO_PASSWORD}"
-            + (f" --ca {layout.client_ca}\n" if layout.tls_ports else "\n")
-            + "Ctrl-C stops everything.",
-            flush=True,
-        )
+        print(_banner(layout), flush=True)
+        started = {child.name: time.monotonic() for child in children}
+        restarts = dict.fromkeys(started, 0)
         while not stopping:
-            for child in children:
-                if child.proc.poll() is not None:
-                    code = child.proc.returncode
-                    log.error("%s exited with %s; stopping the suite", child.name, code)
+            for i, child in enumerate(children):
+                if child.proc.poll() is None:
+                    continue
+                code = child.proc.returncode
+                stop_children([child])  # closes its log file
+                ran = time.monotonic() - started[child.name]
+                if ran >= RESTART_RESET_S:
+                    restarts[child.name] = 0
+                if restarts[child.name] >= MAX_RESTARTS:
+                    log.error(
+                        "%s exited with %s after %d restarts in a row; stopping the suite",
+                        child.name,
+                        code,
+                        restarts[child.name],
+                    )
                     return 1
+                delay = RESTART_DELAYS_S[min(restarts[child.name], len(RESTART_DELAYS_S) - 1)]
+                restarts[child.name] += 1
+                log.error(
+                    "%s exited with %s after %.0f s; restarting it in %g s (restart %d)",
+                    child.name,
+                    code,
+                    ran,
+                    delay,
+                    restarts[child.name],
+                )
+                deadline = time.monotonic() + delay
+                while not stopping and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if stopping:
+                    break
+                try:
+                    children[i] = layout.start(child.name)
+                except RuntimeError as exc:
+                    log.error("%s", exc)
+                    children[i] = child  # still exited: the next turn tries again
+                    started[child.name] = time.monotonic()
+                    continue
+                started[child.name] = time.monotonic()
+                log.warning("%s restarted", child.name)
             time.sleep(0.2)
         return 0
     finally:
