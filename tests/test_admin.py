@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from servers.conftest import free_ports
 
+from imreactor.accounts import remember_database
 from imreactor.client import Client, ClientError
 from imreactor.pdu.password import password_digest
 from imreactor.storage import GroupType, Storage, open_storage
@@ -156,6 +157,21 @@ def test_default_data_dir_is_the_one_imreactor_up_uses(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "imreactor.db").is_file()
     assert "alice" in ok("user", "list", cwd=tmp_path)
     assert "alice" in ok("user", "list", "--data-dir", str(tmp_path / "data"))
+
+
+def test_a_data_dir_remembers_the_database_it_was_given(tmp_path: Path) -> None:
+    # As `imreactor up --database URL --data-dir DIR` leaves it: the admin commands given
+    # DIR use URL, not a new DIR/imreactor.db.
+    data = tmp_path / "data"
+    data.mkdir()
+    elsewhere = tmp_path / "elsewhere.db"
+    remember_database(data, f"sqlite:///{elsewhere}")
+    assert (data / "database.url").stat().st_mode & 0o777 == 0o600
+    ok("user", "add", "alice", "--password", "pw", "--data-dir", str(data))
+    assert not (data / "imreactor.db").exists()
+    with stored(["--database", f"sqlite:///{elsewhere}"]) as store:
+        assert store.user_by_name("alice") is not None
+    assert "alice" in ok("user", "list", "--data-dir", str(data))
 
 
 # -- refusals -------------------------------------------------------------------------------

@@ -22,11 +22,31 @@ if TYPE_CHECKING:
 
 #: The SQLite file of a data dir that names no other database.
 DATABASE_FILE = "imreactor.db"
+#: The file in which a data dir remembers the database ``imreactor up --database`` gave it.
+DATABASE_URL_FILE = "database.url"
 
 
 def data_dir_database(data_dir: Path | str) -> str:
-    """The storage URL of ``data_dir``: its SQLite file (an absolute path)."""
-    return f"sqlite:///{(Path(data_dir) / DATABASE_FILE).resolve()}"
+    """The storage URL of ``data_dir``: the one it remembers (:func:`remember_database`),
+    else its SQLite file (an absolute path)."""
+    remembered = Path(data_dir) / DATABASE_URL_FILE
+    try:
+        url = remembered.read_text().strip()
+    except FileNotFoundError:
+        url = ""
+    return url or f"sqlite:///{(Path(data_dir) / DATABASE_FILE).resolve()}"
+
+
+def remember_database(data_dir: Path | str, url: str) -> None:
+    """Make ``url`` the database of ``data_dir`` for every tool that is given the data dir.
+
+    The file may hold a password (a PostgreSQL URL's), so only its owner can read it.
+    """
+    path = Path(data_dir) / DATABASE_URL_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+    os.chmod(path, 0o600)  # an older file may have had other bits
 
 
 def create_users(

@@ -63,7 +63,8 @@ def register(sub: Subparsers) -> None:
         "--data-dir",
         default=DEFAULT_DATA_DIR,
         metavar="DIR",
-        help=f"use the SQLite database DIR/imreactor.db (default: {DEFAULT_DATA_DIR})",
+        help="use the database of DIR (the one `imreactor up --database` gave it, else"
+        f" DIR/imreactor.db; default: {DEFAULT_DATA_DIR})",
     )
     where.add_argument(
         "--database", metavar="URL", help="storage URL: sqlite:///PATH or postgresql://..."

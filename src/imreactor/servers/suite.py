@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import pki
-from ..accounts import create_users, data_dir_database
+from ..accounts import create_users, data_dir_database, remember_database
 from ..config import dump
 from ..net.connection import is_port
 
@@ -456,6 +456,10 @@ def _run(args: argparse.Namespace) -> int:
     lock = lock_data_dir(layout.data_dir)
     try:
         check_ports_free(layout)
+        if layout.database:
+            # Remembered, so that the next `up` and every admin command given this data
+            # dir use the same database without being told again.
+            remember_database(layout.data_dir, layout.database)
         return _supervise(layout, args)
     finally:
         lock.close()
