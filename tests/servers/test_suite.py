@@ -8,6 +8,7 @@ whole suite serves a chat on every poller backend the machine has.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ from imreactor.client import Client
 from imreactor.client.tls import client_context
 from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
-from imreactor.servers.suite import DEMO_PASSWORD
+from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout
 
 from .conftest import free_port_run, free_ports
 
@@ -31,7 +33,7 @@ from .conftest import free_port_run, free_ports
 def start_up(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], list[int], str]:
-    http, login, db, route = free_ports(4)
+    http, login, db, route, msfs = free_ports(5)
     msg = free_port_run(3)  # --msg-servers up to 3 take consecutive ports
     proc = subprocess.Popen(
         [
@@ -51,6 +53,8 @@ def start_up(
             str(route),
             "--msg-port",
             str(msg),
+            "--msfs-port",
+            str(msfs),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -249,3 +253,39 @@ def test_bad_options_are_refused(tmp_path: Path, args: list[str], expect: str) -
     )
     assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
     assert not (tmp_path / "imreactor.db").exists()  # nothing was started or created
+
+
+def test_up_starts_msfs_and_login_server_hands_out_its_url(tmp_path: Path) -> None:
+    # What a TeamTalk client does for a picture: ask login_server, POST the image to
+    # msfsPrior, put the url in a message; the receiver GETs it.
+    proc, (http, _msg), out = start_up(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/msg_server", timeout=10) as rsp:
+            answer = json.loads(rsp.read())
+        msfs_port = int((tmp_path / "msfs.toml").read_text().split("port = ")[1].split()[0])
+        expected = SuiteLayout(data_dir=tmp_path, msfs_port=msfs_port).msfs_url
+        assert answer["msfsPrior"] == answer["msfsBackup"] == expected
+        assert f"images       {expected} (msfs)" in out
+        image = b"GIF89a" + bytes(range(256))
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="x.gif"\r\n'
+                f"Content-Type: image/gif\r\n\r\n"
+            ).encode()
+            + image
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            answer["msfsPrior"],
+            body,
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as rsp:
+            stored = json.loads(rsp.read())
+        assert stored["error_code"] == 0
+        with urllib.request.urlopen(stored["url"], timeout=10) as rsp:
+            assert rsp.read() == image
+        assert (tmp_path / "msfs" / stored["path"]).read_bytes() == image
+    finally:
+        stop_up(proc)

@@ -1,8 +1,8 @@
 """``imreactor up``: the whole suite on one machine, one process per server.
 
 Writes a configuration for every role into the data directory, starts
-db_proxy_server, login_server and msg_server(s) as child processes (each waits
-for the previous one's READY line), creates demo users on first start, prints
+db_proxy_server, msfs (the image store), login_server and msg_server(s) as
+child processes (each waits for the previous one's READY line), creates demo users on first start, prints
 where a client connects, and on Ctrl-C/SIGTERM stops the children in reverse
 order. If a child dies, the others are stopped too and ``up`` exits non-zero.
 """
@@ -58,6 +58,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--msg-port", type=_port, default=8000, help="first msg_server's client port")
     ap.add_argument("--db-port", type=_port, default=10600, help="db_proxy_server port")
     ap.add_argument("--route-port", type=_port, default=8200, help="route_server port")
+    ap.add_argument("--msfs-port", type=_port, default=8700, help="msfs (image store) port")
     ap.add_argument(
         "--msg-servers",
         type=_count,
@@ -105,6 +106,12 @@ class SuiteLayout:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     link_auth: bool = True
     tls_ports: list[int] = field(default_factory=list)
+    msfs_port: int = 8700
+
+    @property
+    def msfs_url(self) -> str:
+        """Where clients upload images: login_server hands it out as msfsPrior/msfsBackup."""
+        return f"http://{self.host}:{self.msfs_port}/"
 
     @property
     def pki_dir(self) -> Path:
@@ -132,12 +139,16 @@ class SuiteLayout:
                 }
                 for i, port in enumerate(self.route_ports, 1)
             },
+            # Files under <data_dir>/msfs: servers run with the data directory as cwd.
+            "msfs": {"msfs": {"listen_host": h, "port": self.msfs_port, "store_dir": "msfs"}},
             "login_server": {
                 "login": {
                     "listen_host": h,
                     "http_port": self.http_port,
                     "msg_server_port": self.login_port,
                     "client_port": 0,
+                    "msfs_prior": self.msfs_url,
+                    "msfs_backup": self.msfs_url,
                 }
             },
         }
@@ -178,7 +189,8 @@ class SuiteLayout:
             }
         for tables in files.values():
             for role, table in tables.items():
-                table.update(link_keys)
+                if role != "msfs":  # msfs has no links to other servers, only HTTP clients
+                    table.update(link_keys)
                 table.update(self.overrides.get(role, {}))
         return files
 
@@ -248,6 +260,7 @@ _ROLES = {
     "login_server": "login-server",
     "route_server": "route-server",
     "msg_server": "msg-server",
+    "msfs": "msfs",
 }
 
 
@@ -309,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         route_ports=[args.route_port] if args.msg_servers > 1 else [],
         database=args.database or "",
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
+        msfs_port=args.msfs_port,
     )
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_demo_users:
@@ -330,6 +344,7 @@ def run(args: argparse.Namespace) -> int:
             f"imreactor suite is up (logs in {layout.data_dir}/):\n"
             f"  clients ask  http://{args.host}:{args.http_port}/msg_server\n"
             f"  msg_servers  {', '.join(f'{args.host}:{p}' for p in layout.msg_ports)}\n"
+            f"  images       {layout.msfs_url} (msfs)\n"
             + (
                 f"  over TLS     {', '.join(f'{args.host}:{p}' for p in layout.tls_ports)}"
                 f" (clients trust {layout.client_ca})\n"
