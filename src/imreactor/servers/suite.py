@@ -4,7 +4,8 @@ Writes a configuration for every role into the data directory, starts
 db_proxy_server, msfs (the image store), login_server and msg_server(s) as
 child processes (each waits for the previous one's READY line), creates demo
 users on first start, prints where a client connects, and on Ctrl-C/SIGTERM
-stops the children in reverse order. If a child dies, the others are stopped too and ``up`` exits non-zero.
+stops the children in reverse order. If a child dies, the others are stopped
+too and ``up`` exits non-zero.
 """
 
 from __future__ import annotations
