@@ -263,7 +263,7 @@ def test_unusable_databases(tmp_path: Path) -> None:
 def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """``imreactor up`` (SQLite, no demo users) in a child process: (data dir, msg port)."""
     data = tmp_path / "data"
-    http, login, msg, db = free_ports(4)
+    http, login, msg, db, msfs = free_ports(5)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -274,7 +274,7 @@ def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
             str(data),
             "--no-demo-users",
             *("--http-port", str(http), "--login-port", str(login)),
-            *("--msg-port", str(msg), "--db-port", str(db)),
+            *("--msg-port", str(msg), "--db-port", str(db), "--msfs-port", str(msfs)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -269,12 +269,17 @@ def test_config_check_accepts_every_file_imreactor_up_writes(tmp_path: Path) -> 
     assert sorted(paths) == [
         "db_proxy_server",
         "login_server",
+        "msfs",
         "msg_server1",
         "msg_server2",
         "route_server",
     ]
     for name, path in paths.items():
-        role = {"db": "dbproxy", "lo": "login", "ms": "msg", "ro": "route"}[name[:2]]
+        role = (
+            "msfs"
+            if name == "msfs"
+            else {"db": "dbproxy", "lo": "login", "ms": "msg", "ro": "route"}[name[:2]]
+        )
         res = imreactor("config", "check", str(path), "--role", role)
         assert (res.returncode, res.stdout) == (0, f"{path}: ok ([{role}])\n"), res.stderr
 

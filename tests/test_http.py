@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from imreactor.http import MAX_REQUEST_BYTES, HttpProtocol, Request, Response, Router
+from imreactor.http import MAX_REQUEST_BYTES, HttpProtocol, Pending, Request, Response, Router
+from imreactor.http import Reply as HttpReply
 from imreactor.net import EventLoop, Protocol, Transport
 from imreactor.net.connection import DEFAULT_FLOW
 from imreactor.net.testing import transport_pair
@@ -281,7 +282,9 @@ def test_the_longest_matching_prefix_wins_whatever_the_order_of_adding(
         router.add(prefix, routes.named(prefix))
 
     def body(path: str) -> bytes:
-        return router.dispatch(Request("GET", path, "", {}))[2]
+        answer = router.dispatch(Request("GET", path, "", {}))
+        assert isinstance(answer, tuple)
+        return answer[2]
 
     assert body("/a/b/c") == b"/a/b:/a/b/c"
     assert body("/a/bc") == b"/a/b:/a/bc"  # a prefix of the path, not a path segment
@@ -519,3 +522,119 @@ def test_nothing_after_a_malformed_request_is_served(bad: bytes) -> None:
     replies = exchange(stream, routes, chunk_size=None, answers=0)
     assert [r.status for r in replies] == [200, 400]
     assert routes.paths == ["/echo/1"]
+
+
+# -- routes that take a body, and answers given later ---------------------------------------
+
+BODY_LIMIT = 1000
+
+
+@pytest.fixture
+def body_server() -> Iterator[LoopThread]:
+    """``/up`` takes bodies up to BODY_LIMIT (``/up/own`` with its own refusal); ``/later``
+    answers 20 ms after it is asked, from a timer, as work done off the loop would."""
+    router = Router()
+    holder: list[LoopThread] = []
+
+    def up(request: Request) -> Response:
+        return 200, TEXT, b"%d:" % len(request.body) + request.body[:10]
+
+    def later(request: Request) -> Pending:
+        pending = Pending()
+        reply = HttpReply(200, TEXT, request.path.encode(), {"X-Later": "yes"})
+        holder[0].loop.call_later(0.02, pending.complete, reply)
+        return pending
+
+    router.add("/up", up, max_body_bytes=BODY_LIMIT)
+    router.add(
+        "/up/own", up, max_body_bytes=BODY_LIMIT, too_large=lambda r: (200, TEXT, b"too big")
+    )
+    router.add("/later", later)
+    router.add("/echo", Routes().echo)
+    running = LoopThread(router)
+    holder.append(running)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def post(path: str, body: bytes, *headers: str) -> bytes:
+    return request(path, f"Content-Length: {len(body)}", *headers, method="POST") + body
+
+
+def test_a_body_route_gets_its_body(body_server: LoopThread) -> None:
+    c = Client(body_server.port)
+    body = bytes(range(256)) * 3
+    c.send(post("/up", body))
+    expect(c.reply(), "HTTP/1.1 200 OK", b"768:" + body[:10])
+    c.send(post("/up", b"x" * BODY_LIMIT))
+    expect(c.reply(), "HTTP/1.1 200 OK", b"1000:" + b"x" * 10)
+    chunked = request("/up", "Transfer-Encoding: chunked", method="POST")
+    c.send(chunked + b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n")
+    expect(c.reply(), "HTTP/1.1 200 OK", b"8:helloabc")
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"), [("/up", b"request body too large\n"), ("/up/own", b"too big")]
+)
+def test_a_content_length_over_the_limit_is_answered_before_the_body_is_sent(
+    body_server: LoopThread, path: str, answer: bytes
+) -> None:
+    c = Client(body_server.port)
+    c.send(request(path, f"Content-Length: {BODY_LIMIT + 1}", method="POST"))  # no body
+    reply = c.reply()
+    assert reply.status == (413 if path == "/up" else 200)
+    assert reply.body == answer
+    assert reply.headers["connection"] == "close"
+    c.expect_eof()
+    c.close()
+
+
+def test_a_chunked_body_is_refused_when_it_passes_the_limit(body_server: LoopThread) -> None:
+    c = Client(body_server.port)
+    c.send(request("/up", "Transfer-Encoding: chunked", method="POST"))
+    c.send(b"".join(b"64\r\n" + b"y" * 100 + b"\r\n" for _ in range(11)))  # 1100 bytes
+    assert c.reply().status == 413
+    c.expect_eof()
+    c.close()
+
+
+def test_a_route_without_a_body_limit_still_refuses_large_bodies(body_server: LoopThread) -> None:
+    c = Client(body_server.port)
+    c.send(post("/echo", b"z" * (2 * MAX_REQUEST_BYTES)))
+    assert c.reply().status == 400
+    c.close()
+
+
+def test_pending_answers_keep_the_request_order(body_server: LoopThread) -> None:
+    # /later answers after /echo would have: pipelined, they still come back in order,
+    # and the extra headers of a Reply are sent.
+    c = Client(body_server.port)
+    c.send(request("/later/1") + request("/echo/2") + request("/later/3") + request("/echo/4"))
+    replies = [c.reply() for _ in range(4)]
+    assert [r.body for r in replies] == [b"/later/1", b"GET /echo/2?", b"/later/3", b"GET /echo/4?"]
+    assert replies[0].headers["x-later"] == "yes"
+    c.close()
+
+
+def test_a_malformed_request_behind_a_pending_one_is_answered_after_it(
+    body_server: LoopThread,
+) -> None:
+    c = Client(body_server.port)
+    c.send(request("/later/1") + b"NOT HTTP\r\n\r\n")
+    first, second = c.reply(), c.reply()
+    assert (first.body, second.status) == (b"/later/1", 400)
+    c.expect_eof()
+    c.close()
+
+
+def test_a_pending_answer_after_the_client_left_is_dropped(body_server: LoopThread) -> None:
+    c = Client(body_server.port)
+    c.send(request("/later/gone"))
+    c.close()
+    time.sleep(0.05)  # the answer comes for a closed connection: nothing breaks
+    c2 = Client(body_server.port)
+    expect(c2.get("/echo/ok"), "HTTP/1.1 200 OK", b"GET /echo/ok?")
+    c2.close()

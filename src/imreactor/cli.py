@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         _server("msg-server", "msg", "run one msg_server alone"),
         _server("db-proxy-server", "dbproxy", "run db_proxy_server alone"),
         _server("route-server", "route", "run route_server alone"),
+        _server("msfs", "msfs", "run msfs (the image and small-file store) alone"),
         _up,
         importlib.import_module("imreactor.admin").register,
         importlib.import_module("imreactor.cluster").register,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pexpect
 import pytest
@@ -21,6 +22,7 @@ from servers.conftest import RunningSuite, free_ports
 
 from imreactor.client import Client
 from imreactor.client.chat import display_name
+from imreactor.client.msfs import download
 from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
@@ -386,3 +388,35 @@ def test_commands_say_when_the_servers_are_down() -> None:
             f"imreactor {command[0]}: cannot reach login_server at {url}: "
             "[Errno 111] Connection refused\n"
         )
+
+
+@sqlite_only
+def test_send_uploads_an_image_and_the_peer_sees_its_url(
+    suite: RunningSuite, terminals: Terminals, tmp_path: Path
+) -> None:
+    image = tmp_path / "cat.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    fake = tmp_path / "fake.png"
+    fake.write_bytes(b"<html>not a png</html>")
+    alice = terminals.chat("alice")
+    alice.expect("Alice>")
+    bob = terminals.chat("bob")
+    bob.expect("Bob>")
+    alice.sendline(f"/send {image}")
+    alice.expect("no conversation yet")
+    alice.sendline("/to bob")
+    alice.expect("Alice → Bob>")
+    alice.sendline("/send")
+    alice.expect("usage: /send FILE")
+    alice.sendline(f"/send {tmp_path / 'missing.png'}")
+    alice.expect("cannot read")
+    alice.sendline(f"/send {fake}")
+    alice.expect("not sent: msfs refused the upload")
+    alice.sendline(f"/send {image}")
+    alice.expect(r"sent \[image (http://\S+)\]")
+    match = alice.match
+    assert isinstance(match, re.Match)
+    url = match.group(1)
+    assert url.startswith(suite.layout.msfs_url)
+    bob.expect(r"\[image " + re.escape(url) + r"\]")
+    assert download(url) == image.read_bytes()

@@ -70,7 +70,7 @@ def start_suite(layout: SuiteLayout) -> Iterator[RunningSuite]:
 @pytest.fixture(scope="module")
 def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
     """One SQLite suite with one msg_server for the module."""
-    http, login, msg, db = free_ports(4)
+    http, login, msg, db, msfs = free_ports(5)
     yield from start_suite(
         SuiteLayout(
             data_dir=tmp_path_factory.mktemp("suite"),
@@ -78,6 +78,7 @@ def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuit
             login_port=login,
             msg_ports=[msg],
             db_port=db,
+            msfs_port=msfs,
             overrides=UNLIMITED,
         )
     )
@@ -85,7 +86,7 @@ def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuit
 
 def start_cluster(data_dir: Path) -> Iterator[RunningSuite]:
     """:func:`start_suite` with two msg_servers and a route_server."""
-    http, login, db, route, msg1, msg2 = free_ports(6)
+    http, login, db, route, msg1, msg2, msfs = free_ports(7)
     yield from start_suite(
         SuiteLayout(
             data_dir=data_dir,
@@ -94,6 +95,7 @@ def start_cluster(data_dir: Path) -> Iterator[RunningSuite]:
             msg_ports=[msg1, msg2],
             db_port=db,
             route_ports=[route],
+            msfs_port=msfs,
             overrides=UNLIMITED,
         )
     )

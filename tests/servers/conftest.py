@@ -180,7 +180,7 @@ def start_suite(
     ``msg_servers > 1`` adds a route_server; ``tls`` gives every msg_server a TLS listener;
     ``offered``: see :meth:`RunningSuite.start`.
     """
-    http, login, db, route, *ports = free_ports(4 + msg_servers * (2 if tls else 1))
+    http, login, db, route, msfs, *ports = free_ports(5 + msg_servers * (2 if tls else 1))
     layout = SuiteLayout(
         data_dir=data_dir,
         http_port=http,
@@ -191,6 +191,7 @@ def start_suite(
         database=database,
         tls_ports=ports[msg_servers:],
         overrides=overrides or {},
+        msfs_port=msfs,
     )
     create_demo_users(layout.database_url)
     suite = RunningSuite(layout)

@@ -89,6 +89,17 @@ ListenIP=0.0.0.0\t\t\t# Listening IP
 ListenMsgPort=8200\t\t\t# Listening Port for MsgServer
 """
 
+# auto_setup's msfs.conf, as the original ships it.
+MSFS_CONF = """\
+ListenIP=0.0.0.0\t\t#可以监听多个IP,用;分割
+ListenPort=8700
+BaseDir=./tmp
+FileCnt=0
+FilesPerDir=30000
+GetThreadCount=32
+PostThreadCount=1
+"""
+
 DBPROXY_CONF = """\
 ListenIP=0.0.0.0
 ListenPort=10600
@@ -209,6 +220,16 @@ def test_route_server_conf(tmp_path: Path) -> None:
     assert load(RouteConfig, tmp_path / "route.toml", "route").port == 8200
 
 
+def test_msfs_conf(tmp_path: Path) -> None:
+    out = import_file(tmp_path, "msfs.conf", MSFS_CONF, "msfs")
+    assert tomllib.loads(out)["msfs"] == {
+        "listen_host": "0.0.0.0",
+        "port": 8700,
+        "store_dir": "./tmp",
+    }
+    assert set(not_imported(out)) == {"FileCnt", "FilesPerDir", "GetThreadCount", "PostThreadCount"}
+
+
 def test_db_proxy_server_conf(tmp_path: Path) -> None:
     out = import_file(tmp_path, "dbproxyserver.conf", DBPROXY_CONF, "dbproxy")
     assert tomllib.loads(out)["dbproxy"] == {
@@ -305,7 +326,13 @@ def test_unknown_keys_are_listed_not_dropped(tmp_path: Path) -> None:
 
 
 def test_render_is_loadable_for_every_role(tmp_path: Path) -> None:
-    samples = {"msg": MSG_CONF, "login": LOGIN_CONF, "route": ROUTE_CONF, "dbproxy": DBPROXY_CONF}
+    samples = {
+        "msg": MSG_CONF,
+        "login": LOGIN_CONF,
+        "route": ROUTE_CONF,
+        "dbproxy": DBPROXY_CONF,
+        "msfs": MSFS_CONF,
+    }
     assert set(samples) == set(ROLES)
     for role, text in samples.items():
         path = tmp_path / f"{role}.toml"

@@ -13,6 +13,7 @@ ROLES = [
     ("msg-server", "msg", "port"),
     ("db-proxy-server", "dbproxy", "port"),
     ("route-server", "route", "port"),
+    ("msfs", "msfs", "port"),
 ]
 
 

@@ -26,7 +26,7 @@ from imreactor.client import Client
 from imreactor.client.tls import client_context
 from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
-from imreactor.servers.suite import DEMO_PASSWORD
+from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout
 
 from .conftest import free_port_run, free_ports, scrape
 
@@ -34,7 +34,7 @@ from .conftest import free_port_run, free_ports, scrape
 def start_up(
     data_dir: Path, *extra: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], list[int], str]:
-    http, login, db, route = free_ports(4)
+    http, login, db, route, msfs = free_ports(5)
     msg = free_port_run(3)  # --msg-servers up to 3 take consecutive ports
     metrics = free_port_run(5)  # db_proxy, route_server, 3 msg_servers
     proc = subprocess.Popen(
@@ -57,6 +57,8 @@ def start_up(
             str(msg),
             "--metrics-port",
             str(metrics),
+            "--msfs-port",
+            str(msfs),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -114,7 +116,7 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
         # Every server's metrics URL is in the banner, and each serves its own role's
         # series, the loop's and the process's, with /healthz and /readyz beside it.
         urls = re.findall(r"metrics      (\S+)  \((\w+)\)", out)
-        expected = {"db_proxy_server", "login_server", *(
+        expected = {"db_proxy_server", "login_server", "msfs", *(
             ["msg_server"] if msg_servers == 1 else ["route_server", "msg_server1", "msg_server2"]
         )}  # fmt: skip
         assert {name for _, name in urls} == expected
@@ -308,7 +310,7 @@ def test_a_second_up_in_the_same_dir_is_refused_and_touches_nothing(tmp_path: Pa
 def test_the_servers_die_with_up_even_after_kill_9(tmp_path: Path) -> None:
     proc, _ports, _out = start_up(tmp_path)
     servers = children_of(proc.pid)
-    assert set(servers) == {"db-proxy-server", "login-server", "msg-server"}
+    assert set(servers) == {"db-proxy-server", "login-server", "msg-server", "msfs"}
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 20
@@ -355,3 +357,39 @@ def test_bad_options_are_refused(tmp_path: Path, args: list[str], expect: str) -
     )
     assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
     assert not (tmp_path / "imreactor.db").exists()  # nothing was started or created
+
+
+def test_up_starts_msfs_and_login_server_hands_out_its_url(tmp_path: Path) -> None:
+    # What a TeamTalk client does for a picture: ask login_server, POST the image to
+    # msfsPrior, put the url in a message; the receiver GETs it.
+    proc, (http, _msg), out = start_up(tmp_path)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/msg_server", timeout=10) as rsp:
+            answer = json.loads(rsp.read())
+        msfs_port = int((tmp_path / "msfs.toml").read_text().split("port = ")[1].split()[0])
+        expected = SuiteLayout(data_dir=tmp_path, msfs_port=msfs_port).msfs_url
+        assert answer["msfsPrior"] == answer["msfsBackup"] == expected
+        assert f"images       {expected} (msfs)" in out
+        image = b"GIF89a" + bytes(range(256))
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="x.gif"\r\n'
+                f"Content-Type: image/gif\r\n\r\n"
+            ).encode()
+            + image
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            answer["msfsPrior"],
+            body,
+            {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as rsp:
+            stored = json.loads(rsp.read())
+        assert stored["error_code"] == 0
+        with urllib.request.urlopen(stored["url"], timeout=10) as rsp:
+            assert rsp.read() == image
+        assert (tmp_path / "msfs" / stored["path"]).read_bytes() == image
+    finally:
+        stop_up(proc)

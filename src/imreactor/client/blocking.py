@@ -64,7 +64,9 @@ from .bridge import LoopBridge, fail, resolve
 from .catchup import CATCH_UP_MAX_PER_SESSION, HISTORY_PAGE, CatchUp, SessionKey, session_of
 from .crypto import TextCipher
 from .errors import ClientError, LoginRefused
-from .locate import locate_msg_server
+from .images import image_text
+from .locate import locate, locate_msg_server
+from .msfs import upload
 from .notifier import MessageCallback, Notifier, PushCallback, StatusCallback
 from .reconnect import DEFAULT_RECONNECT_DELAYS_S, Supervisor
 from .session import DEFAULT_WATCH_LIMIT, ClientSession
@@ -125,10 +127,13 @@ class Client:
         watch_limit: int = DEFAULT_WATCH_LIMIT,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
+        msfs_url: str = "",
     ) -> None:
         if watch_limit < 0:
             raise ValueError(f"watch_limit must be at least 0, not {watch_limit}")
         self.host = host
+        #: Where :meth:`send_image` uploads (login_server's msfsPrior; "" when unknown).
+        self.msfs_url = msfs_url
         #: Local address every connection of this client is bound to (None: the OS picks).
         self.source_host = source_host
         self.port = port
@@ -229,7 +234,8 @@ class Client:
         ``ssl``, an ``https://`` login_server is verified with the same context.
         """
         ctx = kw.get("ssl")
-        host, port = locate_msg_server(url, kw.get("timeout_s", 10.0), ssl=ctx)
+        host, port, msfs = locate(url, kw.get("timeout_s", 10.0), ssl=ctx)
+        kw.setdefault("msfs_url", msfs)
         if kw.get("reconnect"):
             kw.setdefault("login_url", url)
         return cls(host, port, **kw)
@@ -504,6 +510,18 @@ class Client:
     def send_text(self, to_session_id: int, text: str) -> Any:
         """Send a 1:1 text (see :meth:`encode_text`); returns the ack."""
         return self.send_message(to_session_id, self.encode_text(text))
+
+    def send_image(self, to_session_id: int, data: bytes, filename: str) -> Any:
+        """Upload ``data`` to :attr:`msfs_url` and send it as a TeamTalk image message.
+
+        ``filename`` gives the type (its extension). Returns the ack; raises
+        :class:`~imreactor.client.msfs.MsfsError` if msfs refuses the upload or
+        :class:`ClientError` when no msfs URL is known.
+        """
+        if not self.msfs_url:
+            raise ClientError("no msfs URL: log in via login_server or pass msfs_url")
+        url = upload(self.msfs_url, data, filename, self.timeout_s)
+        return self.send_text(to_session_id, image_text(url))
 
     def send_group_text(self, group_id: int, text: str) -> Any:
         """Send a text to a group this user is a member of; returns the ack.

@@ -57,6 +57,8 @@ from ..pdu.proto import im_buddy_pb2 as buddy
 from ..pdu.proto import im_group_pb2 as group_pb
 from ..pdu.proto import im_message_pb2 as msg_pb
 from .blocking import Client, ClientError, ClientStatus
+from .images import Image, image_text, segments
+from .msfs import MAX_DOWNLOAD_BYTES, MsfsError, upload
 from .tls import add_tls_arguments, tls_context
 
 if TYPE_CHECKING:
@@ -218,11 +220,13 @@ def resolve_user(users: Iterable[Any], name: str) -> Any:
 
 
 def text_of(client: Client, data: bytes) -> str:
-    """The text of ``msg_data``: decoded as the client's encoding, else as plain UTF-8."""
+    """The text of ``msg_data`` (decoded as the client's encoding, else as plain UTF-8),
+    with each image shown as ``[image URL]``."""
     try:
-        return client.decode_text(data)
+        text = client.decode_text(data)
     except ValueError:
-        return data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
+    return "".join(f"[image {s.url}]" if isinstance(s, Image) else s for s in segments(text))
 
 
 def _clock(ts: int, with_date: bool = False) -> str:
@@ -301,6 +305,7 @@ commands:
   /groups         your groups
   /newgroup NAME PEER[,PEER...]   create a group with these members and switch to it
   /history [N]    the last N messages here (default 20)
+  /send FILE      upload an image to msfs and send it here
   /who            contacts with presence and unread counts
   /recent         recent sessions with unread counts
   /help           this list
@@ -526,6 +531,28 @@ class Chat:
         self._refresh_groups()
         self.out(f"created group #{rsp.group_id} {name}")
         self._switch(base.SESSION_TYPE_GROUP, rsp.group_id)
+
+    def cmd_send(self, rest: str) -> None:
+        if not rest:
+            raise ChatError("usage: /send FILE")
+        if self.current is None:
+            raise ChatError("no conversation yet: /to NAME or /group ID first")
+        if not self.client.msfs_url:
+            raise ChatError("no image store: login_server gave no msfsPrior")
+        path = os.path.expanduser(rest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_DOWNLOAD_BYTES + 1)
+        except OSError as exc:
+            raise ChatError(f"cannot read {rest}: {exc.strerror}") from None
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            raise ChatError(f"{rest} is over {MAX_DOWNLOAD_BYTES} bytes")
+        try:
+            url = upload(self.client.msfs_url, data, os.path.basename(path), self.client.timeout_s)
+        except MsfsError as exc:
+            raise ChatError(f"not sent: {exc}") from None
+        self.send(image_text(url))
+        self.out(f"sent [image {url}]")
 
     def cmd_history(self, rest: str) -> None:
         if self.current is None:

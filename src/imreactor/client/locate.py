@@ -73,6 +73,15 @@ def locate_msg_server(
     answers garbage, has no msg_server to offer, or (with ``ssl``) offers one
     without TLS.
     """
+    host, port, _ = locate(url, timeout_s, ssl=ssl)
+    return host, port
+
+
+def locate(
+    url: str, timeout_s: float = 10.0, *, ssl: SSLContext | None = None
+) -> tuple[str, int, str]:
+    """:func:`locate_msg_server`, and the msfs URL of the answer (``msfsPrior``, else
+    ``msfsBackup``; ``""`` if it has neither)."""
     where = url.rstrip("/") + MSG_SERVER_PATH
     https = ssl if where.startswith("https:") else None
     try:
@@ -83,6 +92,8 @@ def locate_msg_server(
     except (OSError, ValueError) as exc:
         raise ClientError(f"bad answer from login_server at {url}: {exc}") from None
     try:
-        return msg_server_address(answer, url, tls=ssl is not None)
+        host, port = msg_server_address(answer, url, tls=ssl is not None)
     except LocateError as exc:
         raise ClientError(str(exc)) from None
+    msfs = answer.get("msfsPrior") or answer.get("msfsBackup") or ""
+    return host, port, msfs if isinstance(msfs, str) else ""

@@ -28,6 +28,7 @@ from typing import Any
 from ..config import ConfigError, dump, from_mapping
 from .dbproxy.config import DbProxyConfig
 from .login.config import LoginConfig
+from .msfs.config import MsfsConfig
 from .msg.config import MsgConfig
 from .route.config import RouteConfig
 
@@ -36,6 +37,7 @@ ROLES: dict[str, type[Any]] = {
     "msg": MsgConfig,
     "route": RouteConfig,
     "dbproxy": DbProxyConfig,
+    "msfs": MsfsConfig,
 }
 """Every server role with a configuration: role (its TOML table name) → its dataclass."""
 
@@ -44,6 +46,7 @@ ROLE_SERVERS = {
     "msg": "msg_server",
     "route": "route_server",
     "dbproxy": "db_proxy_server",
+    "msfs": "msfs",
 }
 """The original server each role's .conf file belongs to."""
 
@@ -390,4 +393,32 @@ def _dbproxy(conf: _Conf, result: Imported) -> None:
     )
 
 
-_IMPORTERS = {"login": _login, "msg": _msg, "route": _route, "dbproxy": _dbproxy}
+def _msfs(conf: _Conf, result: Imported) -> None:
+    t = result.table
+    if (entry := conf.get("ListenIP")) is not None:
+        t["listen_host"] = _listen_host(conf, entry, result)
+    if (entry := conf.get("ListenPort")) is not None:
+        t["port"] = conf.port(entry)
+    if (entry := conf.get("BaseDir")) is not None and entry.value:
+        t["store_dir"] = entry.value
+    _ignore(
+        conf,
+        result,
+        r"(FileCnt|FilesPerDir)\Z",
+        "files are named by their content hash in 256x256 directories; nothing is counted",
+    )
+    _ignore(
+        conf,
+        result,
+        r"(Get|Post)ThreadCount\Z",
+        "one pool of worker_threads serves uploads and downloads",
+    )
+
+
+_IMPORTERS = {
+    "login": _login,
+    "msg": _msg,
+    "route": _route,
+    "dbproxy": _dbproxy,
+    "msfs": _msfs,
+}

@@ -1,10 +1,11 @@
 """``imreactor up``: the whole suite on one machine, one process per server.
 
 Writes a configuration for every role into the data directory, starts
-db_proxy_server, login_server and msg_server(s) as child processes (each waits
-for the previous one's READY line), creates demo users on first start, prints
-where a client connects, and on Ctrl-C/SIGTERM stops the children in reverse
-order. If a child dies, the others are stopped too and ``up`` exits non-zero.
+db_proxy_server, msfs (the image store), login_server and msg_server(s) as
+child processes (each waits for the previous one's READY line), creates demo
+users on first start, prints where a client connects, and on Ctrl-C/SIGTERM
+stops the children in reverse order. If a child dies, the others are stopped
+too and ``up`` exits non-zero.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--msg-port", type=_port, default=8000, help="first msg_server's client port")
     ap.add_argument("--db-port", type=_port, default=10600, help="db_proxy_server port")
     ap.add_argument("--route-port", type=_port, default=8200, help="route_server port")
+    ap.add_argument("--msfs-port", type=_port, default=8700, help="msfs (image store) port")
     ap.add_argument(
         "--msg-servers",
         type=_count,
@@ -123,6 +125,12 @@ class SuiteLayout:
     link_auth: bool = True
     tls_ports: list[int] = field(default_factory=list)
     metrics_port: int = 0
+    msfs_port: int = 8700
+
+    @property
+    def msfs_url(self) -> str:
+        """Where clients upload images: login_server hands it out as msfsPrior/msfsBackup."""
+        return f"http://{self.host}:{self.msfs_port}/"
 
     @property
     def pki_dir(self) -> Path:
@@ -150,12 +158,16 @@ class SuiteLayout:
                 }
                 for i, port in enumerate(self.route_ports, 1)
             },
+            # Files under <data_dir>/msfs: servers run with the data directory as cwd.
+            "msfs": {"msfs": {"listen_host": h, "port": self.msfs_port, "store_dir": "msfs"}},
             "login_server": {
                 "login": {
                     "listen_host": h,
                     "http_port": self.http_port,
                     "msg_server_port": self.login_port,
                     "client_port": 0,
+                    "msfs_prior": self.msfs_url,
+                    "msfs_backup": self.msfs_url,
                 }
             },
         }
@@ -194,13 +206,15 @@ class SuiteLayout:
                 "link_cert_file": str(link.cert),
                 "link_key_file": str(link.key),
             }
-        others = [name for name in files if name != "login_server"]
+        # login_server and msfs serve /metrics on their own HTTP ports.
+        others = [name for name in files if name not in ("login_server", "msfs")]
         for i, name in enumerate(others if self.metrics_port else []):
             for table in files[name].values():
                 table["http_port"] = self.metrics_port + i
         for tables in files.values():
             for role, table in tables.items():
-                table.update(link_keys)
+                if role != "msfs":  # msfs has no links to other servers, only HTTP clients
+                    table.update(link_keys)
                 table.update(self.overrides.get(role, {}))
         return files
 
@@ -214,6 +228,7 @@ class SuiteLayout:
                         "https" if name == "login_server" and table.get("cert_file") else "http"
                     )
                     urls[name] = f"{scheme}://{self.host}:{table['http_port']}/metrics"
+        urls["msfs"] = f"{self.msfs_url}metrics"  # on its one HTTP port
         return urls
 
     def write(self) -> dict[str, Path]:
@@ -282,6 +297,7 @@ _ROLES = {
     "login_server": "login-server",
     "route_server": "route-server",
     "msg_server": "msg-server",
+    "msfs": "msfs",
 }
 
 
@@ -450,6 +466,7 @@ def _run(args: argparse.Namespace) -> int:
         database=args.database or "",
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
         metrics_port=args.metrics_port,
+        msfs_port=args.msfs_port,
     )
     # Before anything is written: a suite running here keeps its files, and a port
     # someone holds is named as such instead of failing one server's start.
@@ -478,6 +495,7 @@ def _banner(layout: SuiteLayout) -> str:
         f"  database     {_redacted(layout.database_url)}",
         f"  clients ask  {login_url}/msg_server",
         f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
+        f"  images       {layout.msfs_url} (msfs)",
     ]
     if layout.tls_ports:
         tls = ", ".join(f"{h}:{p}" for p in layout.tls_ports)
