@@ -152,10 +152,12 @@ def start_suite(
     msg_servers: int = 1,
     tls: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
+    redis: str = "",
 ) -> RunningSuite:
     """Start a suite on free ports in ``data_dir`` with the demo users; the caller stops it.
 
-    ``msg_servers > 1`` adds a route_server; ``tls`` gives every msg_server a TLS listener.
+    ``msg_servers > 1`` adds a route_server, unless ``redis`` (a URL) makes them use the
+    Redis fabric; ``tls`` gives every msg_server a TLS listener.
     """
     http, login, db, route, *ports = free_ports(4 + msg_servers * (2 if tls else 1))
     layout = SuiteLayout(
@@ -164,10 +166,11 @@ def start_suite(
         login_port=login,
         msg_ports=ports[:msg_servers],
         db_port=db,
-        route_ports=[route] if msg_servers > 1 else [],
+        route_ports=[route] if msg_servers > 1 and not redis else [],
         database=database,
         tls_ports=ports[msg_servers:],
         overrides=overrides or {},
+        redis=redis,
     )
     create_demo_users(layout.database_url)
     suite = RunningSuite(layout)
@@ -181,13 +184,16 @@ def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
     started: list[RunningSuite] = []
 
     def make(
-        overrides: dict[str, dict[str, Any]] | None = None, msg_servers: int = 1
+        overrides: dict[str, dict[str, Any]] | None = None,
+        msg_servers: int = 1,
+        redis: str = "",
     ) -> RunningSuite:
         suite = start_suite(
             tmp_path / f"suite{len(started)}",
             database,
             msg_servers=msg_servers,
             overrides=overrides,
+            redis=redis,
         )
         started.append(suite)
         return suite

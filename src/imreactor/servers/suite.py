@@ -105,6 +105,8 @@ class SuiteLayout:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     link_auth: bool = True
     tls_ports: list[int] = field(default_factory=list)
+    #: A Redis URL: the msg_servers use the Redis fabric (then ``route_ports`` stays empty).
+    redis: str = ""
 
     @property
     def pki_dir(self) -> Path:
@@ -158,6 +160,7 @@ class SuiteLayout:
                     "login_servers": [f"{h}:{self.login_port}"],
                     "db_proxies": [f"{h}:{self.db_port}"],
                     "route_servers": [f"{h}:{p}" for p in self.route_ports],
+                    "redis": self.redis,
                     # Peers on one machine come back fast: retry sooner than across a network.
                     "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
                 }
