@@ -28,6 +28,7 @@ from .. import pki
 from ..accounts import create_users, data_dir_database
 from ..config import dump
 from ..net.connection import is_port
+from ..redis import RedisProcess, parse_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--msg-servers",
         type=_count,
         default=1,
-        help="msg_servers to run (more than 1 adds a route_server; ports from --msg-port up)",
+        help="msg_servers to run (more than 1 adds a route_server unless --redis; ports from"
+        " --msg-port up)",
     )
     ap.add_argument("--database", default=None, help="storage URL (default: SQLite in data dir)")
     ap.add_argument("--no-demo-users", action="store_true", help="do not create demo users")
@@ -73,6 +75,29 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         " certificate are made in <data-dir>/pki and the CA's path printed for clients",
     )
     ap.add_argument("--tls-port", type=_port, default=8443, help="first msg_server's TLS port")
+    ap.add_argument(
+        "--redis",
+        nargs="?",
+        const=PRIVATE_REDIS,
+        default=None,
+        metavar="URL",
+        help="msg_servers reach each other through Redis instead of a route_server: the one"
+        " at URL (redis://host:port/db), or without URL a private redis-server started in"
+        " <data-dir>/redis and stopped on exit",
+    )
+
+
+#: ``--redis`` without a URL: start a private redis-server.
+PRIVATE_REDIS = "private"
+
+
+def _redis_url(text: str) -> str:
+    """``--redis URL`` checked where it is read (argparse's type= would fire on ``const``)."""
+    try:
+        parse_redis_url(text)
+    except ValueError as exc:
+        raise SystemExit(f"imreactor up: --redis: {exc}") from None
+    return text
 
 
 @dataclass
@@ -302,16 +327,35 @@ def create_demo_users(database: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    private_redis: RedisProcess | None = None
+    redis_url = ""
+    if args.redis == PRIVATE_REDIS:
+        private_redis = RedisProcess(data_dir / "redis")
+        private_redis.start()
+        redis_url = private_redis.url
+        print(f"private redis-server at {redis_url} (files in {private_redis.directory})")
+    elif args.redis is not None:
+        redis_url = _redis_url(args.redis)
+    try:
+        return _run(args, data_dir, redis_url)
+    finally:
+        if private_redis is not None:
+            private_redis.stop()
+
+
+def _run(args: argparse.Namespace, data_dir: Path, redis_url: str) -> int:
     layout = SuiteLayout(
-        data_dir=Path(args.data_dir).resolve(),
+        data_dir=data_dir,
         host=args.host,
         http_port=args.http_port,
         login_port=args.login_port,
         msg_ports=[args.msg_port + i for i in range(args.msg_servers)],
         db_port=args.db_port,
-        route_ports=[args.route_port] if args.msg_servers > 1 else [],
+        route_ports=[args.route_port] if args.msg_servers > 1 and not redis_url else [],
         database=args.database or "",
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
+        redis=redis_url,
     )
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_demo_users:
