@@ -198,7 +198,7 @@ def test_restarted_route_server_gets_users_again(cluster: RunningSuite, fabric: 
 
 @pytest.mark.parametrize("group", [False, True])
 def test_concurrent_senders_across_servers_stay_in_msg_id_order(
-    make_suite: SuiteFactory, group: bool
+    make_suite: SuiteFactory, group: bool, fabric: str, request: pytest.FixtureRequest
 ) -> None:
     # Senders of one conversation on different msg_servers store through different
     # db_proxy links and reach others by different paths; every connection must
@@ -206,7 +206,10 @@ def test_concurrent_senders_across_servers_stay_in_msg_id_order(
     from imreactor.accounts import create_users
     from imreactor.client.load import LoadOptions, run_load
 
-    suite = make_suite({"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}, msg_servers=3)
+    redis = request.getfixturevalue("redis_server").url if fabric == "redis" else ""
+    suite = make_suite(
+        {"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}, msg_servers=3, redis=redis
+    )
     create_users(suite.layout.database_url, [f"load{i}" for i in range(12)], "pw")
     servers = [f"127.0.0.1:{p}" for p in suite.layout.msg_ports]
     if group:
