@@ -1,4 +1,5 @@
-"""Shared fixtures: a SQLite file and a PostgreSQL database (a private server per session)."""
+"""Shared fixtures: a SQLite file, a PostgreSQL database (a private server per session) and a
+private Redis (a ``redis-server`` per test, in its temp dir, on a free port)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from pg import PostgresServer, PostgresUnavailable
+
+from imreactor.redis import RedisProcess, RedisUnavailable
 
 
 @pytest.fixture
@@ -31,3 +34,15 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """URL of a new, empty database on the session's server."""
     return postgres_server.create_database()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A started ``redis-server`` of this test alone (durable: a restart keeps its data),
+    stopped after it. A missing binary FAILS the test (CI installs 'redis-server')."""
+    try:
+        server = RedisProcess(tmp_path / "redis")
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server

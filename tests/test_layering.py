@@ -33,6 +33,7 @@ RULES = [
     Rule("net", allowed=("net",), why="the reactor knows nothing above it"),
     Rule("pdu", allowed=("net", "pdu"), why="the wire sits on the reactor only"),
     Rule("http", allowed=("net", "http"), why="HTTP on the reactor knows no IM"),
+    Rule("redis", allowed=("net", "redis"), why="the Redis client on the reactor knows no IM"),
     Rule("storage", allowed=("storage", "pdu"), why="storage knows nothing of servers"),
     Rule("accounts", allowed=("accounts", "pdu", "storage"), why="the tools' door to storage"),
     Rule(

@@ -174,11 +174,13 @@ def start_suite(
     tls: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
     offered: bool = True,
+    redis: str = "",
 ) -> RunningSuite:
     """Start a suite on free ports in ``data_dir`` with the demo users; the caller stops it.
 
-    ``msg_servers > 1`` adds a route_server; ``tls`` gives every msg_server a TLS listener;
-    ``offered``: see :meth:`RunningSuite.start`.
+    ``msg_servers > 1`` adds a route_server, unless ``redis`` (a URL) makes them use the
+    Redis fabric; ``tls`` gives every msg_server a TLS listener; ``offered``: see
+    :meth:`RunningSuite.start`.
     """
     http, login, db, route, msfs, *ports = free_ports(5 + msg_servers * (2 if tls else 1))
     layout = SuiteLayout(
@@ -187,11 +189,12 @@ def start_suite(
         login_port=login,
         msg_ports=ports[:msg_servers],
         db_port=db,
-        route_ports=[route] if msg_servers > 1 else [],
+        route_ports=[route] if msg_servers > 1 and not redis else [],
         database=database,
         tls_ports=ports[msg_servers:],
         overrides=overrides or {},
         msfs_port=msfs,
+        redis=redis,
     )
     create_demo_users(layout.database_url)
     suite = RunningSuite(layout)
@@ -208,6 +211,7 @@ def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
         overrides: dict[str, dict[str, Any]] | None = None,
         msg_servers: int = 1,
         offered: bool = True,
+        redis: str = "",
     ) -> RunningSuite:
         suite = start_suite(
             tmp_path / f"suite{len(started)}",
@@ -215,6 +219,7 @@ def make_suite(database: str, tmp_path: Path) -> Iterator[SuiteFactory]:
             msg_servers=msg_servers,
             overrides=overrides,
             offered=offered,
+            redis=redis,
         )
         started.append(suite)
         return suite

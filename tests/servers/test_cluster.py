@@ -1,6 +1,7 @@
-"""Several msg_servers behind login_server, relayed by route_server (real processes).
+"""Several msg_servers behind login_server, relayed by route_server or Redis (real processes).
 
-Three msg_servers and one route_server on SQLite and PostgreSQL: clients spread
+Three msg_servers and one route_server (or one redis-server: the ``fabric`` parameter)
+on SQLite and PostgreSQL: clients spread
 by login_server; 1:1 and group messages across servers arrive exactly once and
 in msg_id order; a duplicate login on another server kicks the older
 connection; presence is cluster-wide (for subscribers); a msg_server killed with SIGKILL loses
@@ -22,14 +23,30 @@ from imreactor.pdu.proto import im_buddy_pb2 as buddy
 from imreactor.pdu.proto import im_group_pb2 as group_pb
 from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.redis import RedisProcess
 from imreactor.servers.suite import DEMO_PASSWORD
 
 from .conftest import RunningSuite, SuiteFactory
 
+#: Short, so that the tests about a dead msg_server's users do not wait long.
+REDIS_TTL_S = 3.0
+
+
+@pytest.fixture(params=["route", "redis"])
+def fabric(request: pytest.FixtureRequest) -> str:
+    """How the msg_servers reach each other: a route_server, or the Redis fabric."""
+    name: str = request.param
+    return name
+
 
 @pytest.fixture
-def cluster(make_suite: SuiteFactory) -> RunningSuite:
-    return make_suite(msg_servers=3)
+def cluster(make_suite: SuiteFactory, fabric: str, request: pytest.FixtureRequest) -> RunningSuite:
+    if fabric == "route":
+        return make_suite(msg_servers=3)
+    redis: RedisProcess = request.getfixturevalue("redis_server")
+    return make_suite(
+        {"msg": {"redis_presence_ttl_s": REDIS_TTL_S}}, msg_servers=3, redis=redis.url
+    )
 
 
 def received(c: Client, wait_s: float = 0.5) -> list[msg_pb.IMMsgData]:
@@ -158,7 +175,9 @@ def test_killed_msg_server_loses_nothing_acknowledged(cluster: RunningSuite) -> 
     assert again.unread().total_cnt == 15
 
 
-def test_restarted_route_server_gets_users_again(cluster: RunningSuite) -> None:
+def test_restarted_route_server_gets_users_again(cluster: RunningSuite, fabric: str) -> None:
+    if fabric != "route":
+        pytest.skip("route_server only (Redis restarts: test_redis_cluster.py)")
     alice = cluster.login("alice", server=0)
     bob = cluster.login("bob", server=1)
     alice.send_text(bob.user_id, "before")
@@ -179,7 +198,7 @@ def test_restarted_route_server_gets_users_again(cluster: RunningSuite) -> None:
 
 @pytest.mark.parametrize("group", [False, True])
 def test_concurrent_senders_across_servers_stay_in_msg_id_order(
-    make_suite: SuiteFactory, group: bool
+    make_suite: SuiteFactory, group: bool, fabric: str, request: pytest.FixtureRequest
 ) -> None:
     # Senders of one conversation on different msg_servers store through different
     # db_proxy links and reach others by different paths; every connection must
@@ -187,7 +206,10 @@ def test_concurrent_senders_across_servers_stay_in_msg_id_order(
     from imreactor.accounts import create_users
     from imreactor.client.load import LoadOptions, run_load
 
-    suite = make_suite({"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}, msg_servers=3)
+    redis = request.getfixturevalue("redis_server").url if fabric == "redis" else ""
+    suite = make_suite(
+        {"msg": {"msg_rate_per_s": 100000.0, "msg_burst": 100000}}, msg_servers=3, redis=redis
+    )
     create_users(suite.layout.database_url, [f"load{i}" for i in range(12)], "pw")
     servers = [f"127.0.0.1:{p}" for p in suite.layout.msg_ports]
     if group:

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +27,8 @@ from imreactor.client import Client
 from imreactor.client.tls import client_context
 from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.redis import RedisProcess
+from imreactor.redis.process import ping
 from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout
 
 from .conftest import free_port_run, free_ports, scrape
@@ -393,3 +396,39 @@ def test_up_starts_msfs_and_login_server_hands_out_its_url(tmp_path: Path) -> No
         assert (tmp_path / "msfs" / stored["path"]).read_bytes() == image
     finally:
         stop_up(proc)
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["private", "url"])
+def test_up_with_redis_relays_through_it(tmp_path: Path, given: bool, request: Any) -> None:
+    extra = ["--msg-servers", "2", "--redis"]
+    if given:
+        redis: RedisProcess = request.getfixturevalue("redis_server")
+        extra.append(redis.url)
+    proc, (http, _msg), out = start_up(tmp_path / "data", *extra)
+    try:
+        assert not (tmp_path / "data" / "route_server.toml").exists()
+        assert "redis = " in (tmp_path / "data" / "msg_server1.toml").read_text()
+        alice, bob = login(http, "alice"), login(http, "bob")
+        ack = alice.send_text(bob.user_id, "over redis")
+        got = bob.wait_for(msg_pb.IMMsgData, 10)
+        assert (got.msg_id, got.msg_data) == (ack.msg_id, b"over redis")
+        alice.close()
+        bob.close()
+    finally:
+        stop_up(proc)
+    if not given:
+        conf = (tmp_path / "data" / "redis" / "redis.conf").read_text()
+        port = int(conf.split("\nport ")[1].split()[0])
+        assert f"private redis-server at redis://127.0.0.1:{port}/0" in out
+        assert not ping(port), "the private redis-server outlived imreactor up"
+
+
+def test_up_refuses_a_bad_redis_url(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "imreactor", "up", "--data-dir", str(tmp_path), "--redis", "x://y"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0 and "not redis://" in proc.stderr, proc.stderr
+    assert not (tmp_path / "imreactor.db").exists()

@@ -37,6 +37,7 @@ from .. import pki
 from ..accounts import create_users, data_dir_database, remember_database
 from ..config import dump
 from ..net.connection import is_port
+from ..redis import RedisProcess, parse_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--msg-servers",
         type=_count,
         default=1,
-        help="msg_servers to run (more than 1 adds a route_server; ports from --msg-port up)",
+        help="msg_servers to run (more than 1 adds a route_server unless --redis; ports from"
+        " --msg-port up)",
     )
     ap.add_argument("--database", default=None, help="storage URL (default: SQLite in data dir)")
     ap.add_argument("--no-demo-users", action="store_true", help="do not create demo users")
@@ -90,6 +92,29 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="first port of the other servers' /metrics, /healthz, /readyz (login_server"
         " serves them on --http-port); one per server from here up",
     )
+    ap.add_argument(
+        "--redis",
+        nargs="?",
+        const=PRIVATE_REDIS,
+        default=None,
+        metavar="URL",
+        help="msg_servers reach each other through Redis instead of a route_server: the one"
+        " at URL (redis://host:port/db), or without URL a private redis-server started in"
+        " <data-dir>/redis and stopped on exit",
+    )
+
+
+#: ``--redis`` without a URL: start a private redis-server.
+PRIVATE_REDIS = "private"
+
+
+def _redis_url(text: str) -> str:
+    """``--redis URL`` checked where it is read (argparse's type= would fire on ``const``)."""
+    try:
+        parse_redis_url(text)
+    except ValueError as exc:
+        raise SystemExit(f"imreactor up: --redis: {exc}") from None
+    return text
 
 
 @dataclass
@@ -124,6 +149,8 @@ class SuiteLayout:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     link_auth: bool = True
     tls_ports: list[int] = field(default_factory=list)
+    #: A Redis URL: the msg_servers use the Redis fabric (then ``route_ports`` stays empty).
+    redis: str = ""
     metrics_port: int = 0
     msfs_port: int = 8700
 
@@ -188,6 +215,7 @@ class SuiteLayout:
                     "login_servers": [f"{h}:{self.login_port}"],
                     "db_proxies": [f"{h}:{self.db_port}"],
                     "route_servers": [f"{h}:{p}" for p in self.route_ports],
+                    "redis": self.redis,
                     # Peers on one machine come back fast: retry sooner than across a network.
                     "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
                 }
@@ -455,6 +483,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    redis_url = "" if args.redis in (None, PRIVATE_REDIS) else _redis_url(args.redis)
+    private = args.redis == PRIVATE_REDIS
     layout = SuiteLayout(
         data_dir=Path(args.data_dir).resolve(),
         host=args.host,
@@ -462,11 +492,12 @@ def _run(args: argparse.Namespace) -> int:
         login_port=args.login_port,
         msg_ports=[args.msg_port + i for i in range(args.msg_servers)],
         db_port=args.db_port,
-        route_ports=[args.route_port] if args.msg_servers > 1 else [],
+        route_ports=[args.route_port] if args.msg_servers > 1 and args.redis is None else [],
         database=args.database or "",
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
         metrics_port=args.metrics_port,
         msfs_port=args.msfs_port,
+        redis=redis_url,
     )
     # Before anything is written: a suite running here keeps its files, and a port
     # someone holds is named as such instead of failing one server's start.
@@ -477,7 +508,17 @@ def _run(args: argparse.Namespace) -> int:
             # Remembered, so that the next `up` and every admin command given this data
             # dir use the same database without being told again.
             remember_database(layout.data_dir, layout.database)
-        return _supervise(layout, args)
+        private_redis: RedisProcess | None = None
+        if private:
+            private_redis = RedisProcess(layout.data_dir / "redis")
+            private_redis.start()
+            layout.redis = private_redis.url
+            print(f"private redis-server at {layout.redis} (files in {private_redis.directory})")
+        try:
+            return _supervise(layout, args)
+        finally:
+            if private_redis is not None:
+                private_redis.stop()
     finally:
         lock.close()
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...config import ConfigError, check_addresses, check_host, check_minimums, check_pair, option
+from ...redis.url import parse_redis_url
 from ..linkauth import LinkSecurity
+
+
+def check_redis_url(key: str, value: str) -> None:
+    """Empty (no Redis fabric) or a ``redis://`` URL that parses."""
+    if value:
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+
 
 #: The values of ``presence``: who gets an ``IMUserStatNotify`` (docs/servers.md, "Presence").
 PRESENCE_MODES = ("subscribed", "broadcast")
@@ -35,6 +46,25 @@ class MsgConfig(LinkSecurity):
     )
     route_servers: list[str] = option(
         [], "route_server addresses (empty: single server)", check=check_addresses
+    )
+    # The Redis fabric (servers/msg/redis_fabric.py; docs/servers.md, "The Redis fabric").
+    redis: str = option(
+        "",
+        'Redis of the Redis fabric, "redis://[:password@]host:port/db": presence and relay'
+        " across msg_servers without route_server (empty: none; not with route_servers)",
+        check=check_redis_url,
+    )
+    redis_node: str = option(
+        "", "this msg_server's name in Redis, unique in the cluster (empty: ip1:port)"
+    )
+    redis_presence_ttl_s: float = option(
+        15.0,
+        "with redis: the heartbeat key's lifetime; the users of a msg_server that stopped"
+        " renewing it count as offline after this long and are reported so within a third more",
+    )
+    redis_timeout_s: float = option(5.0, "with redis: a command not answered in this long fails")
+    redis_stream_max: int = option(
+        100_000, "with redis: entries a msg_server's relay stream keeps at most (trimmed)"
     )
     login_timeout_s: float = option(15.0, "close a connection not logged in after this long")
     client_timeout_s: float = option(120.0, "close a desktop client silent for this long")
@@ -119,8 +149,14 @@ class MsgConfig(LinkSecurity):
                 "max_subscriptions": 0,
                 "msg_rate_per_s": 0.001,
                 "msg_burst": 1,
+                "redis_presence_ttl_s": 1.0,
+                "redis_stream_max": 100,
             },
         )
+        if self.redis and self.route_servers:
+            raise ConfigError("msg.redis: a cluster relays through Redis or route_server, not both")
+        if "|" in self.redis_node:
+            raise ConfigError(f"msg.redis_node: must not contain '|', got {self.redis_node!r}")
         # from_mapping checks types; which strings are modes is ours to check.
         if self.presence not in PRESENCE_MODES:
             raise ConfigError(

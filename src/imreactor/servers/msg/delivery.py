@@ -147,7 +147,7 @@ class Delivery:
                     conn.send(ack, seq)
             if group is None:
                 self.deliver_msg(rsp, (rsp.to_session_id, rsp.from_user_id), exclude=conn)
-                self.server.relay.to_route(rsp)
+                self.server.relay.forward(rsp)
             else:
                 members = sorted(group.members)
                 self.deliver_msg(rsp, members, exclude=conn)
@@ -157,7 +157,7 @@ class Delivery:
                 relay = msg_pb.IMMsgData()
                 relay.CopyFrom(rsp)
                 relay.attach_data = struct.pack(f">{len(members)}I", *members)
-                self.server.relay.to_route(relay)
+                self.server.relay.forward(relay)
             stats.delivery_latency.observe(stats.loop.time() - received)
 
         db.request(
@@ -217,7 +217,7 @@ class Delivery:
             session_type=msg.session_type,
         )
         self.deliver(notify, conn.user_id, exclude=conn)
-        self.server.relay.to_route(notify)
+        self.server.relay.forward(notify)
 
     def _on_client_time(self, conn: ClientConn, msg: msg_pb.IMClientTimeReq, seq: int) -> None:
         conn.send(msg_pb.IMClientTimeRsp(server_time=int(time.time())), seq)
@@ -225,7 +225,7 @@ class Delivery:
     def _on_p2p_cmd(self, conn: ClientConn, msg: switch_pb.IMP2PCmdMsg, seq: int) -> None:
         msg.from_user_id = conn.user_id
         self.deliver(msg, msg.to_user_id)
-        self.server.relay.to_route(msg)
+        self.server.relay.forward(msg)
 
     def _on_change_sign_info(
         self, conn: ClientConn, msg: buddy.IMChangeSignInfoReq, seq: int
@@ -313,7 +313,7 @@ class Delivery:
     def _group_changed(self, conn: ClientConn, notify: Any) -> None:
         """Tell current and removed members here, and the other servers through route."""
         self.notify_group_members(notify, exclude=conn)
-        self.server.relay.to_route(notify)
+        self.server.relay.forward(notify)
 
     def notify_group_members(self, notify: Any, exclude: ClientConn | None = None) -> None:
         for uid in set(notify.cur_user_id_list) | set(notify.chg_user_id_list):

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ...net import ConnState
 from ...pdu.imconn import Dispatcher, encode_message
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
@@ -72,10 +71,9 @@ class Presence:
         #: Entries of :attr:`watchers` with no connection left (route_server still has them).
         self._idle_watches = 0
 
-    def register(self, clients: Dispatcher[ClientConn], routes: Dispatcher[Link]) -> None:
-        """Serve status requests from clients and status notifies from route_server."""
+    def register(self, clients: Dispatcher[ClientConn]) -> None:
+        """Serve status requests from clients (notifies from peers: :meth:`relayed_stat_notify`)."""
         clients.register(buddy.IMUsersStatReq, self._on_users_stat)
-        routes.register(buddy.IMUserStatNotify, self._from_route_stat_notify)
 
     def notify_status(self, user_id: int, status: int) -> None:
         """A transition this server saw itself (no route_server): tell who must know."""
@@ -116,7 +114,7 @@ class Presence:
             if entry is None:
                 # Alone, this server knows the status; with route_server, its answer will.
                 status = 0
-                if not self.server.route.configured:
+                if not self.server.relay.clustered:
                     online = user_id in self.server.users
                     status = base.USER_STATUS_ONLINE if online else base.USER_STATUS_OFFLINE
                 entry = self.watchers[user_id] = Watch(status)
@@ -214,23 +212,7 @@ class Presence:
                 # Every route_server, not one: any of them may be the one that stays up.
                 for link in self.server.route.live:
                     self.watch_to_route(link, added, replace=False)
-        route = self.server.route.pick()
-        if route is not None:
-            # Presence is cluster-wide: route_server knows every msg_server's users.
-            msg.user_id = conn.user_id
-            msg.attach_data = conn.attach()
-
-            def answered(rsp: buddy.IMUsersStatRsp | None, exc: BaseException | None) -> None:
-                if rsp is not None and conn.conn.state is ConnState.CONNECTED:
-                    rsp.ClearField("attach_data")
-                    conn.send(rsp, seq)
-
-            route.request(
-                msg,
-                answered,
-                timeout_s=self.server.config.db_timeout_s,
-                response=buddy.IMUsersStatRsp,
-            )
+        if self.server.relay.users_status(conn, msg, seq):
             return
         rsp = buddy.IMUsersStatRsp(user_id=conn.user_id)
         for uid in msg.user_id_list:
@@ -241,7 +223,8 @@ class Presence:
             )
         conn.send(rsp, seq)
 
-    def _from_route_stat_notify(self, link: Link, msg: buddy.IMUserStatNotify, seq: int) -> None:
+    def relayed_stat_notify(self, msg: buddy.IMUserStatNotify) -> None:
+        """A cluster-wide transition, as the fabric announced it."""
         if self.subscribed:
             self.watched_status(msg.user_stat.user_id, msg.user_stat.status)
         else:

@@ -1,29 +1,28 @@
-"""msg_server's side of route_server: what it tells route_server and what it hears back.
+"""The route_server fabric: what msg_server tells route_server and what it hears back.
 
 Every (re)connect announces this server's online users (route_server forgot them when
 the link dropped) and, with subscribed presence, the users watched here. Messages,
 read receipts, p2p commands, kicks and group changes for users elsewhere travel once,
-through one live route_server; what route_server relays here is delivered to the
-connections of this server. Loop thread only.
+through one live route_server; what route_server relays here goes through
+:meth:`Fabric.inbound <.fabric.Fabric.inbound>` like every fabric's. Loop thread only.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
+from ...net import ConnState
 from ...pdu.imconn import Dispatcher
-from ...pdu.kinds import GROUP_MSG_TYPES, is_mobile
 from ...pdu.proto import im_base_define_pb2 as base
-from ...pdu.proto import im_group_pb2 as group_pb
-from ...pdu.proto import im_message_pb2 as msg_pb
+from ...pdu.proto import im_buddy_pb2 as buddy
 from ...pdu.proto import im_server_pb2 as server_pb
-from ...pdu.proto import im_switch_service_pb2 as switch_pb
 from ..links import Link
 from .client import ClientConn
+from .fabric import Fabric, Inbound
 
 if TYPE_CHECKING:
     from .server import MsgServer
@@ -31,20 +30,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class Relay:
+def _from_link(handler: Inbound) -> Callable[[Link, Any, int], None]:
+    def on_link(link: Link, message: Any, seq: int) -> None:
+        handler(message)
+
+    return on_link
+
+
+class Relay(Fabric):
     """One msg_server's traffic to and from route_server (this module's docstring)."""
 
     def __init__(self, server: MsgServer) -> None:
-        self.server = server
+        super().__init__(server)
         self.master = False  #: route_server's IMRoleSet
+
+    @property
+    def clustered(self) -> bool:
+        return self.server.route.configured
+
+    @property
+    def ready(self) -> bool:
+        route = self.server.route
+        return not route.configured or bool(route.live)
 
     def register(self, routes: Dispatcher[Link]) -> None:
         """Serve what route_server relays to this server."""
-        routes.register(msg_pb.IMMsgData, self._from_route_msg)
-        routes.register(msg_pb.IMMsgDataReadNotify, self._from_route_read_notify)
-        routes.register(switch_pb.IMP2PCmdMsg, self._from_route_p2p)
-        routes.register(server_pb.IMServerKickUser, self._from_route_kick)
-        routes.register(group_pb.IMGroupChangeMemberNotify, self._from_route_group_change)
+        for message, handler in self.inbound().items():
+            routes.register(message, _from_link(handler))
         routes.register(server_pb.IMRoleSet, self._from_route_role)
 
     def announce(self, link: Link) -> None:
@@ -65,7 +77,7 @@ class Relay:
                 link, list(self.server.presence.watchers), replace=True
             )
 
-    def status_to_route(self, conn: ClientConn, status: int) -> None:
+    def status_changed(self, conn: ClientConn, status: int) -> None:
         self.server.route.broadcast(
             server_pb.IMUserStatusUpdate(
                 user_status=status,
@@ -74,52 +86,33 @@ class Relay:
             )
         )
 
-    def to_route(self, message: Message) -> None:
+    def forward(self, message: Message) -> None:
         """Relay through one live route_server (each message must travel once)."""
         link = self.server.route.pick()
         if link is not None:
             link.send(message, partial=True)
-            self.server.stats.relayed.inc("out", type(message).__name__)
+            self.count_out(message)
 
-    def _relayed_in(self, message: Message) -> None:
-        self.server.stats.relayed.inc("in", type(message).__name__)
+    def users_status(self, conn: ClientConn, msg: buddy.IMUsersStatReq, seq: int) -> bool:
+        route = self.server.route.pick()
+        if route is None:
+            return False
+        # Presence is cluster-wide: route_server knows every msg_server's users.
+        msg.user_id = conn.user_id
+        msg.attach_data = conn.attach()
 
-    def _from_route_msg(self, link: Link, msg: msg_pb.IMMsgData, seq: int) -> None:
-        self._relayed_in(msg)
-        if msg.msg_type in GROUP_MSG_TYPES:
-            data = msg.attach_data
-            members = struct.unpack(f">{len(data) // 4}I", data[: len(data) // 4 * 4])
-            msg.ClearField("attach_data")
-            self.server.delivery.deliver_msg(msg, members)
-        else:
-            msg.ClearField("attach_data")
-            self.server.delivery.deliver_msg(msg, (msg.to_session_id, msg.from_user_id))
+        def answered(rsp: buddy.IMUsersStatRsp | None, exc: BaseException | None) -> None:
+            if rsp is not None and conn.conn.state is ConnState.CONNECTED:
+                rsp.ClearField("attach_data")
+                conn.send(rsp, seq)
 
-    def _from_route_read_notify(
-        self, link: Link, msg: msg_pb.IMMsgDataReadNotify, seq: int
-    ) -> None:
-        self._relayed_in(msg)
-        self.server.delivery.deliver(msg, msg.user_id)
-
-    def _from_route_p2p(self, link: Link, msg: switch_pb.IMP2PCmdMsg, seq: int) -> None:
-        self._relayed_in(msg)
-        self.server.delivery.deliver(msg, msg.to_user_id)
-
-    def _from_route_kick(self, link: Link, msg: server_pb.IMServerKickUser, seq: int) -> None:
-        self._relayed_in(msg)
-        conns = self.server.users.get(msg.user_id)
-        if conns is None:
-            return
-        older = conns.mobile if is_mobile(msg.client_type) else conns.desktop
-        if older is not None:
-            self.server.sessions.kick(older, msg.reason or base.KICK_REASON_DUPLICATE_USER)
-
-    def _from_route_group_change(
-        self, link: Link, msg: group_pb.IMGroupChangeMemberNotify, seq: int
-    ) -> None:
-        self._relayed_in(msg)
-        self.server.groups.invalidate(msg.group_id)
-        self.server.delivery.notify_group_members(msg)  # route_server relayed it: nothing goes back
+        route.request(
+            msg,
+            answered,
+            timeout_s=self.server.config.db_timeout_s,
+            response=buddy.IMUsersStatRsp,
+        )
+        return True
 
     def _from_route_role(self, link: Link, msg: server_pb.IMRoleSet, seq: int) -> None:
         self.master = bool(msg.master)

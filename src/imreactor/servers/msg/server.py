@@ -8,7 +8,8 @@ and the parts that serve requests, each in its own module:
 - :mod:`.sessions`: login (capacity, throttling, validation), kick, logout;
 - :mod:`.presence`: status requests, subscriptions and notifies;
 - :mod:`.delivery`: messages (stored before acked), acks, groups, queries to db_proxy;
-- :mod:`.relay`: what travels through route_server, both ways.
+- :mod:`.fabric`: how this server reaches the others: :mod:`.relay` through
+  route_server, :mod:`.redis_fabric` through Redis.
 
 Flows in detail: docs/servers.md, "msg_server". Loop thread only.
 """
@@ -27,8 +28,10 @@ from ..links import Link, LinkSet
 from .client import ClientConn, UserConns
 from .config import MsgConfig
 from .delivery import Delivery
+from .fabric import Fabric
 from .groups import GroupCache
 from .presence import Presence
+from .redis_fabric import RedisFabric
 from .relay import Relay
 from .sessions import FD_RESERVE, Sessions, connection_capacity
 from .stats import MsgStats
@@ -71,7 +74,7 @@ class MsgServer:
         self.handles = itertools.count(1)
         self.users: dict[int, UserConns] = {}
         #: Several msg_servers: deliveries to a connection may need reordering.
-        self.ordered = bool(config.route_servers)
+        self.ordered = bool(config.route_servers or config.redis)
         self._server: Server | None = None
         self._tls_server: Server | None = None
         delays = tuple(config.reconnect_delays_s)
@@ -79,13 +82,16 @@ class MsgServer:
         self.sessions = Sessions(self)
         self.presence = Presence(self)
         self.delivery = Delivery(self)
-        self.relay = Relay(self)
+        self.route_relay = Relay(self)
+        #: The fabric to the other msg_servers: Redis if configured, else route_server's
+        #: (which, without route_servers, is none).
+        self.relay: Fabric = RedisFabric(self) if config.redis else self.route_relay
         self.client_dispatch = Dispatcher[ClientConn]()
         self.sessions.register(self.client_dispatch)
         self.delivery.register(self.client_dispatch)
         route_dispatch = Dispatcher[Link]()
-        self.presence.register(self.client_dispatch, route_dispatch)
-        self.relay.register(route_dispatch)
+        self.presence.register(self.client_dispatch)
+        self.route_relay.register(route_dispatch)
 
         link_ssl = link_client_context(config, "msg")
         self.db = LinkSet(
@@ -114,7 +120,7 @@ class MsgServer:
             route_dispatch,
             self.keepalive,
             backoff_delays_s=delays,
-            on_up=self.relay.announce,
+            on_up=self.route_relay.announce,
             ssl=link_ssl,
         )
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
@@ -139,6 +145,7 @@ class MsgServer:
         self.db.start()
         self.login.start()
         self.route.start()
+        self.relay.start()
 
     @property
     def port(self) -> int:
@@ -159,6 +166,7 @@ class MsgServer:
         self.db.stop()
         self.login.stop()
         self.route.stop()
+        self.relay.close()
         for conn in list(self.clients.values()):
             conn.conn.close()
 

@@ -109,7 +109,7 @@ class Sessions:
             refuse = base.REFUSE_REASON_NO_DB_SERVER
         elif self.server.login.configured and not self.server.login.live:
             refuse = base.REFUSE_REASON_NO_LOGIN_SERVER
-        elif self.server.route.configured and not self.server.route.live:
+        elif not self.server.relay.ready:
             refuse = base.REFUSE_REASON_NO_ROUTE_SERVER
         if refuse or db is None:
             self._login_refused(conn, seq, refuse, "server not ready", "unavailable")
@@ -220,17 +220,17 @@ class Sessions:
             seq,
         )
         log.info("user %d logged in (%r, client type 0x%x)", user_id, conn.conn, client_type)
-        self.server.relay.status_to_route(conn, base.USER_STATUS_ONLINE)
+        self.server.relay.status_changed(conn, base.USER_STATUS_ONLINE)
         # The same class of client on another msg_server is kicked there.
-        self.server.relay.to_route(
+        self.server.relay.forward(
             server_pb.IMServerKickUser(
                 user_id=user_id,
                 client_type=base.ClientType.ValueType(client_type),
                 reason=base.KICK_REASON_DUPLICATE_USER,
             )
         )
-        if not was_online and not self.server.route.configured:
-            # With route_server, presence is cluster-wide: route_server announces it.
+        if not was_online and not self.server.relay.clustered:
+            # In a cluster, presence is cluster-wide: the fabric announces it.
             self.server.presence.notify_status(user_id, base.USER_STATUS_ONLINE)
 
     def kick(self, older: ClientConn, reason: int) -> None:
@@ -261,7 +261,7 @@ class Sessions:
         self.server.login.broadcast(
             server_pb.IMUserCntUpdate(user_action=USER_ACTION_DEL, user_id=conn.user_id)
         )
-        self.server.relay.status_to_route(conn, base.USER_STATUS_OFFLINE)
+        self.server.relay.status_changed(conn, base.USER_STATUS_OFFLINE)
         if conns.desktop is None and conns.mobile is None:
             del self.server.users[conn.user_id]
             return True
@@ -272,7 +272,7 @@ class Sessions:
         user_id = conn.user_id
         if self._detach(conn):
             log.info("user %d offline", user_id)
-            if not self.server.route.configured:
+            if not self.server.relay.clustered:
                 self.server.presence.notify_status(user_id, base.USER_STATUS_OFFLINE)
 
     def _on_logout(self, conn: ClientConn, req: login_pb.IMLogoutReq, seq: int) -> None:

@@ -90,4 +90,6 @@ class MsgStats:
         ]
         if not server.db.configured:
             down.insert(0, "db_proxy (none configured)")
+        if not server.relay.ready and not server.route.configured:
+            down.append("redis")  # the Redis fabric, configured and unreachable
         return not down, {"links_down": down, "users_online": len(server.users)}
