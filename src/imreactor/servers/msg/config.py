@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_addresses, check_host, check_minimums, check_pair, option
+from ...config import (
+    ConfigError,
+    check_addresses,
+    check_host,
+    check_minimums,
+    check_origins,
+    check_pair,
+    option,
+)
 from ..linkauth import LinkSecurity
 
 #: The values of ``presence``: who gets an ``IMUserStatNotify`` (docs/servers.md, "Presence").
@@ -18,7 +26,21 @@ class MsgConfig(LinkSecurity):
     tls_port: int = option(
         0, "TLS port for clients (0 = none; needs cert_file and key_file); told to login_server"
     )
-    cert_file: str = option("", "certificate chain (PEM) clients see on tls_port")
+    ws_port: int = option(
+        0,
+        "WebSocket port for browsers (0 = none): one binary message per PDU; told to login_server",
+    )
+    wss_port: int = option(
+        0, "WebSocket-over-TLS port (0 = none; needs cert_file and key_file); told to login_server"
+    )
+    ws_origins: list[str] = option(
+        [],
+        "Origins of the web pages that may connect to ws_port/wss_port, e.g."
+        ' "https://chat.example"; empty = any page (clients log in with a password, not'
+        " cookies); clients that send no Origin are not browsers and always admitted",
+        check=check_origins,
+    )
+    cert_file: str = option("", "certificate chain (PEM) clients see on tls_port and wss_port")
     key_file: str = option("", "private key (PEM) of cert_file")
     ip1: str = option("127.0.0.1", "address advertised to clients (priorIP)")
     ip2: str = option("127.0.0.1", "backup address advertised to clients (backupIP)")
@@ -100,8 +122,9 @@ class MsgConfig(LinkSecurity):
     def __post_init__(self) -> None:
         self.check_link_security("msg")
         check_pair(self, "msg", "cert_file", "key_file")
-        if self.tls_port and not self.cert_file:
-            raise ConfigError("msg.tls_port: needs cert_file and key_file")
+        for key in ("tls_port", "wss_port"):
+            if getattr(self, key) and not self.cert_file:
+                raise ConfigError(f"msg.{key}: needs cert_file and key_file")
         check_minimums(
             self,
             "msg",
