@@ -57,6 +57,16 @@ class MsgConfig(LinkSecurity):
     route_servers: list[str] = option(
         [], "route_server addresses (empty: single server)", check=check_addresses
     )
+    sessions_desktop: int = option(
+        1, "desktop sessions one user may hold (TeamTalk: 1; a newer login kicks the oldest)"
+    )
+    sessions_mobile: int = option(1, "mobile sessions one user may hold (TeamTalk: 1)")
+    sessions_web: int = option(
+        4, "browser sessions (client type 0x21, CLIENT_TYPE_WEB) one user may hold"
+    )
+    sessions_script: int = option(
+        4, "script and bot sessions (client type 0x41, e.g. imreactor send) one user may hold"
+    )
     login_timeout_s: float = option(15.0, "close a connection not logged in after this long")
     client_timeout_s: float = option(120.0, "close a desktop client silent for this long")
     mobile_timeout_s: float = option(300.0, "close a mobile client silent for this long")
@@ -141,6 +151,10 @@ class MsgConfig(LinkSecurity):
                 "max_subscriptions": 0,
                 "msg_rate_per_s": 0.001,
                 "msg_burst": 1,
+                "sessions_desktop": 1,
+                "sessions_mobile": 1,
+                "sessions_web": 1,
+                "sessions_script": 1,
             },
         )
         # from_mapping checks types; which strings are modes is ours to check.

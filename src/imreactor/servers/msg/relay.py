@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from google.protobuf.message import Message
 
 from ...pdu.imconn import Dispatcher
-from ...pdu.kinds import GROUP_MSG_TYPES, is_mobile
+from ...pdu.kinds import GROUP_MSG_TYPES, device_class
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_group_pb2 as group_pb
 from ...pdu.proto import im_message_pb2 as msg_pb
@@ -102,8 +102,10 @@ class Relay:
         conns = self.server.users.get(msg.user_id)
         if conns is None:
             return
-        older = conns.mobile if is_mobile(msg.client_type) else conns.desktop
-        if older is not None:
+        device = device_class(msg.client_type)
+        if self.server.sessions.sessions_of(device) != 1:
+            return  # larger limits hold per msg_server (see Sessions._logged_in)
+        for older in conns.of_class(device):
             self.server.sessions.kick(older, msg.reason or base.KICK_REASON_DUPLICATE_USER)
 
     def _from_route_group_change(
