@@ -55,6 +55,7 @@ from websockets.protocol import OPEN, SEND_EOF
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 
+from .layered import LayeredTransport
 from .transport import Buffer, CloseCallback, ConnState
 from .transport import Protocol as BaseProtocol
 
@@ -103,7 +104,7 @@ def describe(address: Any) -> str:
     return repr(address)
 
 
-class WebSocketTransport(BaseProtocol):
+class WebSocketTransport(LayeredTransport):
     """The server side of one WebSocket connection. Made by :func:`accepting`.
 
     Loop thread only. ``connection_made`` ... ``resume_writing`` are the calls of the
@@ -112,25 +113,18 @@ class WebSocketTransport(BaseProtocol):
     """
 
     __slots__ = (
-        "_app",
-        "_close_callbacks",
         "_close_timeout_s",
         "_error",
-        "_established",
         "_factory",
         "_fragments",
         "_handshake_timeout_s",
         "_heard",
         "_inbox",
-        "_loop",
         "_lower",
         "_message_check",
         "_ping_timer",
         "_reading",
-        "_reported",
-        "_state",
         "_timer",
-        "_wpaused",
         "_ws",
         "ping_interval_s",
         "request",
@@ -181,18 +175,6 @@ class WebSocketTransport(BaseProtocol):
     # -- the transport contract: introspection -------------------------------------------------
 
     @property
-    def loop(self) -> EventLoop:
-        return self._loop
-
-    @property
-    def state(self) -> ConnState:
-        return self._state
-
-    @property
-    def established(self) -> bool:
-        return self._established
-
-    @property
     def lower(self) -> Transport | None:
         """The transport that carries the frames (TCP, or TLS for WSS)."""
         return self._lower
@@ -215,10 +197,6 @@ class WebSocketTransport(BaseProtocol):
         return self._lower.write_buffer_size if self._lower is not None else 0
 
     @property
-    def writing_paused(self) -> bool:
-        return self._wpaused
-
-    @property
     def reading(self) -> bool:
         return self._reading and self._state is CONNECTED
 
@@ -228,15 +206,6 @@ class WebSocketTransport(BaseProtocol):
         ws = self._ws
         close = ws.close_rcvd or ws.close_sent
         return int(close.code) if close is not None else None
-
-    def add_close_callback(self, callback: CloseCallback) -> None:
-        """``callback(transport, exc)`` once it is CLOSED (at once if it already is)."""
-        if self._reported:
-            self._loop.call_soon(callback, self, None)
-            return
-        if self._close_callbacks is None:
-            self._close_callbacks = []
-        self._close_callbacks.append(callback)
 
     def __repr__(self) -> str:
         return f"<WebSocketTransport {self._state.value} {describe(self.remote_address)}>"
@@ -351,18 +320,6 @@ class WebSocketTransport(BaseProtocol):
         if exc is None and self._established and ws.close_rcvd is None and ws.close_sent is None:
             exc = ConnectionResetError("WebSocket stream ended without a close frame")
         self._report(self._error or exc)
-
-    def pause_writing(self) -> None:
-        if not self._wpaused:
-            self._wpaused = True
-            if self._app is not None and self._established:
-                self._app.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._wpaused:
-            self._wpaused = False
-            if self._app is not None and self._established:
-                self._app.resume_writing()
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -533,12 +490,7 @@ class WebSocketTransport(BaseProtocol):
                     exc,
                 )
         finally:
-            callbacks, self._close_callbacks = self._close_callbacks, None
-            for callback in callbacks or ():
-                try:
-                    callback(self, exc)
-                except Exception:
-                    log.exception("close callback %r failed", callback)
+            self._closed_callbacks(exc)
 
 
 def _reasons(exc: BaseException) -> str:
