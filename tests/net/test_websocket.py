@@ -12,7 +12,7 @@ import struct
 import pytest
 from wsclient import WsClient
 
-from imreactor.net import EventLoop
+from imreactor.net import EventLoop, FlowControl, PeerTooSlow
 from imreactor.net.websocket import (
     WebSocketClosed,
     WebSocketTransport,
@@ -304,3 +304,30 @@ def test_wss(loop: EventLoop, run_until: RunUntil) -> None:
     lower = made.made[0].connection()
     assert isinstance(lower, WebSocketTransport)
     assert type(lower.lower).__name__ == "TLSTransport"
+
+
+def test_a_peer_that_stops_reading_is_closed_alone(loop: EventLoop, run_until: RunUntil) -> None:
+    made = Collect(Alive)
+    flow = FlowControl(high_water=64 * 1024, low_water=16 * 1024, max_buffer=256 * 1024)
+    port = loop.listen("127.0.0.1", 0, accepting(loop, made), flow=flow).port
+    stalled = _open(loop, run_until, port)
+    reader = _open(loop, run_until, port)
+    run_until(lambda: len(made.made) == 2, what="both upgraded")
+    slow, fast = made.made
+    assert "pause" not in slow.events
+    chunk = bytes(64 * 1024)
+
+    # The stalled client never reads again: its messages pile up until the cap.
+    def write_more() -> bool:
+        if not slow.lost:
+            slow.connection().write(chunk)
+        return bool(slow.lost)
+
+    run_until(write_more, what="the cap")
+    (exc,) = slow.lost
+    assert isinstance(exc, PeerTooSlow)
+    assert "pause" in slow.events  # it was told to stop producing first
+    fast.connection().write(b"still here")
+    _until(run_until, reader, lambda: reader.messages, "the other client's message")
+    assert reader.messages == [b"still here"] and not fast.lost
+    stalled.shutdown()

@@ -209,3 +209,22 @@ def test_malformed_ws_config_is_refused(values: dict[str, Any], error: str) -> N
 
     with pytest.raises(ConfigError, match=error):
         from_mapping(MsgConfig, values, "msg")
+
+
+def test_pongs_keep_a_quiet_browser_alive_past_the_client_timeout(tmp_path: Path) -> None:
+    ws = free_ports(1)[0]
+    overrides = {"msg": {"ws_port": ws, "client_timeout_s": 2.0}}
+    suite = start_suite(tmp_path / "suite", f"sqlite:///{tmp_path / 'im.db'}", overrides=overrides)
+    try:
+        browser = WsClient(ws)
+        assert _ws_login(browser, "alice").result_code == 0
+        terminal = suite.login("bob")  # its heartbeat comes every 30 s: too late here
+        # Nothing but the browser's own pong answers for twice the timeout.
+        deadline = time.monotonic() + 4.5
+        browser.wait(lambda: browser.eof or time.monotonic() > deadline, timeout_s=10)
+        assert not browser.eof and browser.close_code is None
+        pings = [f for f in browser.frames if f.opcode.name == "PING"]
+        assert len(pings) >= 4  # every client_timeout_s / 4 of silence
+        assert not terminal.is_connected  # the same timeout closed the silent TCP client
+    finally:
+        suite.stop()
