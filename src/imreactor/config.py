@@ -86,6 +86,24 @@ def check_addresses(key: str, value: list[str]) -> None:
         check_host(f"{key}[{i}]", host)
 
 
+def check_origins(key: str, value: list[str]) -> None:
+    """Web origins as browsers send them: ``scheme://host`` or ``scheme://host:port``,
+    scheme http or https, no path and no trailing slash."""
+    for i, entry in enumerate(value):
+        scheme, sep, rest = entry.partition("://")
+        host, _, port = rest.partition(":")
+        if (
+            not sep
+            or scheme not in ("http", "https")
+            or not host
+            or "/" in rest
+            or (port and not (port.isdigit() and 0 < int(port) < 65536))
+        ):
+            raise ConfigError(
+                f"{key}[{i}]: {entry!r} is not an origin like https://chat.example:8443"
+            )
+
+
 def _default_of(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from imreactor.client.msfs import download
 from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_buddy_pb2 as buddy
+from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
 from imreactor.storage import open_storage
@@ -420,3 +422,20 @@ def test_send_uploads_an_image_and_the_peer_sees_its_url(
     assert url.startswith(suite.layout.msfs_url)
     bob.expect(r"\[image " + re.escape(url) + r"\]")
     assert download(url) == image.read_bytes()
+
+
+def test_send_and_history_log_in_as_scripts_and_kick_no_open_chat(suite: RunningSuite) -> None:
+    with Client.via_login_server(suite.http_url) as alice:
+        alice.login("alice", DEMO_PASSWORD)  # the open chat: a desktop session
+        sent = run_cli(
+            suite, "send", "--user", "alice", "--password", DEMO_PASSWORD, "--to", "bob", "hi"
+        )
+        assert sent.returncode == 0, sent.stderr
+        shown = run_cli(
+            suite, "history", "--user", "alice", "--password", DEMO_PASSWORD, "--with", "bob"
+        )
+        assert shown.returncode == 0 and "hi" in shown.stdout, shown.stderr
+        with pytest.raises(queue.Empty):  # no IMKickUser arrives
+            alice.wait_for(login_pb.IMKickUser, 0.5)
+        assert alice.is_connected
+    assert "client type 0x41" in (suite.layout.data_dir / "msg_server.log").read_text()

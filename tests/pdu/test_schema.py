@@ -466,6 +466,9 @@ def test_enums_match_wire_md(wire: WireFacts) -> None:
         e.name: [(v.name, v.number) for v in e.values]
         for e in base.DESCRIPTOR.enum_types_by_name.values()
     }
+    for name, values in ENUM_EXTENSIONS.items():
+        assert generated[name][-len(values) :] == values, name
+        del generated[name][-len(values) :]
     assert generated == wire.enums
     for package, module in MODULES.items():
         if package != "IM.BaseDefine":
@@ -493,7 +496,10 @@ def _check_field_type(f: FieldDescriptor, wire_type: str, wire: WireFacts) -> No
 
 #: Fields of ours beyond TeamTalk's schema (docs/protocol.md): optional, numbered after
 #: TeamTalk's, so TeamTalk's servers and clients skip them as unknown fields.
-EXTENSIONS = {"IM.Server.IMMsgServInfo": {7: "tls_port"}}
+EXTENSIONS = {"IM.Server.IMMsgServInfo": {7: "tls_port", 8: "ws_port", 9: "wss_port"}}
+#: Enum values of ours beyond TeamTalk's (docs/protocol.md): the web and script client
+#: types, in bits TeamTalk's own types leave clear.
+ENUM_EXTENSIONS = {"ClientType": [("CLIENT_TYPE_WEB", 0x21), ("CLIENT_TYPE_SCRIPT", 0x41)]}
 
 
 def test_every_field_matches_wire_md(wire: WireFacts) -> None:

@@ -154,8 +154,13 @@ def _password(args: argparse.Namespace) -> str:
     return getpass.getpass(f"password for {args.user}: ")
 
 
-def _login(args: argparse.Namespace, **kw: Any) -> Client:
-    """Connect through login_server and log in; ClientError (one line) if anything fails."""
+def _login(
+    args: argparse.Namespace, client_type: int = base.CLIENT_TYPE_SCRIPT, **kw: Any
+) -> Client:
+    """Connect through login_server and log in; ClientError (one line) if anything fails.
+
+    ``send`` and ``history`` log in as scripts (``CLIENT_TYPE_SCRIPT``), a device class
+    of its own, so that they never kick the user's open chat or phone."""
     password = _password(args)
     client = Client.via_login_server(
         args.login_url,
@@ -165,7 +170,7 @@ def _login(args: argparse.Namespace, **kw: Any) -> Client:
         **kw,
     )
     try:
-        client.login(args.user, password)
+        client.login(args.user, password, client_type=client_type)
     except BaseException:
         client.close()
         raise
@@ -734,6 +739,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
     client = _login(
         args,
+        base.CLIENT_TYPE_WINDOWS,  # the chat is the user's desktop session
         reconnect=True,
         login_url=args.login_url,
         on_push=on_push,

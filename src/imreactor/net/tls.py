@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .connection import DEFAULT_FLOW, FlowControl, PeerTooSlow
+from .layered import LayeredTransport
 from .transport import Buffer, CloseCallback, ConnState
 from .transport import Protocol as BaseProtocol
 
@@ -119,7 +120,7 @@ def describe(address: Any) -> str:
     return repr(address)
 
 
-class TLSTransport(BaseProtocol):
+class TLSTransport(LayeredTransport):
     """One TLS connection: the protocol of its TCP connection, the transport of its own.
 
     Made by :func:`connect_tls` and by listeners given ``ssl=`` (see
@@ -130,25 +131,18 @@ class TLSTransport(BaseProtocol):
     """
 
     __slots__ = (
-        "_app",
         "_clean",
-        "_close_callbacks",
         "_error",
-        "_established",
         "_factory",
         "_handshake_timeout_s",
         "_incoming",
-        "_loop",
         "_lower",
         "_outgoing",
         "_pending",
         "_plain",
         "_reading",
-        "_reported",
         "_sslobj",
-        "_state",
         "_timer",
-        "_wpaused",
     )
 
     def __init__(
@@ -194,18 +188,6 @@ class TLSTransport(BaseProtocol):
     # -- the transport contract: introspection -------------------------------------------------
 
     @property
-    def loop(self) -> EventLoop:
-        return self._loop
-
-    @property
-    def state(self) -> ConnState:
-        return self._state
-
-    @property
-    def established(self) -> bool:
-        return self._established
-
-    @property
     def lower(self) -> Connection | None:
         """The TCP connection that carries the ciphertext (for socket options)."""
         return self._lower
@@ -248,21 +230,8 @@ class TLSTransport(BaseProtocol):
         return size
 
     @property
-    def writing_paused(self) -> bool:
-        return self._wpaused
-
-    @property
     def reading(self) -> bool:
         return self._reading and self._state is CONNECTED
-
-    def add_close_callback(self, callback: CloseCallback) -> None:
-        """``callback(transport, exc)`` once it is CLOSED (at once if it already is)."""
-        if self._reported:
-            self._loop.call_soon(callback, self, None)
-            return
-        if self._close_callbacks is None:
-            self._close_callbacks = []
-        self._close_callbacks.append(callback)
 
     def __repr__(self) -> str:
         side = "server" if self._sslobj.server_side else "client"
@@ -389,18 +358,6 @@ class TLSTransport(BaseProtocol):
             self._timer = None
         self._state = CLOSED
         self._report(self._error or exc)
-
-    def pause_writing(self) -> None:
-        if not self._wpaused:
-            self._wpaused = True
-            if self._app is not None and self._established:
-                self._app.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._wpaused:
-            self._wpaused = False
-            if self._app is not None and self._established:
-                self._app.resume_writing()
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -554,12 +511,7 @@ class TLSTransport(BaseProtocol):
                 elif self._error is None and exc is not None:
                     log.info("TLS connection from %s lost: %s", describe(self.remote_address), exc)
         finally:
-            callbacks, self._close_callbacks = self._close_callbacks, None
-            for callback in callbacks or ():
-                try:
-                    callback(self, exc)
-                except Exception:
-                    log.exception("close callback %r failed", callback)
+            self._closed_callbacks(exc)
 
 
 def accepting(

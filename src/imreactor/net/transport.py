@@ -13,7 +13,9 @@ States (:class:`ConnState`)::
                │  (connect fails)  │  (abort / error)    ▲
                └───────────────────┴─────────────────────┘
 
-(TLS adds HANDSHAKING between CONNECTING and CONNECTED: see :mod:`imreactor.net.tls`.)
+(TLS adds HANDSHAKING between CONNECTING and CONNECTED: see :mod:`imreactor.net.tls`;
+WebSocket uses it for the HTTP upgrade: :mod:`imreactor.net.websocket`, whose
+``data_received`` chunks are whole messages.)
 
 Protocol call order (what every transport guarantees its :class:`Protocol`):
 
@@ -22,6 +24,8 @@ Protocol call order (what every transport guarantees its :class:`Protocol`):
 - ``data_received(data)`` any number of times while CONNECTED and reading;
 - ``pause_writing()`` / ``resume_writing()`` in strict pairs, when the queued
   output crosses the high and then the low water mark;
+- ``keepalive_received()`` while CONNECTED, on transports with a liveness signal
+  below the data (WebSocket pongs);
 - ``connection_lost(exc)`` exactly once after ``connection_made``, from a loop
   callback (never from inside ``write`` or ``close``), with ``None`` for an
   orderly close and the exception otherwise;
@@ -156,3 +160,9 @@ class Protocol:
 
     def resume_writing(self) -> None:
         """Queued output drained to the low water mark: produce again."""
+
+    def keepalive_received(self) -> None:
+        """The peer showed it is alive without sending data (a WebSocket pong or ping).
+
+        Only transports with a liveness signal of their own call it; a protocol that
+        times out silent peers counts it as something received."""

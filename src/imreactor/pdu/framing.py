@@ -15,6 +15,7 @@ reason and aborts that one connection.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..net.transport import ConnState, Protocol, Transport
 from .header import DEFAULT_MAX_PDU_BYTES, HEADER_LEN, HEADER_ROUTING
@@ -29,6 +30,27 @@ Frame = bytes | bytearray
 
 class FrameError(ValueError):
     """The peer sent a PDU header that cannot be valid."""
+
+
+def one_pdu_check(max_pdu_bytes: int = DEFAULT_MAX_PDU_BYTES) -> Callable[[bytes], str | None]:
+    """A message check for message transports (WebSocket): each message must be exactly
+    one PDU, its header's length equal to the message's, at most ``max_pdu_bytes``.
+
+    Returns ``check(message)``: why the message is refused, or None.
+    """
+
+    def check(message: bytes) -> str | None:
+        size = len(message)
+        if size < HEADER_LEN:
+            return f"a message of {size} bytes is shorter than a PDU header"
+        length = _unpack_from(message)[0]
+        if length != size:
+            return f"a message of {size} bytes carries a PDU header saying {length}"
+        if length > max_pdu_bytes:
+            return f"PDU length {length} over {max_pdu_bytes}"
+        return None
+
+    return check
 
 
 class FrameProtocol(Protocol):

@@ -287,6 +287,11 @@ class ImConnection(FrameProtocol):
             _answer(callback, None, lost)
         self.on_closed(exc)
 
+    def keepalive_received(self) -> None:
+        # A WebSocket pong: the peer is alive even if its page is too asleep to send a
+        # heartbeat PDU; it counts against timeout_s like a PDU would.
+        self._recv_flag = True
+
     def on_connected(self) -> None:
         """Hook: the link is up."""
 

@@ -25,6 +25,18 @@ USER_ACTION_ADD = 1
 USER_ACTION_DEL = 2
 
 
-def is_mobile(client_type: int) -> bool:
-    """Mobile clients have bit 0x10 set; a user holds one desktop and one mobile connection."""
-    return bool(client_type & 0x10)
+#: Device classes, each with its own number of sessions per user (msg_server's
+#: ``sessions_<class>``): TeamTalk's desktop and mobile, and our web and script.
+DEVICE_CLASSES = ("desktop", "mobile", "web", "script")
+
+
+def device_class(client_type: int) -> str:
+    """The device class of ``client_type``: bit 0x40 script, 0x20 web, 0x10 mobile,
+    else desktop (so an unknown TeamTalk type below 0x10 is a desktop, as there)."""
+    if client_type & 0x40:
+        return "script"
+    if client_type & 0x20:
+        return "web"
+    if client_type & 0x10:
+        return "mobile"
+    return "desktop"

@@ -434,14 +434,21 @@ class _ClientTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClientType
     CLIENT_TYPE_MAC: _ClientType.ValueType  # 2
     CLIENT_TYPE_IOS: _ClientType.ValueType  # 17
     CLIENT_TYPE_ANDROID: _ClientType.ValueType  # 18
+    CLIENT_TYPE_WEB: _ClientType.ValueType  # 33
+    CLIENT_TYPE_SCRIPT: _ClientType.ValueType  # 65
 
 class ClientType(_ClientType, metaclass=_ClientTypeEnumTypeWrapper):
-    """Desktop clients are below 0x10; mobile clients have bit 0x10 set."""
+    """Desktop clients are below 0x10; mobile clients have bit 0x10 set.
+    Not in TeamTalk (whose servers do not know them): web pages have bit 0x20,
+    scripts and bots bit 0x40; each class has its own number of sessions per user.
+    """
 
 CLIENT_TYPE_WINDOWS: ClientType.ValueType  # 1
 CLIENT_TYPE_MAC: ClientType.ValueType  # 2
 CLIENT_TYPE_IOS: ClientType.ValueType  # 17
 CLIENT_TYPE_ANDROID: ClientType.ValueType  # 18
+CLIENT_TYPE_WEB: ClientType.ValueType  # 33
+CLIENT_TYPE_SCRIPT: ClientType.ValueType  # 65
 Global___ClientType: _TypeAlias = ClientType  # noqa: Y015
 
 class _GroupType:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import im_base_define_pb2 as im__base__define__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fim_server.proto\x12\tIM.Server\x1a\x14im_base_define.proto\",\n\x13IMStopReceivePacket\x12\x0e\n\x06result\x18\x01 \x02(\r:\x05\x88\xb5\x18\x82\x0e\"P\n\rIMValidateReq\x12\x11\n\tuser_name\x18\x01 \x02(\t\x12\x10\n\x08password\x18\x02 \x02(\t\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x83\x0e\"\x96\x01\n\rIMValidateRsp\x12\x11\n\tuser_name\x18\x01 \x02(\t\x12\x13\n\x0bresult_code\x18\x02 \x02(\r\x12\x15\n\rresult_string\x18\x03 \x01(\t\x12*\n\tuser_info\x18\x04 \x01(\x0b\x32\x17.IM.BaseDefine.UserInfo\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x84\x0e\"B\n\x13IMGetDeviceTokenReq\x12\x0f\n\x07user_id\x18\x01 \x03(\r\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x85\x0e\"h\n\x13IMGetDeviceTokenRsp\x12\x35\n\x0fuser_token_info\x18\x01 \x03(\x0b\x32\x1c.IM.BaseDefine.UserTokenInfo\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x86\x0e\"\"\n\tIMRoleSet\x12\x0e\n\x06master\x18\x01 \x02(\r:\x05\x88\xb5\x18\x87\x0e\"P\n\x10IMOnlineUserInfo\x12\x35\n\x0euser_stat_list\x18\x01 \x03(\x0b\x32\x1d.IM.BaseDefine.ServerUserStat:\x05\x88\xb5\x18\x88\x0e\"\x8f\x01\n\rIMMsgServInfo\x12\x0b\n\x03ip1\x18\x01 \x02(\t\x12\x0b\n\x03ip2\x18\x02 \x02(\t\x12\x0c\n\x04port\x18\x03 \x02(\r\x12\x14\n\x0cmax_conn_cnt\x18\x04 \x02(\r\x12\x14\n\x0c\x63ur_conn_cnt\x18\x05 \x02(\r\x12\x11\n\thost_name\x18\x06 \x02(\t\x12\x10\n\x08tls_port\x18\x07 \x01(\r:\x05\x88\xb5\x18\x89\x0e\"q\n\x12IMUserStatusUpdate\x12\x13\n\x0buser_status\x18\x01 \x02(\r\x12\x0f\n\x07user_id\x18\x02 \x02(\r\x12.\n\x0b\x63lient_type\x18\x03 \x02(\x0e\x32\x19.IM.BaseDefine.ClientType:\x05\x88\xb5\x18\x8a\x0e\">\n\x0fIMUserCntUpdate\x12\x13\n\x0buser_action\x18\x01 \x02(\r\x12\x0f\n\x07user_id\x18\x02 \x02(\r:\x05\x88\xb5\x18\x8b\x0e\"j\n\x10IMServerKickUser\x12\x0f\n\x07user_id\x18\x01 \x02(\r\x12.\n\x0b\x63lient_type\x18\x02 \x02(\x0e\x32\x19.IM.BaseDefine.ClientType\x12\x0e\n\x06reason\x18\x03 \x02(\r:\x05\x88\xb5\x18\x8d\x0e\"K\n\x1bIMServerPCLoginStatusNotify\x12\x0f\n\x07user_id\x18\x01 \x02(\r\x12\x14\n\x0clogin_status\x18\x02 \x02(\r:\x05\x88\xb5\x18\x8e\x0e\"l\n\x0fIMPushToUserReq\x12\r\n\x05\x66lash\x18\x01 \x02(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x02(\t\x12\x35\n\x0fuser_token_list\x18\x03 \x03(\x0b\x32\x1c.IM.BaseDefine.UserTokenInfo:\x05\x88\xb5\x18\x8f\x0e\"M\n\x0fIMPushToUserRsp\x12\x33\n\x10push_result_list\x18\x01 \x03(\x0b\x32\x19.IM.BaseDefine.PushResult:\x05\x88\xb5\x18\x90\x0e\"T\n\x13IMGroupGetShieldReq\x12\x10\n\x08group_id\x18\x01 \x02(\r\x12\x0f\n\x07user_id\x18\x02 \x03(\r\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x91\x0e\"|\n\x13IMGroupGetShieldRsp\x12\x10\n\x08group_id\x18\x01 \x02(\r\x12\x37\n\x12shield_status_list\x18\x02 \x03(\x0b\x32\x1b.IM.BaseDefine.ShieldStatus\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x92\x0e\"\xb4\x01\n\x11IMFileTransferReq\x12\x14\n\x0c\x66rom_user_id\x18\x01 \x02(\r\x12\x12\n\nto_user_id\x18\x02 \x02(\r\x12\x11\n\tfile_name\x18\x03 \x02(\t\x12\x11\n\tfile_size\x18\x04 \x02(\r\x12\x33\n\ntrans_mode\x18\x05 \x02(\x0e\x32\x1f.IM.BaseDefine.TransferFileType\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\xb1\x0e\"\xda\x01\n\x11IMFileTransferRsp\x12\x13\n\x0bresult_code\x18\x01 \x02(\r\x12\x14\n\x0c\x66rom_user_id\x18\x02 \x02(\r\x12\x12\n\nto_user_id\x18\x03 \x02(\r\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x11\n\tfile_size\x18\x05 \x01(\r\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x33\n\ntrans_mode\x18\x07 \x01(\x0e\x32\x1f.IM.BaseDefine.TransferFileType\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\xb2\x0e\"\x1a\n\x11IMFileServerIPReq:\x05\x88\xb5\x18\xb3\x0e\"G\n\x11IMFileServerIPRsp\x12+\n\x0cip_addr_list\x18\x01 \x03(\x0b\x32\x15.IM.BaseDefine.IpAddr:\x05\x88\xb5\x18\xb4\x0e')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fim_server.proto\x12\tIM.Server\x1a\x14im_base_define.proto\",\n\x13IMStopReceivePacket\x12\x0e\n\x06result\x18\x01 \x02(\r:\x05\x88\xb5\x18\x82\x0e\"P\n\rIMValidateReq\x12\x11\n\tuser_name\x18\x01 \x02(\t\x12\x10\n\x08password\x18\x02 \x02(\t\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x83\x0e\"\x96\x01\n\rIMValidateRsp\x12\x11\n\tuser_name\x18\x01 \x02(\t\x12\x13\n\x0bresult_code\x18\x02 \x02(\r\x12\x15\n\rresult_string\x18\x03 \x01(\t\x12*\n\tuser_info\x18\x04 \x01(\x0b\x32\x17.IM.BaseDefine.UserInfo\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x84\x0e\"B\n\x13IMGetDeviceTokenReq\x12\x0f\n\x07user_id\x18\x01 \x03(\r\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x85\x0e\"h\n\x13IMGetDeviceTokenRsp\x12\x35\n\x0fuser_token_info\x18\x01 \x03(\x0b\x32\x1c.IM.BaseDefine.UserTokenInfo\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x86\x0e\"\"\n\tIMRoleSet\x12\x0e\n\x06master\x18\x01 \x02(\r:\x05\x88\xb5\x18\x87\x0e\"P\n\x10IMOnlineUserInfo\x12\x35\n\x0euser_stat_list\x18\x01 \x03(\x0b\x32\x1d.IM.BaseDefine.ServerUserStat:\x05\x88\xb5\x18\x88\x0e\"\xb2\x01\n\rIMMsgServInfo\x12\x0b\n\x03ip1\x18\x01 \x02(\t\x12\x0b\n\x03ip2\x18\x02 \x02(\t\x12\x0c\n\x04port\x18\x03 \x02(\r\x12\x14\n\x0cmax_conn_cnt\x18\x04 \x02(\r\x12\x14\n\x0c\x63ur_conn_cnt\x18\x05 \x02(\r\x12\x11\n\thost_name\x18\x06 \x02(\t\x12\x10\n\x08tls_port\x18\x07 \x01(\r\x12\x0f\n\x07ws_port\x18\x08 \x01(\r\x12\x10\n\x08wss_port\x18\t \x01(\r:\x05\x88\xb5\x18\x89\x0e\"q\n\x12IMUserStatusUpdate\x12\x13\n\x0buser_status\x18\x01 \x02(\r\x12\x0f\n\x07user_id\x18\x02 \x02(\r\x12.\n\x0b\x63lient_type\x18\x03 \x02(\x0e\x32\x19.IM.BaseDefine.ClientType:\x05\x88\xb5\x18\x8a\x0e\">\n\x0fIMUserCntUpdate\x12\x13\n\x0buser_action\x18\x01 \x02(\r\x12\x0f\n\x07user_id\x18\x02 \x02(\r:\x05\x88\xb5\x18\x8b\x0e\"j\n\x10IMServerKickUser\x12\x0f\n\x07user_id\x18\x01 \x02(\r\x12.\n\x0b\x63lient_type\x18\x02 \x02(\x0e\x32\x19.IM.BaseDefine.ClientType\x12\x0e\n\x06reason\x18\x03 \x02(\r:\x05\x88\xb5\x18\x8d\x0e\"K\n\x1bIMServerPCLoginStatusNotify\x12\x0f\n\x07user_id\x18\x01 \x02(\r\x12\x14\n\x0clogin_status\x18\x02 \x02(\r:\x05\x88\xb5\x18\x8e\x0e\"l\n\x0fIMPushToUserReq\x12\r\n\x05\x66lash\x18\x01 \x02(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x02(\t\x12\x35\n\x0fuser_token_list\x18\x03 \x03(\x0b\x32\x1c.IM.BaseDefine.UserTokenInfo:\x05\x88\xb5\x18\x8f\x0e\"M\n\x0fIMPushToUserRsp\x12\x33\n\x10push_result_list\x18\x01 \x03(\x0b\x32\x19.IM.BaseDefine.PushResult:\x05\x88\xb5\x18\x90\x0e\"T\n\x13IMGroupGetShieldReq\x12\x10\n\x08group_id\x18\x01 \x02(\r\x12\x0f\n\x07user_id\x18\x02 \x03(\r\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x91\x0e\"|\n\x13IMGroupGetShieldRsp\x12\x10\n\x08group_id\x18\x01 \x02(\r\x12\x37\n\x12shield_status_list\x18\x02 \x03(\x0b\x32\x1b.IM.BaseDefine.ShieldStatus\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\x92\x0e\"\xb4\x01\n\x11IMFileTransferReq\x12\x14\n\x0c\x66rom_user_id\x18\x01 \x02(\r\x12\x12\n\nto_user_id\x18\x02 \x02(\r\x12\x11\n\tfile_name\x18\x03 \x02(\t\x12\x11\n\tfile_size\x18\x04 \x02(\r\x12\x33\n\ntrans_mode\x18\x05 \x02(\x0e\x32\x1f.IM.BaseDefine.TransferFileType\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\xb1\x0e\"\xda\x01\n\x11IMFileTransferRsp\x12\x13\n\x0bresult_code\x18\x01 \x02(\r\x12\x14\n\x0c\x66rom_user_id\x18\x02 \x02(\r\x12\x12\n\nto_user_id\x18\x03 \x02(\r\x12\x11\n\tfile_name\x18\x04 \x01(\t\x12\x11\n\tfile_size\x18\x05 \x01(\r\x12\x0f\n\x07task_id\x18\x06 \x01(\t\x12\x33\n\ntrans_mode\x18\x07 \x01(\x0e\x32\x1f.IM.BaseDefine.TransferFileType\x12\x13\n\x0b\x61ttach_data\x18\x14 \x01(\x0c:\x05\x88\xb5\x18\xb2\x0e\"\x1a\n\x11IMFileServerIPReq:\x05\x88\xb5\x18\xb3\x0e\"G\n\x11IMFileServerIPRsp\x12+\n\x0cip_addr_list\x18\x01 \x03(\x0b\x32\x15.IM.BaseDefine.IpAddr:\x05\x88\xb5\x18\xb4\x0e')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -87,29 +87,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMONLINEUSERINFO']._serialized_start=543
   _globals['_IMONLINEUSERINFO']._serialized_end=623
   _globals['_IMMSGSERVINFO']._serialized_start=626
-  _globals['_IMMSGSERVINFO']._serialized_end=769
-  _globals['_IMUSERSTATUSUPDATE']._serialized_start=771
-  _globals['_IMUSERSTATUSUPDATE']._serialized_end=884
-  _globals['_IMUSERCNTUPDATE']._serialized_start=886
-  _globals['_IMUSERCNTUPDATE']._serialized_end=948
-  _globals['_IMSERVERKICKUSER']._serialized_start=950
-  _globals['_IMSERVERKICKUSER']._serialized_end=1056
-  _globals['_IMSERVERPCLOGINSTATUSNOTIFY']._serialized_start=1058
-  _globals['_IMSERVERPCLOGINSTATUSNOTIFY']._serialized_end=1133
-  _globals['_IMPUSHTOUSERREQ']._serialized_start=1135
-  _globals['_IMPUSHTOUSERREQ']._serialized_end=1243
-  _globals['_IMPUSHTOUSERRSP']._serialized_start=1245
-  _globals['_IMPUSHTOUSERRSP']._serialized_end=1322
-  _globals['_IMGROUPGETSHIELDREQ']._serialized_start=1324
-  _globals['_IMGROUPGETSHIELDREQ']._serialized_end=1408
-  _globals['_IMGROUPGETSHIELDRSP']._serialized_start=1410
-  _globals['_IMGROUPGETSHIELDRSP']._serialized_end=1534
-  _globals['_IMFILETRANSFERREQ']._serialized_start=1537
-  _globals['_IMFILETRANSFERREQ']._serialized_end=1717
-  _globals['_IMFILETRANSFERRSP']._serialized_start=1720
-  _globals['_IMFILETRANSFERRSP']._serialized_end=1938
-  _globals['_IMFILESERVERIPREQ']._serialized_start=1940
-  _globals['_IMFILESERVERIPREQ']._serialized_end=1966
-  _globals['_IMFILESERVERIPRSP']._serialized_start=1968
-  _globals['_IMFILESERVERIPRSP']._serialized_end=2039
+  _globals['_IMMSGSERVINFO']._serialized_end=804
+  _globals['_IMUSERSTATUSUPDATE']._serialized_start=806
+  _globals['_IMUSERSTATUSUPDATE']._serialized_end=919
+  _globals['_IMUSERCNTUPDATE']._serialized_start=921
+  _globals['_IMUSERCNTUPDATE']._serialized_end=983
+  _globals['_IMSERVERKICKUSER']._serialized_start=985
+  _globals['_IMSERVERKICKUSER']._serialized_end=1091
+  _globals['_IMSERVERPCLOGINSTATUSNOTIFY']._serialized_start=1093
+  _globals['_IMSERVERPCLOGINSTATUSNOTIFY']._serialized_end=1168
+  _globals['_IMPUSHTOUSERREQ']._serialized_start=1170
+  _globals['_IMPUSHTOUSERREQ']._serialized_end=1278
+  _globals['_IMPUSHTOUSERRSP']._serialized_start=1280
+  _globals['_IMPUSHTOUSERRSP']._serialized_end=1357
+  _globals['_IMGROUPGETSHIELDREQ']._serialized_start=1359
+  _globals['_IMGROUPGETSHIELDREQ']._serialized_end=1443
+  _globals['_IMGROUPGETSHIELDRSP']._serialized_start=1445
+  _globals['_IMGROUPGETSHIELDRSP']._serialized_end=1569
+  _globals['_IMFILETRANSFERREQ']._serialized_start=1572
+  _globals['_IMFILETRANSFERREQ']._serialized_end=1752
+  _globals['_IMFILETRANSFERRSP']._serialized_start=1755
+  _globals['_IMFILETRANSFERRSP']._serialized_end=1973
+  _globals['_IMFILESERVERIPREQ']._serialized_start=1975
+  _globals['_IMFILESERVERIPREQ']._serialized_end=2001
+  _globals['_IMFILESERVERIPRSP']._serialized_start=2003
+  _globals['_IMFILESERVERIPRSP']._serialized_end=2074
 # @@protoc_insertion_point(module_scope)

@@ -194,6 +194,8 @@ class IMMsgServInfo(_message.Message):
     CUR_CONN_CNT_FIELD_NUMBER: _builtins.int
     HOST_NAME_FIELD_NUMBER: _builtins.int
     TLS_PORT_FIELD_NUMBER: _builtins.int
+    WS_PORT_FIELD_NUMBER: _builtins.int
+    WSS_PORT_FIELD_NUMBER: _builtins.int
     ip1: _builtins.str
     ip2: _builtins.str
     port: _builtins.int
@@ -202,6 +204,9 @@ class IMMsgServInfo(_message.Message):
     host_name: _builtins.str
     tls_port: _builtins.int
     """Not in TeamTalk (whose login_server ignores it): the msg_server's TLS port, 0 = none."""
+    ws_port: _builtins.int
+    """Also ours: the msg_server's WebSocket ports (ws:// and wss://), 0 = none."""
+    wss_port: _builtins.int
     def __init__(
         self,
         *,
@@ -212,10 +217,12 @@ class IMMsgServInfo(_message.Message):
         cur_conn_cnt: _builtins.int | None = ...,
         host_name: _builtins.str | None = ...,
         tls_port: _builtins.int | None = ...,
+        ws_port: _builtins.int | None = ...,
+        wss_port: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cur_conn_cnt", b"cur_conn_cnt", "host_name", b"host_name", "ip1", b"ip1", "ip2", b"ip2", "max_conn_cnt", b"max_conn_cnt", "port", b"port", "tls_port", b"tls_port"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cur_conn_cnt", b"cur_conn_cnt", "host_name", b"host_name", "ip1", b"ip1", "ip2", b"ip2", "max_conn_cnt", b"max_conn_cnt", "port", b"port", "tls_port", b"tls_port", "ws_port", b"ws_port", "wss_port", b"wss_port"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cur_conn_cnt", b"cur_conn_cnt", "host_name", b"host_name", "ip1", b"ip1", "ip2", b"ip2", "max_conn_cnt", b"max_conn_cnt", "port", b"port", "tls_port", b"tls_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cur_conn_cnt", b"cur_conn_cnt", "host_name", b"host_name", "ip1", b"ip1", "ip2", b"ip2", "max_conn_cnt", b"max_conn_cnt", "port", b"port", "tls_port", b"tls_port", "ws_port", b"ws_port", "wss_port", b"wss_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

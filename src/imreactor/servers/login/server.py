@@ -39,6 +39,8 @@ class MsgServerEntry:
     cur_conn_cnt: int
     host_name: str
     tls_port: int = 0  # 0: the msg_server has no TLS listener
+    ws_port: int = 0  # 0: no WebSocket listener
+    wss_port: int = 0  # 0: no WebSocket-over-TLS listener
 
 
 class MsgServerRegistry:
@@ -59,6 +61,8 @@ class MsgServerRegistry:
             info.cur_conn_cnt,
             info.host_name,
             info.tls_port,
+            info.ws_port,
+            info.wss_port,
         )
         log.info(
             "msg_server %s (%s:%d) registered with %d/%d users",
@@ -210,6 +214,10 @@ class LoginServer:
             }
             if entry.tls_port:  # ours, after every original key: old clients never look
                 body["tlsPort"] = str(entry.tls_port)
+            if entry.ws_port:
+                body["wsURL"] = f"ws://{_url_host(entry.ip1)}:{entry.ws_port}/"
+            if entry.wss_port:
+                body["wssURL"] = f"wss://{_url_host(entry.ip1)}:{entry.wss_port}/"
         return 200, JSON, json.dumps(body, ensure_ascii=False).encode()
 
     def _count_answer(self, via: str, code: int) -> None:
@@ -223,6 +231,11 @@ class LoginServer:
         # registered. The body says how many, so a supervisor can wait for all of them.
         count = len(self.registry)
         return count > 0, {"msg_servers": count}
+
+
+def _url_host(host: str) -> str:
+    """``host`` as a URL's authority wants it (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
 
 
 class _MsgServerLink(ImConnection):

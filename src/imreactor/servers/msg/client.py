@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...net import Timer
 from ...pdu.imconn import ImConnection
+from ...pdu.kinds import device_class
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_other_pb2 as other_pb
 from ...pdu.registry import ids_of
@@ -190,16 +191,35 @@ class ClientConn(ImConnection):
 
 
 class UserConns:
-    """The connections of one user on this server: at most one desktop and one mobile."""
+    """The connections of one user on this server, oldest first.
 
-    __slots__ = ("desktop", "mobile")
+    A handful at most: as many per device class (:func:`~imreactor.pdu.kinds.device_class`)
+    as ``sessions_<class>`` allows. Iterating is safe while sending: a transport never
+    reports a close from inside ``write``.
+    """
+
+    __slots__ = ("conns",)
 
     def __init__(self) -> None:
-        self.desktop: ClientConn | None = None
-        self.mobile: ClientConn | None = None
+        self.conns: list[ClientConn] = []
 
     def __iter__(self) -> Iterator[ClientConn]:
-        if self.desktop is not None:
-            yield self.desktop
-        if self.mobile is not None:
-            yield self.mobile
+        return iter(self.conns)
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def of_class(self, device: str) -> list[ClientConn]:
+        """This user's connections of one device class, oldest first."""
+        return [c for c in self.conns if device_class(c.client_type) == device]
+
+    def add(self, conn: ClientConn) -> None:
+        self.conns.append(conn)
+
+    def remove(self, conn: ClientConn) -> bool:
+        """Forget ``conn``; False if it was not one of them."""
+        try:
+            self.conns.remove(conn)
+        except ValueError:
+            return False
+        return True

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_addresses, check_host, check_minimums, check_pair, option
+from ...config import (
+    ConfigError,
+    check_addresses,
+    check_host,
+    check_minimums,
+    check_origins,
+    check_pair,
+    option,
+)
 from ...redis.url import parse_redis_url
 from ..linkauth import LinkSecurity
 
@@ -30,7 +38,21 @@ class MsgConfig(LinkSecurity):
     tls_port: int = option(
         0, "TLS port for clients (0 = none; needs cert_file and key_file); told to login_server"
     )
-    cert_file: str = option("", "certificate chain (PEM) clients see on tls_port")
+    ws_port: int = option(
+        0,
+        "WebSocket port for browsers (0 = none): one binary message per PDU; told to login_server",
+    )
+    wss_port: int = option(
+        0, "WebSocket-over-TLS port (0 = none; needs cert_file and key_file); told to login_server"
+    )
+    ws_origins: list[str] = option(
+        [],
+        "Origins of the web pages that may connect to ws_port/wss_port, e.g."
+        ' "https://chat.example"; empty = any page (clients log in with a password, not'
+        " cookies); clients that send no Origin are not browsers and always admitted",
+        check=check_origins,
+    )
+    cert_file: str = option("", "certificate chain (PEM) clients see on tls_port and wss_port")
     key_file: str = option("", "private key (PEM) of cert_file")
     ip1: str = option("127.0.0.1", "address advertised to clients (priorIP)")
     ip2: str = option("127.0.0.1", "backup address advertised to clients (backupIP)")
@@ -65,6 +87,16 @@ class MsgConfig(LinkSecurity):
     redis_timeout_s: float = option(5.0, "with redis: a command not answered in this long fails")
     redis_stream_max: int = option(
         100_000, "with redis: entries a msg_server's relay stream keeps at most (trimmed)"
+    )
+    sessions_desktop: int = option(
+        1, "desktop sessions one user may hold (TeamTalk: 1; a newer login kicks the oldest)"
+    )
+    sessions_mobile: int = option(1, "mobile sessions one user may hold (TeamTalk: 1)")
+    sessions_web: int = option(
+        4, "browser sessions (client type 0x21, CLIENT_TYPE_WEB) one user may hold"
+    )
+    sessions_script: int = option(
+        4, "script and bot sessions (client type 0x41, e.g. imreactor send) one user may hold"
     )
     login_timeout_s: float = option(15.0, "close a connection not logged in after this long")
     client_timeout_s: float = option(120.0, "close a desktop client silent for this long")
@@ -131,8 +163,9 @@ class MsgConfig(LinkSecurity):
     def __post_init__(self) -> None:
         self.check_link_security("msg")
         check_pair(self, "msg", "cert_file", "key_file")
-        if self.tls_port and not self.cert_file:
-            raise ConfigError("msg.tls_port: needs cert_file and key_file")
+        for key in ("tls_port", "wss_port"):
+            if getattr(self, key) and not self.cert_file:
+                raise ConfigError(f"msg.{key}: needs cert_file and key_file")
         check_minimums(
             self,
             "msg",
@@ -151,6 +184,10 @@ class MsgConfig(LinkSecurity):
                 "msg_burst": 1,
                 "redis_presence_ttl_s": 1.0,
                 "redis_stream_max": 100,
+                "sessions_desktop": 1,
+                "sessions_mobile": 1,
+                "sessions_web": 1,
+                "sessions_script": 1,
             },
         )
         if self.redis and self.route_servers:

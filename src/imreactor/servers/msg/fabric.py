@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
-from ...pdu.kinds import GROUP_MSG_TYPES, is_mobile
+from ...pdu.kinds import GROUP_MSG_TYPES, device_class
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
 from ...pdu.proto import im_group_pb2 as group_pb
@@ -128,8 +128,10 @@ class Fabric:
         conns = self.server.users.get(msg.user_id)
         if conns is None:
             return
-        older = conns.mobile if is_mobile(msg.client_type) else conns.desktop
-        if older is not None:
+        device = device_class(msg.client_type)
+        if self.server.sessions.sessions_of(device) != 1:
+            return  # larger limits hold per msg_server (see Sessions._logged_in)
+        for older in conns.of_class(device):
             self.server.sessions.kick(older, msg.reason or base.KICK_REASON_DUPLICATE_USER)
 
     def relayed_group_change(self, msg: group_pb.IMGroupChangeMemberNotify) -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import itertools
 import logging
 
-from ...net import EventLoop, Server
+from ...net import EventLoop, Server, websocket
 from ...net.connection import parse_address
+from ...pdu.framing import one_pdu_check
 from ...pdu.imconn import Dispatcher, Keepalive, LinkPolicy
 from ...pdu.proto import im_server_pb2 as server_pb
 from ..linkauth import link_client_context, public_server_context
@@ -77,6 +78,8 @@ class MsgServer:
         self.ordered = bool(config.route_servers or config.redis)
         self._server: Server | None = None
         self._tls_server: Server | None = None
+        self._ws_server: Server | None = None
+        self._wss_server: Server | None = None
         delays = tuple(config.reconnect_delays_s)
 
         self.sessions = Sessions(self)
@@ -142,6 +145,29 @@ class MsgServer:
             )
         if c.http_port:
             self.stats.metrics.listen(c.listen_host, c.http_port)
+        if c.ws_port or c.wss_port:
+            # Browsers: the same client sessions again, one PDU per WebSocket message.
+            # A page's timers may sleep; pings (answered by the browser itself) keep
+            # it alive, several of them before client_timeout_s would close it.
+            ws = websocket.accepting(
+                self.loop,
+                lambda: ClientConn(self),
+                origins=c.ws_origins,
+                max_message_bytes=c.max_pdu_bytes,
+                message_check=one_pdu_check(c.max_pdu_bytes),
+                ping_interval_s=c.client_timeout_s / 4,
+                handshake_timeout_s=c.login_timeout_s,
+            )
+            if c.ws_port:
+                self._ws_server = self.loop.listen(c.listen_host, c.ws_port, ws, backlog=4096)
+            if c.wss_port:
+                self._wss_server = self.loop.listen(
+                    c.listen_host,
+                    c.wss_port,
+                    ws,
+                    backlog=4096,
+                    ssl=public_server_context(c.cert_file, c.key_file, "msg"),
+                )
         self.db.start()
         self.login.start()
         self.route.start()
@@ -157,12 +183,21 @@ class MsgServer:
         """The TLS listener's port (0 without one)."""
         return self._tls_server.port if self._tls_server is not None else 0
 
+    @property
+    def ws_port(self) -> int:
+        """The WebSocket listener's port (0 without one)."""
+        return self._ws_server.port if self._ws_server is not None else 0
+
+    @property
+    def wss_port(self) -> int:
+        """The WebSocket-over-TLS listener's port (0 without one)."""
+        return self._wss_server.port if self._wss_server is not None else 0
+
     def close(self) -> None:
         self.stats.metrics.close()
-        if self._tls_server is not None:
-            self._tls_server.close()
-        if self._server is not None:
-            self._server.close()
+        for server in (self._wss_server, self._ws_server, self._tls_server, self._server):
+            if server is not None:
+                server.close()
         self.db.stop()
         self.login.stop()
         self.route.stop()
@@ -186,5 +221,7 @@ class MsgServer:
                 cur_conn_cnt=self.online_count,
                 host_name=c.host_name,
                 tls_port=self.tls_port,
+                ws_port=self.ws_port,
+                wss_port=self.wss_port,
             )
         )

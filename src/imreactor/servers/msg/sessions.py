@@ -3,9 +3,10 @@
 A login is refused at once when the server is full (result 2, "server full"), when a
 link it needs is down (3-5, "server not ready"), or when the throttle says the name or
 address must wait (6, held back ``throttle_answer_delay_s``). Otherwise db_proxy
-validates it; on success the older connection of the same class (desktop or mobile)
-is kicked here, and through route_server on other msg_servers, and login_server is
-told the new count. Loop thread only.
+validates it; on success, if the user holds ``sessions_<class>`` connections of
+the same device class (desktop, mobile, web, script) already, the oldest is kicked
+here (and, where that limit is 1, through route_server on other msg_servers), and
+login_server is told the new count. Loop thread only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ...net import ConnState
 from ...net.limits import open_files_limit
 from ...pdu.imconn import Dispatcher
-from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL, is_mobile
+from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL, device_class
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_server_pb2 as server_pb
@@ -192,18 +193,19 @@ class Sessions:
         was_online = conns is not None and any(True for _ in conns)
         if conns is None:
             conns = self.server.users[user_id] = UserConns()
-        mobile = is_mobile(client_type)
-        older = conns.mobile if mobile else conns.desktop
-        if older is not None:
-            self.kick(older, base.KICK_REASON_DUPLICATE_USER)
-            conns = self.server.users.setdefault(
-                user_id, conns
-            )  # the kick may have dropped the entry
-        if mobile:
-            conns.mobile = conn
+        device = device_class(client_type)
+        limit = self.sessions_of(device)
+        same = conns.of_class(device)
+        if len(same) >= limit:
+            # The oldest sessions of this class make room (TeamTalk's rule when the
+            # limit is 1: the newer desktop, or mobile, replaces the older one).
+            for older in same[: len(same) - limit + 1]:
+                self.kick(older, base.KICK_REASON_DUPLICATE_USER)
+            # The kick may have dropped the entry.
+            conns = self.server.users.setdefault(user_id, conns)
+        conns.add(conn)
+        if device == "mobile":
             conn.policy = self.server.mobile_policy
-        else:
-            conns.desktop = conn
         conn.user_id = user_id
         conn.client_type = client_type
         conn.cancel_login_deadline()
@@ -221,17 +223,24 @@ class Sessions:
         )
         log.info("user %d logged in (%r, client type 0x%x)", user_id, conn.conn, client_type)
         self.server.relay.status_changed(conn, base.USER_STATUS_ONLINE)
-        # The same class of client on another msg_server is kicked there.
-        self.server.relay.forward(
-            server_pb.IMServerKickUser(
-                user_id=user_id,
-                client_type=base.ClientType.ValueType(client_type),
-                reason=base.KICK_REASON_DUPLICATE_USER,
+        if limit == 1:
+            # One session of this class in the cluster: another msg_server's is kicked
+            # there. (Larger limits hold per msg_server.)
+            self.server.relay.forward(
+                server_pb.IMServerKickUser(
+                    user_id=user_id,
+                    client_type=base.ClientType.ValueType(client_type),
+                    reason=base.KICK_REASON_DUPLICATE_USER,
+                )
             )
-        )
         if not was_online and not self.server.relay.clustered:
             # In a cluster, presence is cluster-wide: the fabric announces it.
             self.server.presence.notify_status(user_id, base.USER_STATUS_ONLINE)
+
+    def sessions_of(self, device: str) -> int:
+        """How many sessions of device class ``device`` one user may hold here."""
+        limit: int = getattr(self.server.config, f"sessions_{device}")
+        return limit
 
     def kick(self, older: ClientConn, reason: int) -> None:
         log.info("user %d: kicking %r (reason %d)", older.user_id, older.conn, reason)
@@ -250,19 +259,13 @@ class Sessions:
     def _detach(self, conn: ClientConn) -> bool:
         """Remove ``conn`` from its user's slots; True if the user has no connection left."""
         conns = self.server.users.get(conn.user_id)
-        if conns is None:
-            return False
-        if conns.desktop is conn:
-            conns.desktop = None
-        elif conns.mobile is conn:
-            conns.mobile = None
-        else:
+        if conns is None or not conns.remove(conn):
             return False
         self.server.login.broadcast(
             server_pb.IMUserCntUpdate(user_action=USER_ACTION_DEL, user_id=conn.user_id)
         )
         self.server.relay.status_changed(conn, base.USER_STATUS_OFFLINE)
-        if conns.desktop is None and conns.mobile is None:
+        if not conns:
             del self.server.users[conn.user_id]
             return True
         return False

@@ -71,7 +71,7 @@ from typing import Any, Final, Generic, TypeVar
 from ...net import EventLoop, Server
 from ...pdu.framing import Frame
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy, encode_message
-from ...pdu.kinds import GROUP_MSG_TYPES, is_mobile
+from ...pdu.kinds import GROUP_MSG_TYPES, device_class
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy_pb
 from ...pdu.proto import im_group_pb2 as group_pb
@@ -388,11 +388,11 @@ class RouteServer:
         self._relay(link, self._links_hosting((msg.to_user_id,), link))
 
     def _on_kick_user(self, link: RouteLink, msg: server_pb.IMServerKickUser, seq: int) -> None:
-        mobile = is_mobile(msg.client_type)
+        device = device_class(msg.client_type)
         targets = [
             other
             for other, types in self.presence.hosts(msg.user_id).items()
-            if other is not link and any(is_mobile(t) == mobile for t in types)
+            if other is not link and any(device_class(t) == device for t in types)
         ]
         self._relay(link, targets)
 

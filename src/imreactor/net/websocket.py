@@ -1,0 +1,536 @@
+"""WebSocket on the reactor: websockets' sans-IO protocol, layered on a TCP or TLS transport.
+
+A :class:`WebSocketTransport` is, like :class:`~imreactor.net.tls.TLSTransport`, two
+things at once: the protocol of the transport below it (a TCP
+:class:`~imreactor.net.connection.Connection`, or a ``TLSTransport`` for WSS), which
+carries the HTTP upgrade and then the frames, and a
+:class:`~imreactor.net.transport.Transport` for the protocol above it, which sees
+*messages*. The library (``websockets.server.ServerProtocol``) never touches a socket:
+bytes read below are fed to it, and whatever it wants sent is written below. So
+everything the transport below does holds here too: coalesced sends, water marks
+(passed up as ``pause_writing``), the output cap, the reset on abort.
+
+Messages, not a stream: each :meth:`~WebSocketTransport.write` is sent as one binary
+message, and each binary message received (fragments joined) is one ``data_received``
+call. A protocol that writes one unit per ``write`` (msg_server writes one PDU per
+write) thus gets one unit per message both ways. ``message_check`` may refuse a
+message that is not one whole unit (close code 1007).
+
+States::
+
+    CONNECTING ──► HANDSHAKING ──► CONNECTED ──► CLOSING ──► CLOSED
+     (TCP/TLS)      │ (HTTP upgrade refused or too slow)  ▲ (abort)  ▲
+                    └─────────────────────────────────────┴──────────┘
+
+- The protocol above is made (listener side) and hears ``connection_made`` only
+  after a valid upgrade: plain HTTP (answered 426), a malformed request (400, or
+  the stream just ends), an ``Origin`` outside ``origins`` (403), and a request not
+  done within ``handshake_timeout_s`` each cost one log line and no protocol object.
+- Close codes: :meth:`~WebSocketTransport.close` sends 1000 after the queued
+  messages (``close_with`` another), waits up to ``close_timeout_s`` for the peer's
+  answer, then closes below. A text message is refused with 1003, a message over
+  ``max_message_bytes`` (its size counted before it is buffered) with 1009, a message
+  ``message_check`` refuses with 1007, a protocol error with 1002; each is logged
+  with the peer's address and ends only that connection. A close frame from the peer
+  is its orderly end of stream (``connection_lost(None)``); a stream that ends
+  without one is reported as ``ConnectionResetError``.
+- Keepalive: after ``ping_interval_s`` in which nothing arrived, a ping is sent; a
+  pong (any frame, really) is reported to the protocol above as
+  :meth:`~imreactor.net.transport.Protocol.keepalive_received`, so a browser whose
+  page is asleep (its timers throttled) still counts as alive while its WebSocket
+  answers pings. Closing a peer that stays silent is the protocol's timeout's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import OPEN, SEND_EOF
+from websockets.server import ServerProtocol
+from websockets.typing import Origin
+
+from .layered import LayeredTransport
+from .transport import Buffer, CloseCallback, ConnState
+from .transport import Protocol as BaseProtocol
+
+if TYPE_CHECKING:
+    from .loop import EventLoop
+    from .timers import Timer
+    from .transport import Transport
+
+log = logging.getLogger(__name__)
+# The library's own lines (each open and close at INFO) go to a logger of ours, where
+# an operator can silence them apart from the transport's.
+_library_log = logging.getLogger(__name__ + ".protocol")
+
+#: How long the HTTP upgrade may take by default (as for a TLS handshake).
+HANDSHAKE_TIMEOUT_S = 10.0
+#: How long close() waits for the peer's close frame before closing the stream below.
+CLOSE_TIMEOUT_S = 2.0
+
+MessageCheck = Callable[[bytes], "str | None"]
+"""``check(message)``: why the message is refused (closed with 1007), or None to take it."""
+
+CONNECTING = ConnState.CONNECTING
+HANDSHAKING = ConnState.HANDSHAKING
+CONNECTED = ConnState.CONNECTED
+CLOSING = ConnState.CLOSING
+CLOSED = ConnState.CLOSED
+
+
+class WebSocketHandshakeTimeout(TimeoutError):
+    """The peer did not finish the HTTP upgrade in time."""
+
+
+class WebSocketClosed(ConnectionError):
+    """The connection was closed with a WebSocket close code other than 1000/1001."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"WebSocket closed with {code}: {reason}" if reason else f"closed {code}")
+        self.code = code
+        self.reason = reason
+
+
+def describe(address: Any) -> str:
+    """``host:port`` of a socket address, for log lines."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return repr(address)
+
+
+class WebSocketTransport(LayeredTransport):
+    """The server side of one WebSocket connection. Made by :func:`accepting`.
+
+    Loop thread only. ``connection_made`` ... ``resume_writing`` are the calls of the
+    transport below; the rest is the :class:`~imreactor.net.transport.Transport`
+    contract for the protocol above, with messages for chunks (module docstring).
+    """
+
+    __slots__ = (
+        "_close_timeout_s",
+        "_error",
+        "_factory",
+        "_fragments",
+        "_handshake_timeout_s",
+        "_heard",
+        "_inbox",
+        "_lower",
+        "_message_check",
+        "_ping_timer",
+        "_reading",
+        "_timer",
+        "_ws",
+        "ping_interval_s",
+        "request",
+    )
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        factory: Callable[[], BaseProtocol],
+        *,
+        origins: Sequence[str] | None = None,
+        max_message_bytes: int = 1 << 20,
+        message_check: MessageCheck | None = None,
+        ping_interval_s: float | None = 30.0,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
+        self._loop = loop
+        self._factory = factory
+        allowed: list[Origin | None] | None = None
+        if origins:
+            # A request without Origin is not from a browser page, and a non-browser
+            # client can send any Origin it likes: only pages are held to the list.
+            allowed = [Origin(o) for o in origins]
+            allowed.append(None)
+        self._ws = ServerProtocol(origins=allowed, max_size=max_message_bytes, logger=_library_log)
+        self._message_check = message_check
+        self.ping_interval_s = ping_interval_s
+        self._close_timeout_s = close_timeout_s
+        self._app: BaseProtocol | None = None
+        self._lower: Transport | None = None
+        self._state = CONNECTING
+        self._established = False
+        self._reading = True
+        self._wpaused = False
+        self._inbox: deque[bytes] | None = None  # messages parsed while reading was paused
+        self._fragments: list[bytes] | None = None  # a fragmented message so far
+        self._heard = False  # a frame arrived since the last ping tick
+        self._handshake_timeout_s = handshake_timeout_s
+        self._timer: Timer | None = None
+        self._ping_timer: Timer | None = None
+        self._error: BaseException | None = None
+        self._reported = False
+        self._close_callbacks: list[CloseCallback] | None = None
+        #: The upgrade request (path, headers such as Origin), once it is accepted.
+        self.request: Request | None = None
+
+    # -- the transport contract: introspection -------------------------------------------------
+
+    @property
+    def lower(self) -> Transport | None:
+        """The transport that carries the frames (TCP, or TLS for WSS)."""
+        return self._lower
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The TCP socket at the bottom (for socket options), or None once closed."""
+        return getattr(self._lower, "socket", None)
+
+    @property
+    def local_address(self) -> Any:
+        return self._lower.local_address if self._lower is not None else None
+
+    @property
+    def remote_address(self) -> Any:
+        return self._lower.remote_address if self._lower is not None else None
+
+    @property
+    def write_buffer_size(self) -> int:
+        return self._lower.write_buffer_size if self._lower is not None else 0
+
+    @property
+    def reading(self) -> bool:
+        return self._reading and self._state is CONNECTED
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code received from the peer, or sent to it; None before a close."""
+        ws = self._ws
+        close = ws.close_rcvd or ws.close_sent
+        return int(close.code) if close is not None else None
+
+    def __repr__(self) -> str:
+        return f"<WebSocketTransport {self._state.value} {describe(self.remote_address)}>"
+
+    # -- the transport contract: writing, reading, closing -------------------------------------
+
+    def write(self, data: Buffer) -> None:
+        """Send ``data`` as one binary message. Ignored unless CONNECTED."""
+        if self._state is CONNECTED and self._ws.state is OPEN:
+            self._ws.send_binary(data if type(data) is bytes else bytes(data))
+            self._flush()
+
+    def writelines(self, chunks: Iterable[Buffer]) -> None:
+        """Each chunk is its own message, in order."""
+        for chunk in chunks:
+            self.write(chunk)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            if self._lower is not None:
+                self._lower.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading:
+            self._reading = True
+            if self._lower is not None:
+                self._lower.resume_reading()
+            if self._inbox:
+                # Parsed before the pause: the socket will not become readable for them.
+                self._loop.call_soon(self._deliver_inbox)
+
+    def close(self) -> None:
+        """Close with 1000 (normal closure) after what is queued. Idempotent."""
+        self.close_with(CloseCode.NORMAL_CLOSURE)
+
+    def close_with(self, code: int, reason: str = "") -> None:
+        """Send a close frame with ``code`` and ``reason``; the stream below closes when
+        the peer answers, or after ``close_timeout_s``. Idempotent."""
+        state = self._state
+        if state is CLOSING or state is CLOSED:
+            return
+        self._state = CLOSING
+        self._cancel_timers()
+        if self._ws.state is OPEN:
+            self._ws.send_close(code, reason)
+            self._flush()
+            self._timer = self._loop.call_later(self._close_timeout_s, self._close_lower)
+        else:
+            self._close_lower()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Reset the stream below now: no close frame, queued output dropped. Idempotent."""
+        if self._state is CLOSED:
+            return
+        self._state = CLOSED
+        self._cancel_timers()
+        self._inbox = None
+        if exc is not None and self._error is None:
+            self._error = exc
+        if self._lower is not None:
+            self._lower.abort(exc)
+
+    # -- the calls of the transport below ---------------------------------------------------------
+
+    def connection_made(self, conn: Any) -> None:
+        """The stream below is up (TCP accepted, or TLS handshake done): await the upgrade."""
+        self._lower = conn
+        if self._state is not CONNECTING:
+            return
+        self._state = HANDSHAKING
+        if self._handshake_timeout_s is not None:
+            self._timer = self._loop.call_later(
+                self._handshake_timeout_s, self._handshake_timed_out
+            )
+
+    def connection_failed(self, exc: BaseException) -> None:
+        self._state = CLOSED
+        self._report(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes of the upgrade request or of frames arrived."""
+        ws = self._ws
+        ws.receive_data(data)
+        # Messages that came before a bad frame in the same read are still delivered
+        # (what the protocol writes in answer is dropped once the library has failed).
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self._upgrade(event)
+            elif self._state is CONNECTED and isinstance(event, Frame):
+                self._frame(event)
+            # else: closing; the peer's frames are only read for its close frame,
+            # which the library answers itself
+        self._flush()  # pongs, the library's close frame, its end of stream
+        if self._error is None:
+            if ws.parser_exc is not None and self._established:
+                self._protocol_error(ws.parser_exc)
+            elif ws.handshake_exc is not None and not self._established:
+                log.warning(
+                    "WebSocket port: no valid upgrade request from %s: %s",
+                    describe(self.remote_address),
+                    _reasons(ws.handshake_exc),
+                )
+                self._error = ws.handshake_exc
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The stream below is closed (by either side)."""
+        self._cancel_timers()
+        self._state = CLOSED
+        self._inbox = None
+        ws = self._ws
+        if exc is None and self._established and ws.close_rcvd is None and ws.close_sent is None:
+            exc = ConnectionResetError("WebSocket stream ended without a close frame")
+        self._report(self._error or exc)
+
+    # -- inside ----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        lower = self._lower
+        if lower is None:
+            return
+        for chunk in self._ws.data_to_send():
+            if chunk is SEND_EOF or not chunk:
+                # The library is done with the stream (its close handshake, a refused
+                # upgrade, a failure): what is queued goes out, then the FIN.
+                self._close_lower()
+                return
+            lower.write(chunk)
+
+    def _close_lower(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._state is not CLOSED:
+            self._state = CLOSING
+        if self._lower is not None:
+            self._lower.close()
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._ping_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._ping_timer = None
+
+    def _upgrade(self, request: Request) -> None:
+        ws = self._ws
+        response = ws.accept(request)
+        if response.status_code != 101:
+            reason = ws.handshake_exc or response.reason_phrase
+            log.warning(
+                "WebSocket upgrade from %s refused (%d): %s",
+                describe(self.remote_address),
+                response.status_code,
+                _reasons(reason) if isinstance(reason, BaseException) else reason,
+            )
+            self._error = ws.handshake_exc or ConnectionRefusedError(str(reason))
+            ws.send_response(response)
+            self._flush()
+            return
+        ws.send_response(response)
+        self._flush()
+        self.request = request
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._state = CONNECTED
+        self._established = True
+        if self.ping_interval_s is not None:
+            self._ping_timer = self._loop.call_every(self.ping_interval_s, self._ping_tick)
+        self._app = self._factory()
+        self._app.connection_made(self)
+        if self._wpaused and self._state is CONNECTED:
+            self._app.pause_writing()
+
+    def _frame(self, frame: Frame) -> None:
+        self._heard = True
+        opcode = frame.opcode
+        data = frame.data if type(frame.data) is bytes else bytes(frame.data)
+        if opcode is Opcode.BINARY:
+            if frame.fin:
+                self._message(data)
+            else:
+                self._fragments = [data]
+        elif opcode is Opcode.CONT:
+            fragments = self._fragments
+            if fragments is None:
+                return  # a continuation of a refused text message: the close is under way
+            fragments.append(data)
+            if frame.fin:
+                self._fragments = None
+                self._message(b"".join(fragments))
+        elif opcode is Opcode.TEXT:
+            self._refuse(CloseCode.UNSUPPORTED_DATA, "text messages are not accepted")
+        elif opcode is Opcode.PONG or opcode is Opcode.PING:
+            app = self._app
+            if app is not None:
+                app.keepalive_received()
+        elif opcode is Opcode.CLOSE:
+            close = self._ws.close_rcvd
+            if close is not None and close.code not in (
+                CloseCode.NORMAL_CLOSURE,
+                CloseCode.GOING_AWAY,
+                CloseCode.NO_STATUS_RCVD,
+            ):
+                self._error = WebSocketClosed(int(close.code), close.reason)
+            self._state = CLOSING  # the library answered; the stream below is closing
+
+    def _message(self, message: bytes) -> None:
+        check = self._message_check
+        if check is not None:
+            why = check(message)
+            if why is not None:
+                self._refuse(CloseCode.INVALID_DATA, why)
+                return
+        if self._reading and not self._inbox:
+            app = self._app
+            assert app is not None
+            app.data_received(message)
+        else:
+            if self._inbox is None:
+                self._inbox = deque()
+            self._inbox.append(message)
+
+    def _deliver_inbox(self) -> None:
+        inbox = self._inbox
+        app = self._app
+        while inbox and self._reading and self._state is CONNECTED and app is not None:
+            app.data_received(inbox.popleft())
+
+    def _refuse(self, code: int, reason: str) -> None:
+        log.warning(
+            "WebSocket from %s: %s; closing with %d", describe(self.remote_address), reason, code
+        )
+        self._error = WebSocketClosed(code, reason)
+        self._fragments = None
+        self._inbox = None
+        self.close_with(code, reason)
+
+    def _protocol_error(self, exc: Exception) -> None:
+        # The library has sent its close frame (1002, or 1009 for an oversize message)
+        # and the FIN; only the reason is left to tell.
+        close = self._ws.close_sent
+        code = int(close.code) if close is not None else CloseCode.PROTOCOL_ERROR
+        log.warning(
+            "WebSocket from %s: %s; closed with %d", describe(self.remote_address), exc, code
+        )
+        self._error = WebSocketClosed(code, str(exc))
+        self._inbox = None
+        self._fragments = None
+        if self._state is CONNECTED:
+            self._state = CLOSING
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._state is HANDSHAKING:
+            exc = WebSocketHandshakeTimeout(
+                "WebSocket upgrade request not complete in time; closing"
+            )
+            log.warning("WebSocket upgrade from %s: %s", describe(self.remote_address), exc)
+            self.abort(exc)
+
+    def _ping_tick(self) -> None:
+        if self._heard:
+            self._heard = False
+        elif self._state is CONNECTED and self._ws.state is OPEN:
+            self._ws.send_ping(b"")
+            self._flush()
+
+    def _report(self, exc: BaseException | None) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        try:
+            if self._established:
+                app = self._app
+                assert app is not None
+                app.connection_lost(exc)
+            elif exc is not None and self._error is None:
+                log.info(
+                    "WebSocket connection from %s lost before the upgrade: %s",
+                    describe(self.remote_address),
+                    exc,
+                )
+        finally:
+            self._closed_callbacks(exc)
+
+
+def _reasons(exc: BaseException) -> str:
+    """``exc`` and its causes, in one line (the library chains the parser's error)."""
+    text = str(exc)
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+        text += f": {exc}"
+    return text
+
+
+def accepting(
+    loop: EventLoop,
+    factory: Callable[[], BaseProtocol],
+    *,
+    origins: Sequence[str] | None = None,
+    max_message_bytes: int = 1 << 20,
+    message_check: MessageCheck | None = None,
+    ping_interval_s: float | None = 30.0,
+    handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+) -> Callable[[], WebSocketTransport]:
+    """A listener's protocol factory that puts a WebSocket server between each accepted
+    connection and a protocol made by ``factory`` once its upgrade is accepted.
+
+    Pass it to ``loop.listen`` as is for ``ws://``, or with ``ssl=`` for ``wss://``
+    (the upgrade then runs once the TLS handshake is done). ``origins``: the
+    ``Origin`` values a browser page may connect from (``"https://chat.example"``);
+    None or empty admits every page.
+    """
+    allowed = list(origins) if origins else None
+
+    def make() -> WebSocketTransport:
+        return WebSocketTransport(
+            loop,
+            factory,
+            origins=allowed,
+            max_message_bytes=max_message_bytes,
+            message_check=message_check,
+            ping_interval_s=ping_interval_s,
+            handshake_timeout_s=handshake_timeout_s,
+        )
+
+    return make

@@ -1,0 +1,333 @@
+"""The WebSocket transport over real loopback sockets, on every backend: the upgrade and
+what it refuses (plain HTTP, garbage, a wrong Origin, a slow request), one message per
+``data_received`` and per ``write``, fragments, the refusals with their close codes
+(text 1003, oversize 1009, a message that is not one PDU 1007, protocol errors 1002),
+orderly and abrupt ends, pings tied to the protocol's keepalive, and WSS."""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import pytest
+from wsclient import WsClient
+
+from imreactor.net import EventLoop, FlowControl, PeerTooSlow
+from imreactor.net.websocket import (
+    WebSocketClosed,
+    WebSocketTransport,
+    accepting,
+)
+from imreactor.pdu.framing import one_pdu_check
+from imreactor.pdu.header import encode_pdu
+
+from . import pki
+from .helpers import Collect, Echo, RunUntil, run_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Alive(Echo):
+    """An echo that counts keepalive_received calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[bytes] = []
+        self.alive = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.messages.append(data)
+        super().data_received(data)
+
+    def keepalive_received(self) -> None:
+        self.alive += 1
+
+
+def _serve(loop: EventLoop, tls: bool = False, **kw: object) -> tuple[Collect[Alive], int]:
+    made = Collect(Alive)
+    factory = accepting(loop, made, **kw)  # type: ignore[arg-type]
+    server = loop.listen("127.0.0.1", 0, factory, ssl=pki.server_ctx() if tls else None)
+    return made, server.port
+
+
+def _until(run_until: RunUntil, client: WsClient, predicate: object, what: str = "") -> None:
+    def check() -> object:
+        client.poll()
+        return predicate()  # type: ignore[operator]
+
+    run_until(check, what=what)
+
+
+def _open(loop: EventLoop, run_until: RunUntil, port: int, **kw: object) -> WsClient:
+    client = WsClient(port, **kw)  # type: ignore[arg-type]
+    _until(run_until, client, lambda: client.response is not None, "the upgrade answer")
+    return client
+
+
+def test_messages_are_echoed_one_for_one(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    assert client.open
+    sent = [b"a", b"bc" * 100, bytes(70000)]
+    for message in sent:
+        client.send(message)
+    _until(run_until, client, lambda: len(client.messages) == 3, "three echoes")
+    assert client.messages == sent
+    (proto,) = made.made
+    assert proto.messages == sent  # one data_received per message, never merged or split
+    assert isinstance(proto.conn, WebSocketTransport)
+    assert proto.conn.request is not None and proto.conn.request.path == "/"
+
+
+def test_fragments_make_one_message(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    client.send_fragments(b"one ", b"two ", b"three")
+    _until(run_until, client, lambda: client.messages, "the echo")
+    assert made.made[0].messages == [b"one two three"]
+    assert client.messages == [b"one two three"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 426),  # plain HTTP
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", None),
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            400,  # no Sec-WebSocket-Key
+        ),
+        (b"\x16\x03\x01\x00\xa5garbage that is no HTTP at all\r\n\r\n", None),
+    ],
+    ids=["plain-http", "post", "no-key", "garbage"],
+)
+def test_bad_upgrade_requests_are_refused(
+    loop: EventLoop,
+    run_until: RunUntil,
+    caplog: pytest.LogCaptureFixture,
+    request_bytes: bytes,
+    status: int | None,
+) -> None:
+    made, port = _serve(loop)
+    client = WsClient(port, upgrade=False)
+    client.send_raw(request_bytes)
+    answer = bytearray()
+
+    def closed() -> bool:
+        try:
+            while data := client.sock.recv(65536):
+                answer.extend(data)
+            return True  # EOF
+        except BlockingIOError:
+            return False
+
+    with caplog.at_level(logging.WARNING, "imreactor.net.websocket"):
+        run_until(closed, what="the server to close")
+    if status is not None:
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()), bytes(answer[:80])
+    assert not made.made  # no protocol object for a connection that never upgraded
+    assert any("WebSocket" in r.getMessage() for r in caplog.records)
+    # The listener still serves others.
+    assert _open(loop, run_until, port).open
+
+
+def test_origin_allow_list(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop, origins=["https://chat.example"])
+    good = _open(loop, run_until, port, origin="https://chat.example")
+    bad = _open(loop, run_until, port, origin="https://evil.example")
+    none = _open(loop, run_until, port)  # not a browser page: no Origin
+    assert good.open and none.open
+    assert bad.response is not None and bad.response.status_code == 403
+    _until(run_until, bad, lambda: bad.eof, "the refused connection to end")
+    assert len(made.made) == 2
+
+
+def test_any_origin_without_a_list(loop: EventLoop, run_until: RunUntil) -> None:
+    _, port = _serve(loop)
+    assert _open(loop, run_until, port, origin="https://anywhere.example").open
+
+
+def _refused(
+    loop: EventLoop, run_until: RunUntil, client: WsClient, made: Collect[Alive], code: int
+) -> None:
+    _until(run_until, client, lambda: client.eof and made.made[0].lost, "the close")
+    assert client.close_code == code
+    (exc,) = made.made[0].lost
+    assert isinstance(exc, WebSocketClosed) and exc.code == code
+
+
+def test_text_messages_close_with_1003(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    client.send(b"first")
+    client.send_text("hello")
+    _refused(loop, run_until, client, made, 1003)
+    assert made.made[0].messages == [b"first"]
+
+
+def test_oversize_message_closes_with_1009(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop, max_message_bytes=1000)
+    client = _open(loop, run_until, port)
+    client.send(bytes(1000))  # at the limit: fine
+    client.send(bytes(1001))
+    _refused(loop, run_until, client, made, 1009)
+    assert made.made[0].messages == [bytes(1000)]
+
+
+def test_oversize_fragmented_message_closes_with_1009(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop, max_message_bytes=1000)
+    client = _open(loop, run_until, port)
+    client.send_fragments(bytes(600), bytes(600))
+    _refused(loop, run_until, client, made, 1009)
+    assert made.made[0].messages == []
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        encode_pdu(7, 0x0701, 1)[:10],  # shorter than a header
+        encode_pdu(7, 0x0701, 1, b"body")[:-2],  # half a PDU
+        encode_pdu(7, 0x0701, 1) * 2,  # two PDUs in one message
+        struct.pack(">I", 5000) + bytes(4996),  # a PDU over the limit
+    ],
+    ids=["short", "split", "packed", "over-limit"],
+)
+def test_a_message_that_is_not_one_pdu_closes_with_1007(
+    loop: EventLoop, run_until: RunUntil, message: bytes
+) -> None:
+    made, port = _serve(loop, message_check=one_pdu_check(4096))
+    client = _open(loop, run_until, port)
+    pdu = encode_pdu(7, 0x0701, 1, b"ok")
+    client.send(pdu)
+    client.send(message)
+    _refused(loop, run_until, client, made, 1007)
+    assert made.made[0].messages == [pdu]
+
+
+def test_protocol_error_closes_with_1002(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    client.send_raw(b"\x82\x01x")  # an unmasked frame: clients must mask
+    _refused(loop, run_until, client, made, 1002)
+
+
+def test_server_close_sends_1000(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    client.send(b"last words")
+    _until(run_until, client, lambda: made.made and made.made[0].messages, "the message")
+    proto = made.made[0]
+    proto.connection().write(b"bye")
+    proto.connection().close()
+    _until(run_until, client, lambda: client.eof and proto.lost, "the close")
+    assert client.messages[-1] == b"bye"  # what was queued went first
+    assert client.close_code == 1000
+    assert proto.lost == [None]
+
+
+def test_client_close_is_orderly(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    client.close(1000)
+    _until(run_until, client, lambda: made.made[0].lost and client.eof, "the close")
+    assert made.made[0].lost == [None]
+    assert client.close_code == 1000
+
+
+def test_stream_cut_without_close_frame_is_a_reset(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop)
+    client = _open(loop, run_until, port)
+    client.shutdown()
+    run_until(lambda: made.made[0].lost, what="connection_lost")
+    (exc,) = made.made[0].lost
+    assert isinstance(exc, ConnectionResetError)
+
+
+def test_idle_peer_is_pinged_and_pongs_count_as_alive(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop, ping_interval_s=0.05)
+    client = _open(loop, run_until, port)
+    _until(run_until, client, lambda: made.made and made.made[0].alive >= 2, "pongs")
+    assert client.frames and all(f.opcode.name == "PING" for f in client.frames)
+
+
+def test_a_client_ping_counts_as_alive(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop, ping_interval_s=None)
+    client = _open(loop, run_until, port)
+    client.ping()
+    _until(run_until, client, lambda: client.frames, "the pong")
+    assert client.frames[0].opcode.name == "PONG"
+    assert made.made[0].alive == 1
+
+
+def test_upgrade_that_never_comes_times_out(
+    loop: EventLoop, run_until: RunUntil, caplog: pytest.LogCaptureFixture
+) -> None:
+    made, port = _serve(loop, handshake_timeout_s=0.1)
+    client = WsClient(port, upgrade=False)
+    client.send_raw(b"GET / HTTP/1.1\r\n")  # and nothing more
+    with caplog.at_level(logging.WARNING, "imreactor.net.websocket"):
+        _until(run_until, client, lambda: client.eof, "the timeout")
+    assert not made.made
+    assert any("not complete in time" in r.getMessage() for r in caplog.records)
+
+
+def test_paused_reading_holds_parsed_messages(loop: EventLoop, run_until: RunUntil) -> None:
+    class Pauser(Alive):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.connection().pause_reading()
+
+    made = Collect(Pauser)
+    port = loop.listen("127.0.0.1", 0, accepting(loop, made)).port
+    client = _open(loop, run_until, port)
+    client.send(b"1")
+    client.send(b"2")
+    client.send(b"3")
+    _until(run_until, client, lambda: made.made and made.made[0].messages, "the first")
+    run_for(loop, 0.1)
+    proto = made.made[0]
+    assert proto.messages == [b"1"]  # the rest waits, though parsed in the same read
+    for count in (2, 3):
+        proto.connection().resume_reading()
+        _until(run_until, client, lambda: len(proto.messages) == count, "one more after resume")  # noqa: B023
+    assert proto.messages == [b"1", b"2", b"3"]
+
+
+def test_wss(loop: EventLoop, run_until: RunUntil) -> None:
+    made, port = _serve(loop, tls=True)
+    client = _open(loop, run_until, port, context=pki.client_ctx())
+    assert client.open
+    client.send(b"secret")
+    _until(run_until, client, lambda: client.messages, "the echo")
+    assert client.messages == [b"secret"]
+    lower = made.made[0].connection()
+    assert isinstance(lower, WebSocketTransport)
+    assert type(lower.lower).__name__ == "TLSTransport"
+
+
+def test_a_peer_that_stops_reading_is_closed_alone(loop: EventLoop, run_until: RunUntil) -> None:
+    made = Collect(Alive)
+    flow = FlowControl(high_water=64 * 1024, low_water=16 * 1024, max_buffer=256 * 1024)
+    port = loop.listen("127.0.0.1", 0, accepting(loop, made), flow=flow).port
+    stalled = _open(loop, run_until, port)
+    reader = _open(loop, run_until, port)
+    run_until(lambda: len(made.made) == 2, what="both upgraded")
+    slow, fast = made.made
+    assert "pause" not in slow.events
+    chunk = bytes(64 * 1024)
+
+    # The stalled client never reads again: its messages pile up until the cap.
+    def write_more() -> bool:
+        if not slow.lost:
+            slow.connection().write(chunk)
+        return bool(slow.lost)
+
+    run_until(write_more, what="the cap")
+    (exc,) = slow.lost
+    assert isinstance(exc, PeerTooSlow)
+    assert "pause" in slow.events  # it was told to stop producing first
+    fast.connection().write(b"still here")
+    _until(run_until, reader, lambda: reader.messages, "the other client's message")
+    assert reader.messages == [b"still here"] and not fast.lost
+    stalled.shutdown()
