@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from wsclient import WsClient
 
 from imreactor.client import Client
 from imreactor.client.tls import client_context
@@ -32,6 +33,7 @@ from imreactor.redis.process import ping
 from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout
 
 from .conftest import free_port_run, free_ports, scrape
+from .test_websocket import _port_of, _ws_login
 
 
 def start_up(
@@ -40,6 +42,7 @@ def start_up(
     http, login, db, route, msfs = free_ports(5)
     msg = free_port_run(3)  # --msg-servers up to 3 take consecutive ports
     metrics = free_port_run(5)  # db_proxy, route_server, 3 msg_servers
+    ws = free_port_run(3)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -62,6 +65,8 @@ def start_up(
             str(metrics),
             "--msfs-port",
             str(msfs),
+            "--ws-port",
+            str(ws),
             *extra,
         ],
         stdout=subprocess.PIPE,
@@ -114,6 +119,13 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
         ack = alice.send_text(bob.user_id, "over the suite")
         got = bob.wait_for(msg_pb.IMMsgData, 10)
         assert (got.msg_id, got.msg_data) == (ack.msg_id, b"over the suite")
+        # Browsers are offered a WebSocket URL, and one logs in over it.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/msg_server", timeout=10) as rsp:
+            ws_url = json.loads(rsp.read())["wsURL"]
+        assert f"  browsers     ws://127.0.0.1:{_port_of(ws_url)}/" in out
+        browser = WsClient(_port_of(ws_url))
+        assert _ws_login(browser, "carol").result_code == 0
+        browser.close()
         alice.close()
         bob.close()
         # Every server's metrics URL is in the banner, and each serves its own role's

@@ -53,6 +53,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _port_or_0(text: str) -> int:
+    port = int(text)
+    if not is_port(port, allow_zero=True):
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0..65535)")
+    return port
+
+
 def _count(text: str) -> int:
     n = int(text)
     if not 1 <= n <= 64:
@@ -85,6 +92,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         " certificate are made in <data-dir>/pki and the CA's path printed for clients",
     )
     ap.add_argument("--tls-port", type=_port, default=8443, help="first msg_server's TLS port")
+    ap.add_argument(
+        "--ws-port",
+        type=_port_or_0,
+        default=8800,
+        help="first msg_server's WebSocket port, for browsers (0 = none; the next ones count up)",
+    )
     ap.add_argument(
         "--metrics-port",
         type=_port,
@@ -149,6 +162,8 @@ class SuiteLayout:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     link_auth: bool = True
     tls_ports: list[int] = field(default_factory=list)
+    #: One per msg_server: WebSocket ports for browsers (empty: none).
+    ws_ports: list[int] = field(default_factory=list)
     #: A Redis URL: the msg_servers use the Redis fabric (then ``route_ports`` stays empty).
     redis: str = ""
     metrics_port: int = 0
@@ -198,6 +213,8 @@ class SuiteLayout:
                 }
             },
         }
+        if self.ws_ports and len(self.ws_ports) != len(self.msg_ports):
+            raise ValueError("give one WebSocket port per msg_server")
         if self.tls_ports and len(self.tls_ports) != len(self.msg_ports):
             raise ValueError("give one TLS port per msg_server")
         server_cert: pki.CertFiles | None = None
@@ -220,6 +237,8 @@ class SuiteLayout:
                     "reconnect_delays_s": [0.5, 1.0, 2.0, 4.0],
                 }
             }
+            if self.ws_ports:
+                files[name]["msg"]["ws_port"] = self.ws_ports[i - 1]
             if server_cert is not None:
                 files[name]["msg"].update(
                     tls_port=self.tls_ports[i - 1],
@@ -389,6 +408,7 @@ def _ports_of(layout: SuiteLayout) -> list[tuple[str, int]]:
     found += [("route_server port", p) for p in layout.route_ports]
     found += [("msg_server port", p) for p in layout.msg_ports]
     found += [("msg_server tls_port", p) for p in layout.tls_ports]
+    found += [("msg_server ws_port", p) for p in layout.ws_ports]
     if layout.metrics_port:
         others = 1 + len(layout.route_ports) + len(layout.msg_ports)
         found += [("metrics http_port", layout.metrics_port + i) for i in range(others)]
@@ -495,6 +515,7 @@ def _run(args: argparse.Namespace) -> int:
         route_ports=[args.route_port] if args.msg_servers > 1 and args.redis is None else [],
         database=args.database or "",
         tls_ports=[args.tls_port + i for i in range(args.msg_servers)] if args.tls else [],
+        ws_ports=[args.ws_port + i for i in range(args.msg_servers)] if args.ws_port else [],
         metrics_port=args.metrics_port,
         msfs_port=args.msfs_port,
         redis=redis_url,
@@ -538,6 +559,9 @@ def _banner(layout: SuiteLayout) -> str:
         f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
         f"  images       {layout.msfs_url} (msfs)",
     ]
+    if layout.ws_ports:
+        ws = ", ".join(f"ws://{h}:{p}/" for p in layout.ws_ports)
+        lines.append(f"  browsers     {ws}")
     if layout.tls_ports:
         tls = ", ".join(f"{h}:{p}" for p in layout.tls_ports)
         lines.append(f"  over TLS     {tls} (clients trust {layout.client_ca})")
