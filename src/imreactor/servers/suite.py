@@ -187,8 +187,12 @@ class SuiteLayout:
     def database_url(self) -> str:
         return self.database or data_dir_database(self.data_dir)
 
-    def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Config file name → its TOML tables."""
+    def tables(self, *, certificates: bool = True) -> dict[str, dict[str, dict[str, Any]]]:
+        """Config file name → its TOML tables.
+
+        ``certificates=False`` leaves out the certificate and key paths, and so makes
+        none of them in :attr:`pki_dir` (for reading the layout, its ports say).
+        """
         h = self.host
         files: dict[str, dict[str, dict[str, Any]]] = {
             "db_proxy_server": {
@@ -218,7 +222,7 @@ class SuiteLayout:
         if self.tls_ports and len(self.tls_ports) != len(self.msg_ports):
             raise ValueError("give one TLS port per msg_server")
         server_cert: pki.CertFiles | None = None
-        if self.tls_ports:
+        if self.tls_ports and certificates:
             _, server_cert = pki.public_files(self.pki_dir, sorted({h, "localhost"}))
         for i, port in enumerate(self.msg_ports, 1):
             name = "msg_server" if len(self.msg_ports) == 1 else f"msg_server{i}"
@@ -239,14 +243,14 @@ class SuiteLayout:
             }
             if self.ws_ports:
                 files[name]["msg"]["ws_port"] = self.ws_ports[i - 1]
+            if self.tls_ports:
+                files[name]["msg"]["tls_port"] = self.tls_ports[i - 1]
             if server_cert is not None:
                 files[name]["msg"].update(
-                    tls_port=self.tls_ports[i - 1],
-                    cert_file=str(server_cert.cert),
-                    key_file=str(server_cert.key),
+                    cert_file=str(server_cert.cert), key_file=str(server_cert.key)
                 )
         link_keys: dict[str, str] = {}
-        if self.link_auth:
+        if self.link_auth and certificates:
             ca, link = pki.link_files(self.pki_dir)
             link_keys = {
                 "link_ca_file": str(ca.cert),
@@ -268,7 +272,7 @@ class SuiteLayout:
     def metrics_urls(self) -> dict[str, str]:
         """Server name → its ``/metrics`` URL (the servers that serve one)."""
         urls = {}
-        for name, tables in self.tables().items():
+        for name, tables in self.tables(certificates=False).items():
             for table in tables.values():
                 if table.get("http_port"):
                     scheme = (
@@ -398,20 +402,14 @@ class SuiteError(Exception):
 
 
 def _ports_of(layout: SuiteLayout) -> list[tuple[str, int]]:
-    """(what, port) for every port the suite's servers will listen on (as :meth:`~SuiteLayout.
-    tables` assigns them, without making the certificates that it makes)."""
-    found = [
-        ("login_server http_port", layout.http_port),
-        ("login_server msg_server_port", layout.login_port),
-        ("db_proxy_server port", layout.db_port),
-    ]
-    found += [("route_server port", p) for p in layout.route_ports]
-    found += [("msg_server port", p) for p in layout.msg_ports]
-    found += [("msg_server tls_port", p) for p in layout.tls_ports]
-    found += [("msg_server ws_port", p) for p in layout.ws_ports]
-    if layout.metrics_port:
-        others = 1 + len(layout.route_ports) + len(layout.msg_ports)
-        found += [("metrics http_port", layout.metrics_port + i) for i in range(others)]
+    """(what, port) for every port the suite's servers will listen on, read from the
+    tables :meth:`SuiteLayout.tables` writes (without making their certificates)."""
+    found: list[tuple[str, int]] = []
+    for name, tables in layout.tables(certificates=False).items():
+        for table in tables.values():
+            for key, value in table.items():
+                if (key == "port" or key.endswith("_port")) and isinstance(value, int) and value:
+                    found.append((f"{name} {key}", value))
     return found
 
 
