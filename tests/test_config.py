@@ -221,6 +221,9 @@ def test_config_check_accepts_what_the_servers_accept(tmp_path: Path) -> None:
         ("[msg]\nport = 99999\n", [], "msg.port: 99999 is not a port (1..65535)"),
         ("[login]\nhttp_port = 0\n", [], "login.http_port: 0 is not a port (1..65535)"),
         ("[msg]\ntls_port = -1\n", [], "msg.tls_port: -1 is not a port (0..65535)"),
+        ("[dbproxy]\nhttp_port = 70000\n", [], "dbproxy.http_port: 70000 is not a port (0..65535)"),
+        ("[route]\nhttp_port = -1\n", [], "route.http_port: -1 is not a port (0..65535)"),
+        ("[msg]\nhttp_port = 65536\n", [], "msg.http_port: 65536 is not a port (0..65535)"),
         (
             "[msg]\nclient_timeout_s = -5\n",
             [],

@@ -360,6 +360,8 @@ def test_a_crashed_server_is_restarted_and_logged(tmp_path: Path) -> None:
     [
         (["--msg-servers", "0"], "give 1..64"),
         (["--http-port", "70000"], "is not a port"),
+        (["--metrics-port", "0"], "is not a port (1..65535)"),
+        (["--ws-port", "70000"], "is not a port (0..65535)"),
         (["--db-port", "x"], "invalid"),
     ],
 )
