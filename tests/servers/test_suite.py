@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,11 +27,18 @@ from wsclient import WsClient
 
 from imreactor.client import Client
 from imreactor.client.tls import client_context
+from imreactor.config import dump
 from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.redis import RedisProcess
 from imreactor.redis.process import ping
-from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout
+from imreactor.servers.suite import (
+    DEMO_PASSWORD,
+    Child,
+    SuiteLayout,
+    start_child,
+    stop_children,
+)
 
 from .conftest import free_port_run, free_ports, scrape
 from .test_websocket import _port_of, _ws_login
@@ -446,3 +454,23 @@ def test_up_refuses_a_bad_redis_url(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0 and "not redis://" in proc.stderr, proc.stderr
     assert not (tmp_path / "imreactor.db").exists()
+
+
+def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(tmp_path: Path) -> None:
+    # Linux sends PR_SET_PDEATHSIG when the forking *thread* ends: a restart from a
+    # supervisor's timer or a test's fault thread must not die with that thread.
+    (port,) = free_ports(1)
+    config = tmp_path / "route.toml"
+    config.write_text(dump({"route": {"port": port}}))
+    started: list[Child] = []
+    thread = threading.Thread(
+        target=lambda: started.append(start_child("route_server", "route-server", config, tmp_path))
+    )
+    thread.start()
+    thread.join()
+    try:
+        time.sleep(0.5)  # a death signal, if one were armed to the thread, has come by now
+        assert started and started[0].proc.poll() is None, "the server died with its thread"
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        stop_children(started)

@@ -11,6 +11,7 @@ too and ``up`` exits non-zero.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
@@ -24,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -355,7 +357,7 @@ _ROLES = {
 def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
     log_path = data_dir / f"{name}.log"
     log_file = open(log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
-    proc = subprocess.Popen(
+    proc = _spawn(
         [sys.executable, "-m", "imreactor", role, "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=log_file,
@@ -455,6 +457,29 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[str]:
+    """``subprocess.Popen`` from one thread that lives as long as this process.
+
+    Linux delivers PR_SET_PDEATHSIG when the *thread* that forked the child ends, not
+    the process: a server restarted from a short-lived thread (a supervisor's timer, a
+    test's fault injector) would get SIGTERM as soon as that thread returned. Forking
+    every child from one long-lived thread ties each child's life to the process's.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spawner")
+
+    def popen() -> subprocess.Popen[str]:
+        return subprocess.Popen(args, **kw)
+
+    return _spawner.submit(popen).result()
 
 
 def _die_with(parent: int) -> Callable[[], None]:
