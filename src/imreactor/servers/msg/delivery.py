@@ -107,6 +107,20 @@ class Delivery:
         else:
             conn.bad_pdu(sid, cid, seq, f"msg_type {msg.msg_type} refused")
 
+    def _not_stored(self, conn: ClientConn, why: str) -> None:
+        """A message could not be stored: close its sender's connection.
+
+        IMMsgDataAck has no result code, so the one answer that cannot be taken for
+        an ack is the close. Without it the sender would wait for an ack that never
+        comes; after it, the sender knows its unacked messages may not be stored,
+        logs in again (through login_server, perhaps elsewhere) and sends them again.
+        Acks already queued on the connection go out before the close.
+        """
+        self.server.stats.messages.inc("not_stored")
+        if conn.conn.state is ConnState.CONNECTED:
+            log.warning("%r: a message was not stored (%s); closing", conn.conn, why)
+            conn.conn.close()
+
     def _store_message(
         self, conn: ClientConn, msg: Any, seq: int, group: GroupEntry | None
     ) -> None:
@@ -114,8 +128,7 @@ class Delivery:
         db = self.server.db.pick()
         stats = self.server.stats
         if db is None:
-            log.warning("%r: no db_proxy; message not accepted", conn.conn)
-            stats.messages.inc("not_stored")
+            self._not_stored(conn, "no db_proxy link is up")
             return
         received = stats.loop.time()
         msg.create_time = int(time.time())
@@ -124,9 +137,7 @@ class Delivery:
 
         def stored(rsp: msg_pb.IMMsgData | None, exc: BaseException | None) -> None:
             if rsp is None or rsp.msg_id == 0:
-                # Not stored: no ack, no delivery; the client retries.
-                log.warning("message from %d not stored: %s", msg.from_user_id, exc or "refused")
-                stats.messages.inc("not_stored")
+                self._not_stored(conn, str(exc or "db_proxy refused it"))
                 return
             stats.messages.inc("stored")
             stats.store_latency.observe(stats.loop.time() - received)
