@@ -114,6 +114,8 @@
 
   function loadCell(row, s) {
     const td = cell(row, "load", "");
+    const box = document.createElement("div");
+    box.className = "load";
     const bar = document.createElement("div");
     bar.className = "bar";
     const fill = document.createElement("div");
@@ -122,7 +124,8 @@
     bar.appendChild(fill);
     const text = document.createElement("span");
     text.textContent = `${s.sessions} / ${s.max_sessions}`;
-    td.append(bar, text);
+    box.append(bar, text);
+    td.appendChild(box);
   }
 
   function errorsTitle(s) {
