@@ -28,7 +28,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -255,7 +255,7 @@ class _Tracked:
 class Dashboard:
     """The msg_servers' reports, the JSON built from them, and the dashboard's routes."""
 
-    def __init__(self, registry: MsgServerRegistry, clock: Any) -> None:
+    def __init__(self, registry: MsgServerRegistry, clock: Callable[[], float]) -> None:
         """``clock()``: the loop's monotonic time (``loop.time``)."""
         self.registry = registry
         self.clock = clock
