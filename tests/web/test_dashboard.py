@@ -310,3 +310,18 @@ def test_the_dashboard_routes_answer(lone: LoneLogin) -> None:
     with socket.create_connection(("127.0.0.1", lone.http), timeout=5) as s:
         s.sendall(b"GET /dashboard/data HTTP/1.1\r\nHost: x\r\n\x00\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 400 ")
+
+
+def test_the_page_says_when_login_server_stops_answering(lone: LoneLogin, page: Page) -> None:
+    page.goto(f"{lone.url}/dashboard/")
+    page.wait_for_selector("#status.ok")
+    assert page.is_visible("#empty")  # no msg_server yet
+    s = lone.register()
+    send(s, report(1000, 0, [0, 0, 0, 0]))
+    page.wait_for_selector('#servers tr[data-id="10.0.0.1:8000"]')
+    assert page.is_hidden("#empty")
+    assert page.inner_text('#servers td[data-field="name"]') == "fake"
+    stop_children([lone.child])
+    page.wait_for_selector("#status.error")
+    assert "login_server not answering" in page.inner_text("#status")
+    s.close()
