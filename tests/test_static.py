@@ -82,3 +82,12 @@ def test_a_directory_without_an_index_or_a_bad_prefix_is_refused(tmp_path: Path)
     (tmp_path / "index.html").write_text("x")
     with pytest.raises(ValueError, match="must end with"):
         StaticFiles(tmp_path, "/web")
+
+
+def test_a_directory_of_assets_needs_no_index(tmp_path: Path) -> None:
+    (tmp_path / "lib.js").write_text("var lib = 1;")
+    files = StaticFiles(tmp_path, "/vendor/", index=False)
+    assert files.names == ["lib.js"]
+    assert get(files, "/vendor/lib.js").status == 200
+    assert get(files, "/vendor/").status == 404
+    assert get(files, "/vendor").status == 404

@@ -123,6 +123,7 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
     try:
         assert "created demo users alice, bob, carol, dave" in out
         assert f"http://127.0.0.1:{http}/msg_server" in out
+        assert f"  dashboard    http://127.0.0.1:{http}/dashboard\n" in out
         alice, bob = login(http, "alice"), login(http, "bob")
         ack = alice.send_text(bob.user_id, "over the suite")
         got = bob.wait_for(msg_pb.IMMsgData, 10)
@@ -134,6 +135,9 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
         browser = WsClient(_port_of(ws_url))
         assert _ws_login(browser, "carol").result_code == 0
         browser.close()
+        # The dashboard the banner names lists every msg_server.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/dashboard/data", timeout=10) as rsp:
+            assert json.loads(rsp.read())["cluster"]["msg_servers"] == msg_servers
         alice.close()
         bob.close()
         # Every server's metrics URL is in the banner, and each serves its own role's

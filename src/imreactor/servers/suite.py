@@ -579,6 +579,7 @@ def _banner(layout: SuiteLayout) -> str:
         f"imreactor suite is up in {layout.data_dir} (logs and configs there):",
         f"  database     {_redacted(layout.database_url)}",
         f"  clients ask  {login_url}/msg_server",
+        f"  dashboard    {login_url}/dashboard",
         f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
         f"  images       {layout.msfs_url} (msfs)",
     ]

@@ -21,9 +21,11 @@ from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
 from ...pdu.proto import im_server_pb2 as server_pb
+from ...static import StaticFiles
 from ..linkauth import link_server_context, public_server_context
 from ..metrics import Metrics
 from .config import LoginConfig
+from .dashboard import WEB_ROOT, Dashboard
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,12 @@ class MsgServerRegistry:
         elif action == USER_ACTION_DEL and entry.cur_conn_cnt > 0:
             entry.cur_conn_cnt -= 1
 
+    def get(self, link: ImConnection) -> MsgServerEntry | None:
+        return self._servers.get(link)
+
+    def items(self) -> list[tuple[ImConnection, MsgServerEntry]]:
+        return list(self._servers.items())
+
     def forget(self, link: ImConnection) -> None:
         entry = self._servers.pop(link, None)
         if entry is not None:
@@ -114,6 +122,8 @@ class LoginServer:
         self.msg_dispatch = Dispatcher[_MsgServerLink]()
         self.msg_dispatch.register(server_pb.IMMsgServInfo, self._on_msg_serv_info)
         self.msg_dispatch.register(server_pb.IMUserCntUpdate, self._on_user_cnt_update)
+        self.dashboard = Dashboard(self.registry, loop.time)
+        self.msg_dispatch.register(server_pb.IMMsgServStats, self.dashboard.on_stats)
         self.client_dispatch = Dispatcher[ImConnection]()
         self.client_dispatch.register(login_pb.IMMsgServReq, self._on_msg_serv_req)
         self.metrics = Metrics(loop, "login_server", self._ready)
@@ -133,6 +143,8 @@ class LoginServer:
         self.router = Router()
         self.router.add("/msg_server", self._http_msg_server)
         self.metrics.routes(self.router)  # /metrics, /healthz, /readyz
+        self.dashboard.routes(self.router)  # /dashboard, /dashboard/, /dashboard/data
+        self.router.add("/vendor/", StaticFiles(WEB_ROOT / "vendor", "/vendor/", index=False))
 
     def start(self) -> None:
         c = self.config
@@ -252,4 +264,5 @@ class _MsgServerLink(ImConnection):
         self.owner = owner
 
     def on_closed(self, exc: BaseException | None) -> None:
+        self.owner.dashboard.forget(self)
         self.owner.registry.forget(self)

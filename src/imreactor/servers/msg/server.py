@@ -34,6 +34,7 @@ from .groups import GroupCache
 from .presence import Presence
 from .redis_fabric import RedisFabric
 from .relay import Relay
+from .report import StatsReporter
 from .sessions import FD_RESERVE, Sessions, connection_capacity
 from .stats import MsgStats
 
@@ -128,6 +129,7 @@ class MsgServer:
         )
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
         self.stats = MsgStats(self)
+        self.reporter = StatsReporter(self)  # for login_server's dashboard
 
     def start(self) -> None:
         c = self.config
@@ -172,6 +174,7 @@ class MsgServer:
         self.login.start()
         self.route.start()
         self.relay.start()
+        self.reporter.start()
 
     @property
     def port(self) -> int:
@@ -195,6 +198,7 @@ class MsgServer:
 
     def close(self) -> None:
         self.stats.metrics.close()
+        self.reporter.close()
         for server in (self._wss_server, self._ws_server, self._tls_server, self._server):
             if server is not None:
                 server.close()
