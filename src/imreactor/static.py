@@ -45,11 +45,13 @@ class StaticFiles:
     """A route handler serving the files under ``root`` at ``prefix``.
 
     ``prefix`` ends with ``/``; ``prefix`` itself (and ``prefix`` without its slash)
-    serves ``index.html``. Files whose suffix is not in :data:`CONTENT_TYPES` are left
-    out. Methods other than GET and HEAD get ``405``; unknown names ``404``.
+    serves ``index.html``, which ``root`` must have unless ``index`` is False (a
+    directory of libraries, say: then ``prefix`` itself is ``404``). Files whose suffix
+    is not in :data:`CONTENT_TYPES` are left out. Methods other than GET and HEAD get
+    ``405``; unknown names ``404``.
     """
 
-    def __init__(self, root: Path, prefix: str = "/") -> None:
+    def __init__(self, root: Path, prefix: str = "/", *, index: bool = True) -> None:
         if not prefix.endswith("/"):
             raise ValueError(f"static prefix must end with '/': {prefix!r}")
         self.prefix = prefix
@@ -61,7 +63,7 @@ class StaticFiles:
             body = path.read_bytes()
             etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
             self._files[path.relative_to(root).as_posix()] = (content_type, body, etag)
-        if "index.html" not in self._files:
+        if index and "index.html" not in self._files:
             raise ValueError(f"{root} has no index.html")
 
     @property
