@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,25 @@ def web_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite
     suite.stop()
 
 
-def new_users(suite: RunningSuite, *nicks: str) -> list[str]:
-    """Fresh users (one name each, unique in the module) with these nick names."""
+@dataclass(frozen=True)
+class User:
+    name: str  # what one logs in with
+    nick: str  # what the chat shows
+
+
+def new_users(suite: RunningSuite, *nicks: str) -> list[User]:
+    """Fresh users, unique in the module: ``Alice`` becomes login ``u3alice``, shown as
+    ``Alice 3`` (the demo users' nick names are taken)."""
     n = next(_names)
-    users = [(f"u{n}{nick.lower()}", nick) for nick in nicks]
-    create_users(suite.layout.database_url, users, DEMO_PASSWORD)
-    return [name for name, _ in users]
+    users = [User(f"u{n}{nick.lower()}", f"{nick} {n}") for nick in nicks]
+    create_users(suite.layout.database_url, [(u.name, u.nick) for u in users], DEMO_PASSWORD)
+    return users
 
 
-def open_chat(suite: RunningSuite, page: Page, user: str) -> Page:
+def open_chat(suite: RunningSuite, page: Page, user: User) -> Page:
     """Load the chat and log in as ``user``; returns once the page says it is online."""
     page.goto(suite.http_url + "/")
-    page.fill("#login-user", user)
+    page.fill("#login-user", user.name)
     page.fill("#login-password", DEMO_PASSWORD)
     page.click("#login-button")
     expect(page.locator("#conn-status")).to_have_attribute("data-state", "online", timeout=WAIT_MS)
@@ -83,5 +91,58 @@ def bubble(page: Page, text: str) -> Any:
 def test_a_page_logs_in_and_shows_the_chat(web_suite: RunningSuite, page: Page) -> None:
     (alice,) = new_users(web_suite, "Alice")
     open_chat(web_suite, page, alice)
-    expect(page.locator("#me-name")).to_have_text("Alice")
+    expect(page.locator("#me-name")).to_have_text(alice.nick)
     expect(page.locator("#login")).to_be_hidden()
+
+
+@pytest.fixture
+def second_page(browser: Browser) -> Iterator[Page]:
+    """Another browser of its own (a context shares nothing with ``page``'s)."""
+    context = browser.new_context()
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def test_two_browsers_chat_with_each_other(
+    web_suite: RunningSuite, page: Page, second_page: Page
+) -> None:
+    alice, bob = new_users(web_suite, "Alice", "Bob")
+    a = open_chat(web_suite, page, alice)
+    b = open_chat(web_suite, second_page, bob)
+    # Presence: each sees the other online, by name.
+    a.click("#tab-contacts")
+    expect(a.locator("#contact-list .contact", has_text=bob.nick).locator(".presence")).to_have_attribute(
+        "data-presence", "online", timeout=WAIT_MS
+    )
+    talk_to(a, bob.nick)
+    expect(a.locator("#peer-presence .presence")).to_have_attribute("data-presence", "online")
+
+    # Typing shows on the other page, then the message: stored, delivered, and unread there.
+    a.fill("#compose-text", "hello bo")
+    expect(b.locator("#recent-list .session")).to_have_count(0)
+    a.type("#compose-text", "b")
+    say(a, "hello bob <b>not bold</b>")
+    mine = bubble(a, "hello bob")
+    expect(mine.locator(".status")).to_have_attribute("data-status", "delivered", timeout=WAIT_MS)
+    chat = b.locator("#recent-list .session", has_text=alice.nick)
+    expect(chat.locator(".unread")).to_have_text("1", timeout=WAIT_MS)
+    expect(chat.locator(".preview")).to_have_text("hello bob <b>not bold</b>")
+
+    # Bob opens it: the text is text (no markup), and Alice's page shows it read.
+    chat.click()
+    expect(bubble(b, "hello bob").locator(".text")).to_have_text("hello bob <b>not bold</b>")
+    assert b.locator("#message-list b").count() == 0
+    expect(chat.locator(".unread")).to_be_hidden()
+    expect(mine.locator(".status")).to_have_attribute("data-status", "read", timeout=WAIT_MS)
+
+    # Typing the other way shows Bob is typing on Alice's page; the reply arrives, read at once.
+    b.type("#compose-text", "hi")
+    expect(a.locator("#typing")).to_have_text(f"{bob.nick} is typing…", timeout=WAIT_MS)
+    say(b, "hi alice")
+    expect(bubble(a, "hi alice")).to_be_visible(timeout=WAIT_MS)
+    expect(a.locator("#typing")).to_be_hidden()
+    expect(bubble(b, "hi alice").locator(".status")).to_have_attribute(
+        "data-status", "read", timeout=WAIT_MS
+    )
