@@ -4,8 +4,13 @@ clients on both ends."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
+import json
+import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ from imreactor.client import Client
 from imreactor.pdu.proto import im_base_define_pb2 as base
 from imreactor.pdu.proto import im_group_pb2 as group_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
+from imreactor.pdu.registry import ids_of, message_class
 from imreactor.servers.suite import DEMO_PASSWORD
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,14 +72,19 @@ def open_chat(suite: RunningSuite, page: Page, user: User) -> Page:
     return page
 
 
-def sdk_login(suite: RunningSuite, name: str, **kw: Any) -> Client:
-    """An SDK client over TCP (retrying while msg_server is still linking)."""
-    return suite.login(name, **kw)
+def id_of(client: Client, user: User) -> int:
+    """``user``'s id, as ``client`` finds it in the user list."""
+    found: int = next(
+        u.user_id for u in client.all_users().user_list if u.user_nick_name == user.nick
+    )
+    return found
 
 
-def user_id(client: Client) -> int:
-    assert client.user_id is not None
-    return client.user_id
+def alice_and_bob(suite: RunningSuite) -> tuple[User, User, Client, int]:
+    """New users Alice (for a page) and Bob (logged in with the SDK), and Alice's id."""
+    alice, bob = new_users(suite, "Alice", "Bob")
+    bob_sdk = suite.login(bob.name)
+    return alice, bob, bob_sdk, id_of(bob_sdk, alice)
 
 
 def talk_to(page: Page, nick: str) -> None:
@@ -165,9 +176,7 @@ def incoming(client: Client, text: str) -> Any:
 def test_a_browser_and_an_sdk_client_chat_both_ways_with_history(
     web_suite: RunningSuite, page: Page
 ) -> None:
-    alice, bob = new_users(web_suite, "Alice", "Bob")
-    sdk = sdk_login(web_suite, bob.name)
-    alice_id = next(u.user_id for u in sdk.all_users().user_list if u.user_nick_name == alice.nick)
+    alice, bob, sdk, alice_id = alice_and_bob(web_suite)
     for i in range(1, 31):  # more than one page of history
         sdk.send_text(alice_id, f"old message {i}")
 
@@ -197,7 +206,7 @@ def test_a_browser_and_an_sdk_client_chat_both_ways_with_history(
 
     # Someone who joined after the page logged in is shown by name, not by id.
     (zed,) = new_users(web_suite, "Zed")
-    sdk_login(web_suite, zed.name).send_text(alice_id, "I am new here")
+    web_suite.login(zed.name).send_text(alice_id, "I am new here")
     newcomer = a.locator("#recent-list .session", has_text="I am new here")
     expect(newcomer.locator(".name")).to_have_text(zed.nick, timeout=WAIT_MS)
 
@@ -223,8 +232,8 @@ def test_dates_show_on_older_messages(web_suite: RunningSuite, page: Page) -> No
 
 def test_a_browser_creates_a_group_and_chats_in_it(web_suite: RunningSuite, page: Page) -> None:
     alice, bob, carol = new_users(web_suite, "Alice", "Bob", "Carol")
-    bob_sdk = sdk_login(web_suite, bob.name)
-    carol_sdk = sdk_login(web_suite, carol.name)
+    bob_sdk = web_suite.login(bob.name)
+    carol_sdk = web_suite.login(carol.name)
     a = open_chat(web_suite, page, alice)
 
     a.click("#new-group")
@@ -243,8 +252,8 @@ def test_a_browser_creates_a_group_and_chats_in_it(web_suite: RunningSuite, page
     expect(bubble(a, "welcome to the group").locator(".status")).to_have_attribute(
         "data-status", "stored", timeout=WAIT_MS
     )
-    for member in (bob_sdk, carol_sdk):
-        got = incoming(member, "welcome to the group")
+    for client in (bob_sdk, carol_sdk):
+        got = incoming(client, "welcome to the group")
         assert got.to_session_id == group_id and got.msg_type == base.MSG_TYPE_GROUP_TEXT
 
     carol_sdk.send_group_text(group_id, "thanks alice")
@@ -257,13 +266,9 @@ def test_a_browser_creates_a_group_and_chats_in_it(web_suite: RunningSuite, page
 def test_the_page_reconnects_and_catches_up_after_the_websocket_is_cut(
     web_suite: RunningSuite, page: Page
 ) -> None:
-    alice, bob = new_users(web_suite, "Alice", "Bob")
-    bob_sdk = sdk_login(web_suite, bob.name)
+    alice, bob, bob_sdk, alice_id = alice_and_bob(web_suite)
     a = open_chat(web_suite, page, alice)
     talk_to(a, bob.nick)
-    alice_id = next(
-        u.user_id for u in bob_sdk.all_users().user_list if u.user_nick_name == alice.nick
-    )
     bob_sdk.send_text(alice_id, "before the cut")
     expect(bubble(a, "before the cut")).to_be_visible(timeout=WAIT_MS)
 
@@ -277,7 +282,7 @@ def test_the_page_reconnects_and_catches_up_after_the_websocket_is_cut(
         "data-status", "failed", timeout=WAIT_MS
     )
     web_suite.layout.wait_until_offered([web_suite.children["msg_server"]])
-    bob_again = sdk_login(web_suite, bob.name)
+    bob_again = web_suite.login(bob.name)
     for i in (1, 2, 3):
         bob_again.send_text(alice_id, f"missed {i}")
 
@@ -295,3 +300,151 @@ def test_the_page_reconnects_and_catches_up_after_the_websocket_is_cut(
     incoming(bob_again, "typed while offline")
     bob_again.send_text(alice_id, "live again")
     expect(bubble(a, "live again")).to_have_count(1, timeout=WAIT_MS)
+
+
+_PIXELS_JS = """async (png) => {
+    const image = new Image();
+    image.src = "data:image/png;base64," + png;
+    await image.decode();
+    const canvas = document.createElement("canvas");
+    canvas.width = image.width;
+    canvas.height = image.height;
+    const context = canvas.getContext("2d");
+    context.drawImage(image, 0, 0);
+    const data = context.getImageData(0, 0, image.width, image.height).data;
+    const counts = new Map();
+    for (let i = 0; i < data.length; i += 4) {
+        const key = (data[i] >> 4) << 8 | (data[i + 1] >> 4) << 4 | data[i + 2] >> 4;
+        counts.set(key, (counts.get(key) || 0) + 1);
+    }
+    const dominant = Math.max(...counts.values());
+    const share = (rgb) =>
+        counts.get((rgb >> 20 & 15) << 8 | (rgb >> 12 & 15) << 4 | rgb >> 4 & 15) || 0;
+    return {width: image.width, height: image.height, colors: counts.size,
+            dominant: dominant / (data.length / 4),
+            accent: share(0x2f6fde), mine: share(0xdce8ff), theirs: share(0xffffff)};
+}"""
+
+
+def pixels(browser: Browser, png: bytes) -> dict[str, Any]:
+    """Size, colour count, the share of the commonest colour, and the pixels of the chat's
+    accent and bubble colours in a screenshot, decoded in a blank page of its own."""
+    context = browser.new_context()
+    try:
+        blank = context.new_page()
+        result: dict[str, Any] = blank.evaluate(_PIXELS_JS, base64.b64encode(png).decode())
+        return result
+    finally:
+        context.close()
+
+
+def test_the_screenshot_is_the_chat_on_a_phone_sized_screen(
+    web_suite: RunningSuite, browser: Browser
+) -> None:
+    alice, bob, bob_sdk, alice_id = alice_and_bob(web_suite)
+    bob_sdk.send_text(alice_id, "how does it look on a phone?")
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        phone = open_chat(web_suite, context.new_page(), alice)
+        # One pane at a time: the chats, then the conversation with a way back.
+        expect(phone.locator("#conversation")).to_be_hidden()
+        phone.locator("#recent-list .session", has_text=bob.nick).click()
+        expect(phone.locator("#sidebar")).to_be_hidden()
+        expect(bubble(phone, "how does it look on a phone?")).to_be_visible(timeout=WAIT_MS)
+        say(phone, "fine")
+        expect(bubble(phone, "fine").locator(".status")).to_have_attribute(
+            "data-status", "stored", timeout=WAIT_MS
+        )
+        for part in ("#peer-name", "#messages", "#composer", "#back"):
+            expect(phone.locator(part)).to_be_visible()
+        box = phone.locator("#composer").bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+        assert phone.title() == "imreactor chat"
+        shot = pixels(browser, phone.screenshot())
+        assert (shot["width"], shot["height"]) == (390, 844)
+        # Not blank, not an error text: text, the page's background and bars, and the
+        # chat's own colours (the send button, Alice's bubble, Bob's bubble) in area.
+        assert shot["colors"] >= 8 and shot["dominant"] < 0.99, shot
+        assert min(shot["accent"], shot["mine"], shot["theirs"]) > 500, shot
+        phone.click("#back")
+        expect(phone.locator("#sidebar")).to_be_visible()
+    finally:
+        context.close()
+
+
+def test_the_page_schema_is_the_registry(web_suite: RunningSuite) -> None:
+    with urllib.request.urlopen(web_suite.http_url + "/proto/im.json", timeout=10) as rsp:
+        assert rsp.headers["Content-Type"].startswith("application/json")
+        schema = json.loads(rsp.read())
+    commands: dict[str, int] = {}
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        for name, child in node.get("nested", {}).items():
+            command = child.get("options", {}).get("(IM.BaseDefine.command_id)")
+            if command is not None:
+                commands[f"{path}{name}"] = command
+            walk(child, f"{path}{name}.")
+
+    walk(schema, "")
+    assert commands, "no PDU in the schema"
+    for full_name, command in commands.items():
+        # The page puts the command's high byte in the header as the service id.
+        cls = message_class(command >> 8, command)
+        assert cls is not None and cls.DESCRIPTOR.full_name == full_name
+        assert ids_of(cls) == (command >> 8, command)
+
+
+def test_the_page_md5_is_the_protocol_digest(web_suite: RunningSuite, page: Page) -> None:
+    page.goto(web_suite.http_url + "/")
+    words = ["", "imreactor", "x" * 55, "y" * 56, "z" * 64, "密码 ü €", "q" * 1000]
+    digests = page.evaluate(
+        "async (words) => { const m = await import('/md5.js'); return words.map(m.md5Hex); }",
+        words,
+    )
+    assert digests == [hashlib.md5(w.encode()).hexdigest() for w in words]
+
+
+def _http(port: int, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(raw)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", b"405"),
+        (b"GET /vendor/ HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"GET /proto/ HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"GET /../pyproject.toml HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"GET /%2e%2e/static.py HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"GET /vendor/VERSIONS.json/.. HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+        (b"GET /app.js\x00 HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+        (b"BREW / HTCPCP/1.0\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", b"400"),
+    ],
+    ids=[
+        "post",
+        "vendor-dir",
+        "proto-dir",
+        "dotdot",
+        "encoded-dotdot",
+        "trailing",
+        "nul",
+        "method",
+        "huge",
+    ],
+)
+def test_malformed_requests_to_the_web_routes_get_an_error_and_the_page_stays(
+    web_suite: RunningSuite, raw: bytes, status: bytes
+) -> None:
+    port = web_suite.layout.http_port
+    answer = _http(port, raw.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    assert answer.split(b" ", 2)[1] == status, answer[:200]
+    page = _http(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = page.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"script-src 'self'" in head
+    assert b'<main id="chat"' in body
