@@ -8,7 +8,6 @@ import base64
 import hashlib
 import itertools
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
-from servers.conftest import RunningSuite, free_ports, start_suite
+from servers.conftest import RunningSuite, exchange, free_ports, start_suite
 
 from imreactor.accounts import create_users
 from imreactor.client import Client
@@ -404,15 +403,6 @@ def test_the_page_md5_is_the_protocol_digest(web_suite: RunningSuite, page: Page
     assert digests == [hashlib.md5(w.encode()).hexdigest() for w in words]
 
 
-def _http(port: int, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(raw)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
@@ -442,9 +432,9 @@ def test_malformed_requests_to_the_web_routes_get_an_error_and_the_page_stays(
     web_suite: RunningSuite, raw: bytes, status: bytes
 ) -> None:
     port = web_suite.layout.http_port
-    answer = _http(port, raw.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    answer = exchange(port, raw.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
     assert answer.split(b" ", 2)[1] == status, answer[:200]
-    page = _http(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    page = exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     head, _, body = page.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"script-src 'self'" in head
     assert b'<main id="chat"' in body
