@@ -554,6 +554,7 @@ def _banner(layout: SuiteLayout) -> str:
         f"imreactor suite is up in {layout.data_dir} (logs and configs there):",
         f"  database     {_redacted(layout.database_url)}",
         f"  clients ask  {login_url}/msg_server",
+        f"  web chat     {login_url}/  (open it in a browser)",
         f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
         f"  images       {layout.msfs_url} (msfs)",
     ]
