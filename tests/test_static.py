@@ -82,3 +82,11 @@ def test_a_directory_without_an_index_or_a_bad_prefix_is_refused(tmp_path: Path)
     (tmp_path / "index.html").write_text("x")
     with pytest.raises(ValueError, match="must end with"):
         StaticFiles(tmp_path, "/web")
+
+
+def test_a_library_directory_needs_no_index_and_its_prefix_is_not_found(tmp_path: Path) -> None:
+    (tmp_path / "lib.js").write_text("x")
+    files = StaticFiles(tmp_path, "/vendor/", index=False)
+    assert get(files, "/vendor/lib.js").status == 200
+    assert get(files, "/vendor/").status == 404
+    assert get(files, "/vendor").status == 404
