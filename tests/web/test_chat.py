@@ -61,8 +61,29 @@ def new_users(suite: RunningSuite, *nicks: str) -> list[User]:
     return users
 
 
+#: Uncaught errors of the pages a test opened with :func:`open_chat` (none is expected).
+_page_errors: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def no_page_errors() -> Iterator[None]:
+    _page_errors.clear()
+    yield
+    assert _page_errors == [], "the page threw"
+
+
 def open_chat(suite: RunningSuite, page: Page, user: User) -> Page:
     """Load the chat and log in as ``user``; returns once the page says it is online."""
+    page.on("pageerror", lambda error: _page_errors.append(str(error)))
+    # A console error is one too, except requests a test makes fail on purpose (route.abort).
+    page.on(
+        "console",
+        lambda m: (
+            _page_errors.append(m.text)
+            if m.type == "error" and "net::ERR_FAILED" not in m.text
+            else None
+        ),
+    )
     page.goto(suite.http_url + "/")
     page.fill("#login-user", user.name)
     page.fill("#login-password", DEMO_PASSWORD)
@@ -104,6 +125,15 @@ def bubble(page: Page, text: str) -> Any:
 
 def test_a_page_logs_in_and_shows_the_chat(web_suite: RunningSuite, page: Page) -> None:
     (alice,) = new_users(web_suite, "Alice")
+    # A wrong password is said on the form, which stays usable.
+    page.goto(web_suite.http_url + "/")
+    page.fill("#login-user", alice.name)
+    page.fill("#login-password", "not the password")
+    page.click("#login-button")
+    expect(page.locator("#login-error")).to_have_text(
+        "wrong user name or password", timeout=WAIT_MS
+    )
+    expect(page.locator("#chat")).to_be_hidden()
     open_chat(web_suite, page, alice)
     expect(page.locator("#me-name")).to_have_text(alice.nick)
     expect(page.locator("#login")).to_be_hidden()

@@ -44,7 +44,7 @@ const state = {
   attempt: 0,
   retryTimer: 0,
   users: new Map(), // id -> {name, status}
-  asked: new Set(), // user ids looked up (IMUsersInfoReq) and not yet answered
+  asked: new Set(), // user ids looked up (IMUsersInfoReq): answered or not, asked once
   groups: new Map(), // id -> {name, members}
   sessions: new Map(), // sessionKey -> Session
   open: null, // sessionKey of the conversation shown
@@ -126,10 +126,9 @@ function lookUpUsers(ids) {
   request("IMUsersInfoReq", { user_id: state.me, user_id_list: wanted }, "IMUsersInfoRsp")
     .then((rsp) => {
       rsp.user_info_list.forEach(rememberUser);
-      render();
+      render(); // an id the server does not know stays "user #ID" and is not asked again
     })
-    .catch(() => {})
-    .finally(() => wanted.forEach((id) => state.asked.delete(id)));
+    .catch(() => wanted.forEach((id) => state.asked.delete(id))); // asked again later
 }
 
 async function loadGroups(ids) {
