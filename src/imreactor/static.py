@@ -45,10 +45,10 @@ class StaticFiles:
     """A route handler serving the files under ``root`` at ``prefix``.
 
     ``prefix`` ends with ``/``; ``prefix`` itself (and ``prefix`` without its slash)
-    serves ``index.html``, which ``root`` must have unless ``index`` is false (a
-    directory of assets, such as vendored libraries: there the prefix itself is 404).
-    Files whose suffix is not in :data:`CONTENT_TYPES` are left
-    out. Methods other than GET and HEAD get ``405``; unknown names ``404``.
+    serves ``index.html``, which ``root`` must have unless ``index`` is False (a
+    directory of libraries, say: then ``prefix`` itself is ``404``). Files whose suffix
+    is not in :data:`CONTENT_TYPES` are left out. Methods other than GET and HEAD get
+    ``405``; unknown names ``404``.
     """
 
     def __init__(self, root: Path, prefix: str = "/", *, index: bool = True) -> None:

@@ -124,6 +124,7 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
         assert "created demo users alice, bob, carol, dave" in out
         assert f"http://127.0.0.1:{http}/msg_server" in out
         assert f"  dashboard    http://127.0.0.1:{http}/dashboard\n" in out
+        assert f"  web chat     http://127.0.0.1:{http}/  " in out
         alice, bob = login(http, "alice"), login(http, "bob")
         ack = alice.send_text(bob.user_id, "over the suite")
         got = bob.wait_for(msg_pb.IMMsgData, 10)

@@ -580,6 +580,7 @@ def _banner(layout: SuiteLayout) -> str:
         f"  database     {_redacted(layout.database_url)}",
         f"  clients ask  {login_url}/msg_server",
         f"  dashboard    {login_url}/dashboard",
+        f"  web chat     {login_url}/  (open it in a browser)",
         f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
         f"  images       {layout.msfs_url} (msfs)",
     ]
