@@ -183,6 +183,37 @@ def protobufjs_schema(descriptor_set: bytes) -> dict[str, Any]:
         for name, value in fdp.Type.items()
         if name not in ("TYPE_MESSAGE", "TYPE_ENUM", "TYPE_GROUP")
     }
+
+    def convert(message: Any) -> dict[str, Any]:
+        """One message, with its own nested messages and enums under ``nested``."""
+        fields: dict[str, Any] = {}
+        for field in message.field:
+            entry: dict[str, Any] = {
+                "rule": labels[field.label],
+                "type": field.type_name or scalars[field.type],
+                "id": field.number,
+            }
+            options: dict[str, Any] = {}
+            if field.label == fdp.LABEL_REPEATED and not field.type_name:
+                options["packed"] = False
+            if field.HasField("default_value"):
+                options["default"] = field.default_value
+            if options:
+                entry["options"] = options
+            fields[field.name] = entry
+        converted: dict[str, Any] = {"fields": fields}
+        command = _command_id(message.options.SerializeToString())
+        if command is not None:
+            converted["options"] = {"(IM.BaseDefine.command_id)": command}
+        inner: dict[str, Any] = {
+            enum.name: {"values": {v.name: v.number for v in enum.value}}
+            for enum in message.enum_type
+        }
+        inner.update({m.name: convert(m) for m in message.nested_type})
+        if inner:
+            converted["nested"] = inner
+        return converted
+
     root: dict[str, Any] = {}
     for file in sorted(fds.file, key=lambda f: f.package):
         if file.package.startswith("google."):
@@ -194,28 +225,7 @@ def protobufjs_schema(descriptor_set: bytes) -> dict[str, Any]:
         for enum in file.enum_type:
             nested[enum.name] = {"values": {v.name: v.number for v in enum.value}}
         for message in file.message_type:
-            if message.nested_type or message.enum_type:
-                raise GenerationError(f"{message.name}: nested types are not converted")
-            fields: dict[str, Any] = {}
-            for field in message.field:
-                entry: dict[str, Any] = {
-                    "rule": labels[field.label],
-                    "type": field.type_name or scalars[field.type],
-                    "id": field.number,
-                }
-                options: dict[str, Any] = {}
-                if field.label == fdp.LABEL_REPEATED and not field.type_name:
-                    options["packed"] = False
-                if field.HasField("default_value"):
-                    options["default"] = field.default_value
-                if options:
-                    entry["options"] = options
-                fields[field.name] = entry
-            converted: dict[str, Any] = {"fields": fields}
-            command = _command_id(message.options.SerializeToString())
-            if command is not None:
-                converted["options"] = {"(IM.BaseDefine.command_id)": command}
-            nested[message.name] = converted
+            nested[message.name] = convert(message)
     return root
 
 
