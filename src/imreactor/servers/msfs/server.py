@@ -25,10 +25,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ...http import TEXT, HttpProtocol, Pending, Reply, Request, Response, Router
+from ...http import TEXT, HttpConnections, Pending, Reply, Request, Response, Router
 from ...net import EventLoop, Server
 from ...net.workers import PoolFull, WorkerPool
 from ..metrics import Metrics
+from ..runner import Done, when_idle
 from . import multipart
 from .config import MsfsConfig
 from .ranges import Unsatisfiable, byte_range
@@ -120,24 +121,36 @@ class MsfsServer:
             lambda: self.workers.pending,
         )
         self.metrics.routes(self.router)  # /metrics, /healthz, /readyz
+        self.http = HttpConnections(self.router)
 
     def _reader(self, name: str) -> Callable[[], float]:
         return lambda: self.counts[name]
 
     def start(self) -> None:
         c = self.config
-        self._server = self.loop.listen(c.listen_host, c.port, lambda: HttpProtocol(self.router))
+        self._server = self.loop.listen(c.listen_host, c.port, self.http)
 
     @property
     def ports(self) -> dict[str, int]:
         return {"http": self._server.port} if self._server is not None else {}
 
+    def drain(self, done: Done) -> None:
+        """Stop accepting; finish the uploads and downloads in progress (an upload still
+        arriving is received, stored and answered) with ``Connection: close``; close idle
+        connections; ``done()`` once every connection is closed."""
+        self._close_listener()
+        self.http.finish()
+        when_idle(self.loop, lambda: self.http.open > 0, done)
+
     def close(self) -> None:
         self.metrics.close()
+        self._close_listener()
+        self.workers.shutdown()
+
+    def _close_listener(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
-        self.workers.shutdown()
 
     # -- HTTP -----------------------------------------------------------------------------
 

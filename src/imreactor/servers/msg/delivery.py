@@ -6,7 +6,15 @@ with the request's seq) and delivered (seq 0, msg_id set, attach_data cleared) t
 every connection of the peer (or the group's members) and the sender's other
 connections, here and through route_server. Queries (unread counts, history, users,
 sessions, ...) are forwarded to db_proxy with ``user_id`` taken from the session; the
-answer goes back with the request's seq. Loop thread only.
+answer goes back with the request's seq.
+
+A request that can get no answer because no db_proxy link is up, or because the link
+closed before it answered, closes the client's connection (gracefully: the answers
+before it go out first). TeamTalk has no error ack for a message, and a client that
+sees its connection close knows that what it had not had acked may not be stored: it
+reconnects (perhaps to another msg_server) and sends again. A store db_proxy refused
+or did not answer in time leaves the connection up (the client's own timeout retries),
+as a database outage must not disconnect everyone. Loop thread only.
 """
 
 from __future__ import annotations
@@ -56,6 +64,13 @@ FORWARDED: list[tuple[type[Message], type[Message]]] = [
     (group_pb.IMGroupInfoListReq, group_pb.IMGroupInfoListRsp),
     (group_pb.IMGroupShieldReq, group_pb.IMGroupShieldRsp),
 ]
+
+
+def unanswerable(conn: ClientConn, what: str, why: str) -> None:
+    """``conn`` sent a request that will get no answer: close it (after what it is owed
+    already), so that it does not wait for one (the module docstring)."""
+    log.warning("%r: %s cannot be answered (%s); closing the connection", conn.conn, what, why)
+    conn.conn.close()
 
 
 class Delivery:
@@ -114,8 +129,8 @@ class Delivery:
         db = self.server.db.pick()
         stats = self.server.stats
         if db is None:
-            log.warning("%r: no db_proxy; message not accepted", conn.conn)
             stats.messages.inc("not_stored")
+            unanswerable(conn, "IMMsgData", "no db_proxy link is up")
             return
         received = stats.loop.time()
         msg.create_time = int(time.time())
@@ -127,6 +142,8 @@ class Delivery:
                 # Not stored: no ack, no delivery; the client retries.
                 log.warning("message from %d not stored: %s", msg.from_user_id, exc or "refused")
                 stats.messages.inc("not_stored")
+                if isinstance(exc, ConnectionError):
+                    unanswerable(conn, "IMMsgData", "the db_proxy link closed")
                 return
             stats.messages.inc("stored")
             stats.store_latency.observe(stats.loop.time() - received)
@@ -335,7 +352,7 @@ class Delivery:
     ) -> None:
         db = self.server.db.pick()
         if db is None:
-            log.warning("%r: no db_proxy; %s dropped", conn.conn, type(msg).__name__)
+            unanswerable(conn, type(msg).__name__, "no db_proxy link is up")
             return
         msg.user_id = conn.user_id
         msg.attach_data = conn.attach()
@@ -343,6 +360,8 @@ class Delivery:
         def answered(rsp: M | None, exc: BaseException | None) -> None:
             if rsp is None:
                 log.warning("%s for user %d failed: %s", type(msg).__name__, conn.user_id, exc)
+                if isinstance(exc, ConnectionError):
+                    unanswerable(conn, type(msg).__name__, "the db_proxy link closed")
                 return
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:
