@@ -1,6 +1,7 @@
 """SIGTERM drains every server: nothing acknowledged is lost, nothing asked is left hanging.
 
-Senders keep messages in flight on two msg_servers (linked by a route_server) while
+Senders keep messages in flight on two msg_servers (linked by a route_server, or by
+Redis) while
 every server of the suite gets SIGTERM: in ``imreactor up``'s order (msg_servers,
 then route_server, login_server and msfs, then db_proxy_server) and all at once.
 Every message a sender sent either got its ack or the sender saw its connection
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from imreactor.client import Client, ClientError
+from imreactor.redis import RedisProcess
 from imreactor.servers.suite import DEMO_PASSWORD, stop_children
 
 from .conftest import RunningSuite, start_suite
@@ -83,11 +85,11 @@ def _history(client: Client, peer: int) -> dict[int, bytes]:
         begin = page[-1].msg_id - 1
 
 
-def _drain_under_load(tmp_path: Path, sigterm: object) -> None:
-    """Start a suite, put senders on it, ``sigterm(suite)``, then check what the module
-    docstring says."""
+def _drain_under_load(tmp_path: Path, sigterm: object, redis: str = "") -> RunningSuite:
+    """Start a suite (on ``redis``, if given), put senders on it, ``sigterm(suite)``, then
+    check what the module docstring says; returns the (stopped) suite."""
     database = f"sqlite:///{tmp_path / 'im.db'}"
-    suite = start_suite(tmp_path / "suite", database, msg_servers=2, overrides=FAST)
+    suite = start_suite(tmp_path / "suite", database, msg_servers=2, overrides=FAST, redis=redis)
     try:
         bob_id = suite.login("bob").user_id
         suite.clients[-1].close()
@@ -128,13 +130,28 @@ def _drain_under_load(tmp_path: Path, sigterm: object) -> None:
                 assert not lost, f"acknowledged but not in history: {sorted(lost)[:10]}"
     finally:
         again.stop()
+    return suite
+
+
+def _logged_at(suite: RunningSuite, name: str, what: str) -> str:
+    """The timestamp of the line of ``name``'s log that says ``what``."""
+    (line,) = [line for line in suite.log_text(name).splitlines() if what in line]
+    return line[:23]  # "2026-12-06 20:19:51,190": sorts as time
 
 
 def test_drain_in_up_order_loses_nothing_and_answers_everything(tmp_path: Path) -> None:
-    _drain_under_load(tmp_path, lambda suite: stop_children(list(suite.children.values())))
+    suite = _drain_under_load(tmp_path, lambda suite: stop_children(list(suite.children.values())))
+    # msg_servers finished before the rest began; db_proxy began once the rest had finished.
+    msg = [name for name in suite.children if name.startswith("msg_server")]
+    middle = ["route_server", "login_server", "msfs"]
+    assert max(_logged_at(suite, n, "drained in") for n in msg) <= min(
+        _logged_at(suite, n, "draining") for n in middle
+    )
+    assert max(_logged_at(suite, n, "drained in") for n in middle) <= _logged_at(
+        suite, "db_proxy_server", "draining"
+    )
 
 
-@pytest.mark.slow
 def test_sigterm_to_every_server_at_once_loses_nothing_and_answers_everything(
     tmp_path: Path,
 ) -> None:
@@ -143,6 +160,14 @@ def test_sigterm_to_every_server_at_once_loses_nothing_and_answers_everything(
             child.proc.send_signal(signal.SIGTERM)
 
     _drain_under_load(tmp_path, all_at_once)
+
+
+def test_drain_on_the_redis_fabric_loses_nothing_and_answers_everything(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    _drain_under_load(
+        tmp_path, lambda suite: stop_children(list(suite.children.values())), redis_server.url
+    )
 
 
 def test_a_drain_that_cannot_finish_exits_after_drain_timeout_s(tmp_path: Path) -> None:
