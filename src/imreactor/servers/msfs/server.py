@@ -105,6 +105,7 @@ class MsfsServer:
         #: uploads stored, downloads served, uploads refused; counted on the loop thread.
         self.counts = {"uploads": 0, "downloads": 0, "refused": 0}
         self._server: Server | None = None
+        self._port = 0  # kept past the listener's close: a drain still answers uploads
         self.router = Router()
         self.router.add(
             "/",
@@ -129,10 +130,11 @@ class MsfsServer:
     def start(self) -> None:
         c = self.config
         self._server = self.loop.listen(c.listen_host, c.port, self.http)
+        self._port = self._server.port
 
     @property
     def ports(self) -> dict[str, int]:
-        return {"http": self._server.port} if self._server is not None else {}
+        return {"http": self._port} if self._port else {}
 
     def drain(self, done: Done) -> None:
         """Stop accepting; finish the uploads and downloads in progress (an upload still
