@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ...http import JSON, HttpProtocol, Request, Response, Router
+from ...http import JSON, HttpConnections, Request, Response, Router
 from ...net import EventLoop, Server
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
 from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
@@ -24,6 +24,7 @@ from ...pdu.proto import im_server_pb2 as server_pb
 from ...static import StaticFiles
 from ..linkauth import link_server_context, public_server_context
 from ..metrics import Metrics
+from ..runner import Done, when_idle
 from .config import LoginConfig
 from .dashboard import WEB_ROOT, Dashboard
 
@@ -151,15 +152,12 @@ class LoginServer:
         self.router.add("/proto/", StaticFiles(WEB_ROOT / "proto", "/proto/", index=False))
         self.metrics.routes(self.router)  # /metrics, /healthz, /readyz
         self.dashboard.routes(self.router)  # /dashboard, /dashboard/, /dashboard/data
+        self.http = HttpConnections(self.router)
 
     def start(self) -> None:
         c = self.config
         https = public_server_context(c.cert_file, c.key_file, "login") if c.cert_file else None
-        self._servers.append(
-            self.loop.listen(
-                c.listen_host, c.http_port, lambda: HttpProtocol(self.router), ssl=https
-            )
-        )
+        self._servers.append(self.loop.listen(c.listen_host, c.http_port, self.http, ssl=https))
         self._servers.append(
             self.loop.listen(
                 c.listen_host,
@@ -176,8 +174,22 @@ class LoginServer:
         names = ["http", "msg_server", "client"]
         return {name: srv.port for name, srv in zip(names, self._servers, strict=False)}
 
+    def drain(self, done: Done) -> None:
+        """Stop accepting; answer the HTTP requests in progress and close those
+        connections; close the msg_server and client links after what is queued on them
+        (answers are given as requests arrive); ``done()`` once all are closed. msg_servers
+        reconnect with backoff and register again with whichever login_server is up."""
+        self._close_listeners()
+        self.http.finish()
+        for link in self.keepalive:
+            link.conn.close()
+        when_idle(self.loop, lambda: bool(self.http.open or len(self.keepalive)), done)
+
     def close(self) -> None:
         self.metrics.close()
+        self._close_listeners()
+
+    def _close_listeners(self) -> None:
         for srv in self._servers:
             srv.close()
         self._servers.clear()

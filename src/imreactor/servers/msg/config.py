@@ -15,6 +15,7 @@ from ...config import (
 )
 from ...redis.url import parse_redis_url
 from ..linkauth import LinkSecurity
+from ..runner import DrainConfig
 
 
 def check_redis_url(key: str, value: str) -> None:
@@ -31,7 +32,7 @@ PRESENCE_MODES = ("subscribed", "broadcast")
 
 
 @dataclass
-class MsgConfig(LinkSecurity):
+class MsgConfig(DrainConfig, LinkSecurity):
     listen_host: str = option("127.0.0.1", "address clients connect to", check=check_host)
     port: int = option(8000, "TCP port for clients")
     http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")

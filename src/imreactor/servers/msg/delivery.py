@@ -6,7 +6,16 @@ with the request's seq) and delivered (seq 0, msg_id set, attach_data cleared) t
 every connection of the peer (or the group's members) and the sender's other
 connections, here and through route_server. Queries (unread counts, history, users,
 sessions, ...) are forwarded to db_proxy with ``user_id`` taken from the session; the
-answer goes back with the request's seq. Loop thread only.
+answer goes back with the request's seq.
+
+A request that can get no answer because no db_proxy link is up, or because the link
+closed before it answered, closes the client's connection (gracefully: the answers
+before it go out first). So does a message db_proxy did not store (refused, failed or
+too late): TeamTalk has no error ack for a message, and a client that sees its
+connection close knows that what it had not had acked may not be stored: it
+reconnects (perhaps to another msg_server) and sends again, instead of waiting for an
+ack that never comes. Only the senders of such messages are closed; everyone else,
+connected and idle through a database outage, stays. Loop thread only.
 """
 
 from __future__ import annotations
@@ -56,6 +65,13 @@ FORWARDED: list[tuple[type[Message], type[Message]]] = [
     (group_pb.IMGroupInfoListReq, group_pb.IMGroupInfoListRsp),
     (group_pb.IMGroupShieldReq, group_pb.IMGroupShieldRsp),
 ]
+
+
+def unanswerable(conn: ClientConn, what: str, why: str) -> None:
+    """``conn`` sent a request that will get no answer: close it (after what it is owed
+    already), so that it does not wait for one (the module docstring)."""
+    log.warning("%r: %s cannot be answered (%s); closing the connection", conn.conn, what, why)
+    conn.conn.close()
 
 
 class Delivery:
@@ -118,8 +134,7 @@ class Delivery:
         """
         self.server.stats.messages.inc("not_stored")
         if conn.conn.state is ConnState.CONNECTED:
-            log.warning("%r: a message was not stored (%s); closing", conn.conn, why)
-            conn.conn.close()
+            unanswerable(conn, "IMMsgData (not stored)", why)
 
     def _store_message(
         self, conn: ClientConn, msg: Any, seq: int, group: GroupEntry | None
@@ -346,7 +361,7 @@ class Delivery:
     ) -> None:
         db = self.server.db.pick()
         if db is None:
-            log.warning("%r: no db_proxy; %s dropped", conn.conn, type(msg).__name__)
+            unanswerable(conn, type(msg).__name__, "no db_proxy link is up")
             return
         msg.user_id = conn.user_id
         msg.attach_data = conn.attach()
@@ -354,6 +369,8 @@ class Delivery:
         def answered(rsp: M | None, exc: BaseException | None) -> None:
             if rsp is None:
                 log.warning("%s for user %d failed: %s", type(msg).__name__, conn.user_id, exc)
+                if isinstance(exc, ConnectionError):
+                    unanswerable(conn, type(msg).__name__, "the db_proxy link closed")
                 return
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:
