@@ -16,7 +16,8 @@ Printed per scenario (and as JSON with ``--json``):
 - **unanswered**: messages that got neither an ack within the load's ack timeout nor a
   closed connection (must be 0: a client always hears something);
 - **recover s**: the longest wait of the run: a dropped connection until it was back and
-  caught up, or an acked message until its ack (a stalled link shows here);
+  caught up, an acked message until its ack, or a live delivery from send to arrival (a
+  stalled link shows here);
 - **peak MB**: the largest RSS the suite's servers reached together;
 - **verdict**: the load generator's verification (``OK`` or what failed).
 
@@ -45,6 +46,7 @@ from imreactor.accounts import create_users
 from imreactor.client.load import LoadOptions, LoadReport
 from imreactor.client.load.cli import execute
 from imreactor.client.load.driver import LoadRun
+from imreactor.redis import RedisProcess
 from imreactor.servers.suite import Child, SuiteLayout, stop_children
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 from faultproxy import FaultProxy  # noqa: E402
 from im_e2e import free_ports  # noqa: E402
+from pg import PostgresServer  # noqa: E402
 
 PASSWORD = "imreactor"
 UNLIMITED = {"msg_rate_per_s": 100000.0, "msg_burst": 100000}
@@ -65,6 +68,8 @@ class Run:
     children: list[Child]
     options: LoadOptions
     proxies: dict[str, FaultProxy] = field(default_factory=dict)
+    postgres: PostgresServer | None = None
+    redis: RedisProcess | None = None
     peak_rss = 0
 
     def child(self, name: str) -> Child:
@@ -104,6 +109,8 @@ class Scenario:
     client_proxy: bool = False  # clients reach the msg_servers through proxies
     link_proxy: str = ""  # "db" or "route": the msg_servers reach it through one proxy
     client_faults: dict[str, Any] = field(default_factory=dict)  # for the whole run
+    postgres: bool = False  # a private PostgreSQL instead of SQLite
+    redis: bool = False  # the Redis fabric (a private redis-server) instead of route_server
 
 
 def kill_and_restart(name: str) -> Callable[[Run, float], None]:
@@ -123,6 +130,20 @@ def partition(which: str) -> Callable[[Run, float], None]:
         proxy.heal()
 
     return inject
+
+
+def stop_postgres(run: Run, fault_s: float) -> None:
+    assert run.postgres is not None
+    run.postgres.stop()
+    time.sleep(fault_s)
+    run.postgres.start()
+
+
+def kill_redis(run: Run, fault_s: float) -> None:
+    assert run.redis is not None
+    run.redis.kill()
+    time.sleep(fault_s)
+    run.redis.start()
 
 
 def drop_every_client(run: Run, fault_s: float) -> None:
@@ -153,6 +174,18 @@ SCENARIOS = {
         ),
         Scenario(
             "kill-login", "kill -9 of login_server; restarted", kill_and_restart("login_server")
+        ),
+        Scenario(
+            "kill-redis",
+            "kill -9 of the Redis the msg_servers relay through; restarted",
+            kill_redis,
+            redis=True,
+        ),
+        Scenario(
+            "postgres-stop",
+            "PostgreSQL stopped, then started again",
+            stop_postgres,
+            postgres=True,
         ),
         Scenario(
             "partition-db",
@@ -192,6 +225,14 @@ def started(
         http, login, db, route, msfs, *msg = free_ports(5 + scenario.msg_servers)
         overrides: dict[str, dict[str, Any]] = {"msg": dict(UNLIMITED)}
         proxies: dict[str, FaultProxy] = {}
+        postgres = redis = None
+        database = redis_url = ""
+        if scenario.postgres:
+            postgres = stack.enter_context(PostgresServer())
+            database = postgres.create_database()
+        if scenario.redis:
+            redis = stack.enter_context(RedisProcess(work / "redis"))
+            redis_url = redis.url
         if scenario.link_proxy:
             target = db if scenario.link_proxy == "db" else route
             proxy = stack.enter_context(FaultProxy(("127.0.0.1", target)))
@@ -204,16 +245,21 @@ def started(
             login_port=login,
             msg_ports=msg,
             db_port=db,
-            route_ports=[route] if scenario.msg_servers > 1 else [],
+            route_ports=[route] if scenario.msg_servers > 1 and not redis_url else [],
             msfs_port=msfs,
             overrides=overrides,
+            database=database,
+            redis=redis_url,
         )
         work.mkdir(parents=True, exist_ok=True)
         create_users(layout.database_url, [f"load{i}" for i in range(users)], PASSWORD)
         children = layout.start_all()
-        run = Run(layout, children, LoadOptions())
+        run = Run(layout, children, LoadOptions(), postgres=postgres, redis=redis)
         stack.callback(lambda: stop_children(run.children))
-        direct: list[str] | None = None
+        # Users are pinned (user i to msg_server i mod n), so each pair is split across two
+        # msg_servers and every message crosses the fabric: login_server would put users
+        # that log in together on one, the least loaded when they asked.
+        direct = [f"127.0.0.1:{port}" for port in msg] if len(msg) > 1 else None
         if scenario.client_proxy:
             direct = []
             for i, port in enumerate(msg):
@@ -297,7 +343,7 @@ def _run(
 
 def row(scenario: Scenario, report: LoadReport, peak_rss: int) -> dict[str, Any]:
     e = report.errors
-    longest_ack_s = (report.ack_latency.max_ms or 0.0) / 1000
+    longest_wait_s = max(report.ack_latency.max_ms or 0.0, report.delivery_latency.max_ms or 0.0)
     return {
         "scenario": scenario.name,
         "about": scenario.about,
@@ -308,7 +354,7 @@ def row(scenario: Scenario, report: LoadReport, peak_rss: int) -> dict[str, Any]
         "reordered": e["reorders"],
         "unanswered": e["timeouts"],
         "reconnects": report.reconnects,
-        "recover_s": round(max(report.back_max_s, longest_ack_s), 2),
+        "recover_s": round(max(report.back_max_s, longest_wait_s / 1000), 2),
         "peak_rss_mb": round(peak_rss / 2**20, 1),
         "ok": report.ok,
         "verdict": next(

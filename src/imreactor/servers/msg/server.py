@@ -128,6 +128,7 @@ class MsgServer:
             self.keepalive,
             backoff_delays_s=delays,
             on_up=self.route_relay.announce,
+            on_down=self.route_relay.link_down,
             ssl=link_ssl,
         )
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
