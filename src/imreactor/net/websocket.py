@@ -1,11 +1,18 @@
 """WebSocket on the reactor: websockets' sans-IO protocol, layered on a TCP or TLS transport.
 
-A :class:`WebSocketTransport` is, like :class:`~imreactor.net.tls.TLSTransport`, two
+Both sides: :class:`WebSocketTransport` is the server side of one accepted
+connection (made by :func:`accepting`), :class:`WebSocketClientTransport` the
+client side of one outgoing connection (made by :func:`connect_websocket`, or
+``loop.connect(..., websocket="/path")``). Everything below the handshake is
+theirs in common (:class:`WebSocketLayer`).
+
+A WebSocket transport is, like :class:`~imreactor.net.tls.TLSTransport`, two
 things at once: the protocol of the transport below it (a TCP
 :class:`~imreactor.net.connection.Connection`, or a ``TLSTransport`` for WSS), which
 carries the HTTP upgrade and then the frames, and a
 :class:`~imreactor.net.transport.Transport` for the protocol above it, which sees
-*messages*. The library (``websockets.server.ServerProtocol``) never touches a socket:
+*messages*. The library (``websockets.server.ServerProtocol``, or
+``websockets.client.ClientProtocol``) never touches a socket:
 bytes read below are fed to it, and whatever it wants sent is written below. So
 everything the transport below does holds here too: coalesced sends, water marks
 (passed up as ``pause_writing``), the output cap, the reset on abort.
@@ -26,6 +33,14 @@ States::
   after a valid upgrade: plain HTTP (answered 426), a malformed request (400, or
   the stream just ends), an ``Origin`` outside ``origins`` (403), and a request not
   done within ``handshake_timeout_s`` each cost one log line and no protocol object.
+- The client side sends its upgrade request as soon as the stream below is up
+  (for WSS: once the TLS handshake is done), and its protocol hears
+  ``connection_made`` once the server's 101 answer is verified
+  (``Sec-WebSocket-Accept``), or ``connection_failed`` with why not: the TCP or
+  TLS error, a refusal (``websockets.exceptions.InvalidStatus``, e.g. 403 for an
+  origin the server does not allow), a malformed answer, or
+  :class:`WebSocketHandshakeTimeout`. Its messages are masked, as RFC 6455 says
+  every client's must be.
 - Close codes: :meth:`~WebSocketTransport.close` sends 1000 after the queued
   messages (``close_with`` another), waits up to ``close_timeout_s`` for the peer's
   answer, then closes below. A text message is refused with 1003, a message over
@@ -49,17 +64,24 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, SEND_EOF
+from websockets.protocol import Protocol as SansIOProtocol
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
+from websockets.uri import parse_uri
 
+from .connection import DEFAULT_FLOW, FlowControl, connect
 from .layered import LayeredTransport
+from .tls import connect_tls
 from .transport import Buffer, CloseCallback, ConnState
 from .transport import Protocol as BaseProtocol
 
 if TYPE_CHECKING:
+    from ssl import SSLContext
+
     from .loop import EventLoop
     from .timers import Timer
     from .transport import Transport
@@ -104,18 +126,20 @@ def describe(address: Any) -> str:
     return repr(address)
 
 
-class WebSocketTransport(LayeredTransport):
-    """The server side of one WebSocket connection. Made by :func:`accepting`.
+class WebSocketLayer(LayeredTransport):
+    """What both sides of a WebSocket connection share: the frames, once upgraded.
 
     Loop thread only. ``connection_made`` ... ``resume_writing`` are the calls of the
     transport below; the rest is the :class:`~imreactor.net.transport.Transport`
     contract for the protocol above, with messages for chunks (module docstring).
+    A side sets ``_ws`` (its sans-IO protocol) and implements the handshake: what
+    an event of it means (:meth:`_handshake_event`), what a failed one means
+    (:meth:`_handshake_failed`), and what an end before it means (:meth:`_ended_early`).
     """
 
     __slots__ = (
         "_close_timeout_s",
         "_error",
-        "_factory",
         "_fragments",
         "_handshake_timeout_s",
         "_heard",
@@ -127,30 +151,20 @@ class WebSocketTransport(LayeredTransport):
         "_timer",
         "_ws",
         "ping_interval_s",
-        "request",
     )
 
     def __init__(
         self,
         loop: EventLoop,
-        factory: Callable[[], BaseProtocol],
+        ws: SansIOProtocol,
         *,
-        origins: Sequence[str] | None = None,
-        max_message_bytes: int = 1 << 20,
-        message_check: MessageCheck | None = None,
-        ping_interval_s: float | None = 30.0,
-        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
-        close_timeout_s: float = CLOSE_TIMEOUT_S,
+        message_check: MessageCheck | None,
+        ping_interval_s: float | None,
+        handshake_timeout_s: float | None,
+        close_timeout_s: float,
     ) -> None:
         self._loop = loop
-        self._factory = factory
-        allowed: list[Origin | None] | None = None
-        if origins:
-            # A request without Origin is not from a browser page, and a non-browser
-            # client can send any Origin it likes: only pages are held to the list.
-            allowed = [Origin(o) for o in origins]
-            allowed.append(None)
-        self._ws = ServerProtocol(origins=allowed, max_size=max_message_bytes, logger=_library_log)
+        self._ws = ws
         self._message_check = message_check
         self.ping_interval_s = ping_interval_s
         self._close_timeout_s = close_timeout_s
@@ -169,8 +183,6 @@ class WebSocketTransport(LayeredTransport):
         self._error: BaseException | None = None
         self._reported = False
         self._close_callbacks: list[CloseCallback] | None = None
-        #: The upgrade request (path, headers such as Origin), once it is accepted.
-        self.request: Request | None = None
 
     # -- the transport contract: introspection -------------------------------------------------
 
@@ -208,7 +220,7 @@ class WebSocketTransport(LayeredTransport):
         return int(close.code) if close is not None else None
 
     def __repr__(self) -> str:
-        return f"<WebSocketTransport {self._state.value} {describe(self.remote_address)}>"
+        return f"<{type(self).__name__} {self._state.value} {describe(self.remote_address)}>"
 
     # -- the transport contract: writing, reading, closing -------------------------------------
 
@@ -272,11 +284,13 @@ class WebSocketTransport(LayeredTransport):
     # -- the calls of the transport below ---------------------------------------------------------
 
     def connection_made(self, conn: Any) -> None:
-        """The stream below is up (TCP accepted, or TLS handshake done): await the upgrade."""
+        """The stream below is up (TCP connected, or TLS handshake done): the upgrade."""
         self._lower = conn
         if self._state is not CONNECTING:
             return
         self._state = HANDSHAKING
+        if not self._reading:
+            conn.pause_reading()
         if self._handshake_timeout_s is not None:
             self._timer = self._loop.call_later(
                 self._handshake_timeout_s, self._handshake_timed_out
@@ -287,29 +301,25 @@ class WebSocketTransport(LayeredTransport):
         self._report(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Bytes of the upgrade request or of frames arrived."""
+        """Bytes of the upgrade or of frames arrived."""
         ws = self._ws
         ws.receive_data(data)
         # Messages that came before a bad frame in the same read are still delivered
         # (what the protocol writes in answer is dropped once the library has failed).
         for event in ws.events_received():
-            if isinstance(event, Request):
-                self._upgrade(event)
-            elif self._state is CONNECTED and isinstance(event, Frame):
-                self._frame(event)
-            # else: closing; the peer's frames are only read for its close frame,
-            # which the library answers itself
+            if isinstance(event, Frame):
+                if self._state is CONNECTED:
+                    self._frame(event)
+                # else: closing; the peer's frames are only read for its close frame,
+                # which the library answers itself
+            else:
+                self._handshake_event(event)
         self._flush()  # pongs, the library's close frame, its end of stream
         if self._error is None:
             if ws.parser_exc is not None and self._established:
                 self._protocol_error(ws.parser_exc)
             elif ws.handshake_exc is not None and not self._established:
-                log.warning(
-                    "WebSocket port: no valid upgrade request from %s: %s",
-                    describe(self.remote_address),
-                    _reasons(ws.handshake_exc),
-                )
-                self._error = ws.handshake_exc
+                self._handshake_failed(ws.handshake_exc)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The stream below is closed (by either side)."""
@@ -320,6 +330,35 @@ class WebSocketTransport(LayeredTransport):
         if exc is None and self._established and ws.close_rcvd is None and ws.close_sent is None:
             exc = ConnectionResetError("WebSocket stream ended without a close frame")
         self._report(self._error or exc)
+
+    # -- the handshake: each side's ---------------------------------------------------------------
+
+    def _handshake_event(self, event: Request | Response) -> None:
+        """The upgrade request (server) or its answer (client) arrived."""
+        raise NotImplementedError
+
+    def _handshake_failed(self, exc: Exception) -> None:
+        """The library found the upgrade invalid (it closes the stream itself)."""
+        raise NotImplementedError
+
+    def _ended_early(self, exc: BaseException | None) -> None:
+        """The connection ended before the upgrade was done (called once)."""
+        raise NotImplementedError
+
+    def _open(self) -> None:
+        """The upgrade is done: the protocol above hears ``connection_made``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._state = CONNECTED
+        self._established = True
+        if self.ping_interval_s is not None:
+            self._ping_timer = self._loop.call_every(self.ping_interval_s, self._ping_tick)
+        app = self._app
+        assert app is not None
+        app.connection_made(self)
+        if self._wpaused and self._state is CONNECTED:
+            app.pause_writing()
 
     # -- inside ----------------------------------------------------------------------------------
 
@@ -349,36 +388,6 @@ class WebSocketTransport(LayeredTransport):
             if timer is not None:
                 timer.cancel()
         self._timer = self._ping_timer = None
-
-    def _upgrade(self, request: Request) -> None:
-        ws = self._ws
-        response = ws.accept(request)
-        if response.status_code != 101:
-            reason = ws.handshake_exc or response.reason_phrase
-            log.warning(
-                "WebSocket upgrade from %s refused (%d): %s",
-                describe(self.remote_address),
-                response.status_code,
-                _reasons(reason) if isinstance(reason, BaseException) else reason,
-            )
-            self._error = ws.handshake_exc or ConnectionRefusedError(str(reason))
-            ws.send_response(response)
-            self._flush()
-            return
-        ws.send_response(response)
-        self._flush()
-        self.request = request
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._state = CONNECTED
-        self._established = True
-        if self.ping_interval_s is not None:
-            self._ping_timer = self._loop.call_every(self.ping_interval_s, self._ping_tick)
-        self._app = self._factory()
-        self._app.connection_made(self)
-        if self._wpaused and self._state is CONNECTED:
-            self._app.pause_writing()
 
     def _frame(self, frame: Frame) -> None:
         self._heard = True
@@ -461,10 +470,8 @@ class WebSocketTransport(LayeredTransport):
     def _handshake_timed_out(self) -> None:
         self._timer = None
         if self._state is HANDSHAKING:
-            exc = WebSocketHandshakeTimeout(
-                "WebSocket upgrade request not complete in time; closing"
-            )
-            log.warning("WebSocket upgrade from %s: %s", describe(self.remote_address), exc)
+            exc = WebSocketHandshakeTimeout("WebSocket upgrade not complete in time; closing")
+            self._handshake_failed(exc)
             self.abort(exc)
 
     def _ping_tick(self) -> None:
@@ -483,14 +490,170 @@ class WebSocketTransport(LayeredTransport):
                 app = self._app
                 assert app is not None
                 app.connection_lost(exc)
-            elif exc is not None and self._error is None:
-                log.info(
-                    "WebSocket connection from %s lost before the upgrade: %s",
-                    describe(self.remote_address),
-                    exc,
-                )
+            else:
+                self._ended_early(exc)
         finally:
             self._closed_callbacks(exc)
+
+
+class WebSocketTransport(WebSocketLayer):
+    """The server side of one WebSocket connection. Made by :func:`accepting`.
+
+    The protocol above is made by ``factory`` once the upgrade is accepted.
+    """
+
+    __slots__ = ("_factory", "request")
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        factory: Callable[[], BaseProtocol],
+        *,
+        origins: Sequence[str] | None = None,
+        max_message_bytes: int = 1 << 20,
+        message_check: MessageCheck | None = None,
+        ping_interval_s: float | None = 30.0,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
+        allowed: list[Origin | None] | None = None
+        if origins:
+            # A request without Origin is not from a browser page, and a non-browser
+            # client can send any Origin it likes: only pages are held to the list.
+            allowed = [Origin(o) for o in origins]
+            allowed.append(None)
+        super().__init__(
+            loop,
+            ServerProtocol(origins=allowed, max_size=max_message_bytes, logger=_library_log),
+            message_check=message_check,
+            ping_interval_s=ping_interval_s,
+            handshake_timeout_s=handshake_timeout_s,
+            close_timeout_s=close_timeout_s,
+        )
+        self._factory = factory
+        #: The upgrade request (path, headers such as Origin), once it is accepted.
+        self.request: Request | None = None
+
+    def _handshake_event(self, event: Request | Response) -> None:
+        if not isinstance(event, Request):
+            return
+        ws = self._ws
+        assert isinstance(ws, ServerProtocol)
+        response = ws.accept(event)
+        if response.status_code != 101:
+            reason = ws.handshake_exc or response.reason_phrase
+            log.warning(
+                "WebSocket upgrade from %s refused (%d): %s",
+                describe(self.remote_address),
+                response.status_code,
+                _reasons(reason) if isinstance(reason, BaseException) else reason,
+            )
+            self._error = ws.handshake_exc or ConnectionRefusedError(str(reason))
+            ws.send_response(response)
+            self._flush()
+            return
+        ws.send_response(response)
+        self._flush()
+        self.request = event
+        self._app = self._factory()
+        self._open()
+
+    def _handshake_failed(self, exc: Exception) -> None:
+        # Bad input from one peer: one line, and only this connection ends.
+        log.warning(
+            "WebSocket port: no valid upgrade request from %s: %s",
+            describe(self.remote_address),
+            _reasons(exc),
+        )
+        self._error = exc
+
+    def _ended_early(self, exc: BaseException | None) -> None:
+        if exc is not None and self._error is None:
+            log.info(
+                "WebSocket connection from %s lost before the upgrade: %s",
+                describe(self.remote_address),
+                exc,
+            )
+
+
+class WebSocketClientTransport(WebSocketLayer):
+    """The client side of one WebSocket connection. Made by :func:`connect_websocket`.
+
+    ``protocol`` hears ``connection_made`` once the server's answer to the upgrade
+    is verified, or ``connection_failed`` (module docstring). ``uri``: the
+    ``ws://`` or ``wss://`` URL asked for (its host and path go in the request).
+    """
+
+    __slots__ = ("response",)
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        uri: str,
+        protocol: BaseProtocol,
+        *,
+        origin: str | None = None,
+        max_message_bytes: int | None = 1 << 20,
+        message_check: MessageCheck | None = None,
+        ping_interval_s: float | None = None,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
+        super().__init__(
+            loop,
+            ClientProtocol(
+                parse_uri(uri),
+                origin=Origin(origin) if origin is not None else None,
+                max_size=max_message_bytes,
+                logger=_library_log,
+            ),
+            message_check=message_check,
+            ping_interval_s=ping_interval_s,
+            handshake_timeout_s=handshake_timeout_s,
+            close_timeout_s=close_timeout_s,
+        )
+        self._app = protocol
+        #: The server's answer to the upgrade, once it arrived.
+        self.response: Response | None = None
+
+    def connection_made(self, conn: Any) -> None:
+        """The stream below is up: send the upgrade request."""
+        super().connection_made(conn)
+        if self._state is HANDSHAKING:
+            ws = self._ws
+            assert isinstance(ws, ClientProtocol)
+            ws.send_request(ws.connect())
+            self._flush()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._established and self._error is None and exc is None:
+            # An answer cut short is only known to be malformed at the end of stream.
+            ws = self._ws
+            ws.receive_eof()
+            if ws.handshake_exc is not None:
+                self._handshake_failed(ws.handshake_exc)
+        super().connection_lost(exc)
+
+    def _handshake_event(self, event: Request | Response) -> None:
+        if isinstance(event, Response):
+            self.response = event
+            exc = self._ws.handshake_exc
+            if exc is not None:
+                # Refused, or an answer that does not verify: the library ends the
+                # stream, and the caller hears this as the reason.
+                self._handshake_failed(exc)
+            elif self._state is HANDSHAKING:
+                self._open()
+
+    def _handshake_failed(self, exc: Exception) -> None:
+        # The caller hears why (connection_failed), so it is not logged twice.
+        log.debug("WebSocket upgrade at %s failed: %s", describe(self.remote_address), exc)
+        self._error = exc
+
+    def _ended_early(self, exc: BaseException | None) -> None:
+        app = self._app
+        assert app is not None
+        app.connection_failed(exc or ConnectionAbortedError("closed during the WebSocket upgrade"))
 
 
 def _reasons(exc: BaseException) -> str:
@@ -534,3 +697,71 @@ def accepting(
         )
 
     return make
+
+
+def ws_url(host: str, port: int, path: str = "/", *, secure: bool = False) -> str:
+    """The ``ws://`` (``wss://`` with ``secure``) URL of ``path`` at ``host:port``."""
+    if not path.startswith("/"):
+        raise ValueError(f"a WebSocket path starts with '/', not {path!r}")
+    shown = f"[{host}]" if ":" in host else host
+    return f"{'wss' if secure else 'ws'}://{shown}:{port}{path}"
+
+
+def connect_websocket(
+    loop: EventLoop,
+    host: str,
+    port: int,
+    protocol: BaseProtocol,
+    *,
+    path: str = "/",
+    ssl: SSLContext | None = None,
+    server_hostname: str | None = None,
+    origin: str | None = None,
+    max_message_bytes: int | None = 1 << 20,
+    message_check: MessageCheck | None = None,
+    ping_interval_s: float | None = None,
+    handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+    timeout_s: float | None = 10.0,
+    flow: FlowControl = DEFAULT_FLOW,
+    nodelay: bool = True,
+    source: tuple[str, int] | None = None,
+) -> WebSocketClientTransport:
+    """Connect to the WebSocket at ``ws://host:port/path`` (with ``ssl``: ``wss://``, over
+    :func:`~imreactor.net.tls.connect_tls`); returns the CONNECTING transport.
+
+    ``protocol`` gets ``connection_made`` once the upgrade is done, and then one
+    ``data_received`` per message; or ``connection_failed`` (module docstring).
+    ``handshake_timeout_s`` bounds the upgrade alone (TLS has its own). An OSError
+    from resolving or binding is raised here, as by
+    :func:`~imreactor.net.connection.connect`.
+    """
+    ws = WebSocketClientTransport(
+        loop,
+        ws_url(server_hostname or host, port, path, secure=ssl is not None),
+        protocol,
+        origin=origin,
+        max_message_bytes=max_message_bytes,
+        message_check=message_check,
+        ping_interval_s=ping_interval_s,
+        handshake_timeout_s=handshake_timeout_s,
+    )
+    lower: Transport
+    if ssl is not None:
+        lower = connect_tls(
+            loop,
+            host,
+            port,
+            ws,
+            ssl,
+            server_hostname=server_hostname,
+            timeout_s=timeout_s,
+            flow=flow,
+            nodelay=nodelay,
+            source=source,
+        )
+    else:
+        lower = connect(
+            loop, host, port, ws, timeout_s=timeout_s, flow=flow, nodelay=nodelay, source=source
+        )
+    ws._lower = lower
+    return ws
