@@ -11,7 +11,8 @@ messages per sender, and verifies every delivery; a run that does not verify is
 marked.
 
 Printed per mode: the median of acked messages/s, ack and delivery latency (p50 /
-p99), and the msg_server's CPU per delivered message (from /proc, logins included);
+p99), and the CPU per acked message of the msg_server (from /proc) and of the load
+generator (its own report), logins included;
 then WS / TCP of messages/s (goal: at least 0.8) and of msg_server CPU per message.
 
 usage: .venv/bin/python bench/ws_load.py [--pairs 50] [--in-flight 16] [--duration 5]
@@ -71,6 +72,9 @@ def run(opts: argparse.Namespace, work: Path) -> dict[str, list[dict[str, Any]]]
                 )
                 cpu = role_cpu_seconds(children, "msg") - cpu_before
                 report["msg_cpu_us_per_msg"] = cpu * 1e6 / max(report["acked"], 1)
+                report["loader_cpu_us_per_msg"] = (
+                    report["loader_cpu_s"] * 1e6 / max(report["acked"], 1)
+                )
                 reports[mode].append(report)
                 print(
                     f"[round {round_}] {mode}: {report['msgs_per_s']:,.0f} msgs/s, "
@@ -103,8 +107,8 @@ def table(reports: dict[str, list[dict[str, Any]]], opts: argparse.Namespace) ->
         f"{opts.rounds} alternating runs per mode, SQLite, {os.cpu_count()} CPUs",
         "",
         "| mode | acked msgs/s | ack p50 / p99 ms | delivery p50 / p99 ms "
-        "| msg_server CPU µs/msg | verified |",
-        "|---|---:|---:|---:|---:|---|",
+        "| msg_server CPU µs/msg | loader CPU µs/msg | verified |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for mode in MODES:
         runs = reports[mode]
@@ -121,6 +125,7 @@ def table(reports: dict[str, list[dict[str, Any]]], opts: argparse.Namespace) ->
             f"| {ms(median(runs, 'delivery_latency', 'p50_ms'))} / "
             f"{ms(median(runs, 'delivery_latency', 'p99_ms'))} "
             f"| {median(runs, 'msg_cpu_us_per_msg') or 0:.1f} "
+            f"| {median(runs, 'loader_cpu_us_per_msg') or 0:.1f} "
             f"| {'NO: ' + '; '.join(bad) if bad else 'yes'} |"
         )
     tcp, ws = (median(reports[m], "msgs_per_s") or 0.0 for m in MODES)

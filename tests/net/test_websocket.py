@@ -14,6 +14,8 @@ import struct
 
 import pytest
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 from wsclient import WsClient
 
 from imreactor.net import ConnState, EventLoop, FlowControl, PeerTooSlow, Protocol, Transport
@@ -23,6 +25,7 @@ from imreactor.net.websocket import (
     WebSocketHandshakeTimeout,
     WebSocketTransport,
     accepting,
+    binary_frame,
     connect_websocket,
     ws_url,
 )
@@ -508,3 +511,17 @@ def test_ws_url() -> None:
     assert ws_url("::1", 8801, "/x", secure=True) == "wss://[::1]:8801/x"
     with pytest.raises(ValueError, match="starts with"):
         ws_url("h", 1, "x")
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_binary_frame_is_the_librarys_frame(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert binary_frame(data, False) == Frame(Opcode.BINARY, data).serialize(mask=False)
+    for masked in (binary_frame(data, True), binary_frame(bytearray(data), True)):
+        reader = StreamReader()
+        reader.feed_data(masked)
+        parser = Frame.parse(reader.read_exact, mask=True)
+        with pytest.raises(StopIteration) as parsed:
+            next(parser)
+        frame = parsed.value.value
+        assert (frame.opcode, frame.fin, frame.data) == (Opcode.BINARY, True, data)

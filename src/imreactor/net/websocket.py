@@ -59,7 +59,9 @@ States::
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -67,11 +69,16 @@ from typing import TYPE_CHECKING, Any
 from websockets.client import ClientProtocol
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import OPEN, SEND_EOF
+from websockets.protocol import CLIENT, OPEN, SEND_EOF
 from websockets.protocol import Protocol as SansIOProtocol
 from websockets.server import ServerProtocol
 from websockets.typing import Origin
 from websockets.uri import parse_uri
+
+try:  # the library's C masking, as its own frames use; else its Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without the C extension
+    from websockets.utils import apply_mask
 
 from .connection import DEFAULT_FLOW, FlowControl, connect
 from .layered import LayeredTransport
@@ -145,6 +152,7 @@ class WebSocketLayer(LayeredTransport):
         "_heard",
         "_inbox",
         "_lower",
+        "_masked",
         "_message_check",
         "_ping_timer",
         "_reading",
@@ -165,6 +173,7 @@ class WebSocketLayer(LayeredTransport):
     ) -> None:
         self._loop = loop
         self._ws = ws
+        self._masked = ws.side is CLIENT  # a client masks every frame (RFC 6455 5.3)
         self._message_check = message_check
         self.ping_interval_s = ping_interval_s
         self._close_timeout_s = close_timeout_s
@@ -227,8 +236,15 @@ class WebSocketLayer(LayeredTransport):
     def write(self, data: Buffer) -> None:
         """Send ``data`` as one binary message. Ignored unless CONNECTED."""
         if self._state is CONNECTED and self._ws.state is OPEN:
-            self._ws.send_binary(data if type(data) is bytes else bytes(data))
-            self._flush()
+            lower = self._lower
+            assert lower is not None
+            # The frame is built here rather than by the library (send_binary): the
+            # data path of every message, and the same bytes, without the Frame
+            # object, its checks and a BytesIO. That is sound because what the
+            # library queues is always flushed at once (so nothing it wants sent can
+            # be overtaken), no extension is ever negotiated (none is offered or
+            # accepted), and this layer never sends fragments.
+            lower.write(binary_frame(data, self._masked))
 
     def writelines(self, chunks: Iterable[Buffer]) -> None:
         """Each chunk is its own message, in order."""
@@ -654,6 +670,31 @@ class WebSocketClientTransport(WebSocketLayer):
         app = self._app
         assert app is not None
         app.connection_failed(exc or ConnectionAbortedError("closed during the WebSocket upgrade"))
+
+
+_HEAD_SHORT = struct.Struct("!BB").pack
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
+_FIN_BINARY = 0x80 | Opcode.BINARY
+_MASK_BIT = 0x80
+
+
+def binary_frame(data: Buffer, masked: bool) -> bytes:
+    """One final, unfragmented binary frame carrying ``data`` (RFC 6455 5.2), masked with
+    a fresh random key when ``masked`` (the client's frames): the bytes websockets'
+    ``Frame(BINARY, data).serialize(mask=masked)`` makes."""
+    length = len(data)
+    mask = _MASK_BIT if masked else 0
+    if length < 126:
+        head = _HEAD_SHORT(_FIN_BINARY, mask | length)
+    elif length < 65536:
+        head = _HEAD_16(_FIN_BINARY, mask | 126, length)
+    else:
+        head = _HEAD_64(_FIN_BINARY, mask | 127, length)
+    if masked:
+        key = os.urandom(4)
+        return head + key + apply_mask(data, key)
+    return head + data
 
 
 def _reasons(exc: BaseException) -> str:
