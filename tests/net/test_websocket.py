@@ -525,3 +525,26 @@ def test_binary_frame_is_the_librarys_frame(size: int) -> None:
             next(parser)
         frame = parsed.value.value
         assert (frame.opcode, frame.fin, frame.data) == (Opcode.BINARY, True, data)
+
+
+def test_frames_right_behind_the_upgrade_and_cut_anywhere_are_whole_messages(
+    loop: EventLoop, run_until: RunUntil
+) -> None:
+    made, port = _serve(loop, message_check=one_pdu_check(1 << 20))
+    pdus = [encode_pdu(7, 0x0701, n, bytes(n * 40)) for n in range(1, 5)]
+    client = WsClient(port, upgrade=False)
+    client.proto.send_request(client.proto.connect())
+    upgrade = b"".join(client.proto.data_to_send())
+    # The request and two frames in one segment: the frames are not lost in the upgrade.
+    client.send_raw(upgrade + binary_frame(pdus[0], True) + binary_frame(pdus[1], True))
+    _until(run_until, client, lambda: len(client.messages) == 2, "two echoes")
+    # Then a ping between frames, all of it one byte at a time.
+    stream = binary_frame(pdus[2], True) + b"\x89\x80abcd" + binary_frame(pdus[3], True)
+    for byte in stream:
+        client.send_raw(bytes([byte]))
+        loop.run_once(0)
+    _until(run_until, client, lambda: len(client.messages) == 4, "four echoes")
+    assert client.messages == pdus
+    (proto,) = made.made
+    assert proto.messages == pdus and proto.alive == 1  # the ping counted as alive
+    assert any(f.opcode is Opcode.PONG for f in client.frames)

@@ -149,6 +149,7 @@ class WebSocketLayer(LayeredTransport):
         "_error",
         "_fragments",
         "_handshake_timeout_s",
+        "_head_tail",
         "_heard",
         "_inbox",
         "_lower",
@@ -156,6 +157,7 @@ class WebSocketLayer(LayeredTransport):
         "_message_check",
         "_ping_timer",
         "_reading",
+        "_rx",
         "_timer",
         "_ws",
         "ping_interval_s",
@@ -186,6 +188,11 @@ class WebSocketLayer(LayeredTransport):
         self._inbox: deque[bytes] | None = None  # messages parsed while reading was paused
         self._fragments: list[bytes] | None = None  # a fragmented message so far
         self._heard = False  # a frame arrived since the last ping tick
+        #: Once upgraded: bytes of a frame not complete yet (None: the library reads).
+        self._rx: bytearray | None = None
+        #: Before the upgrade: the last bytes given to the library, to find the end of
+        #: the HTTP head across reads (None: found, or not looked for any more).
+        self._head_tail: bytes | None = b""
         self._handshake_timeout_s = handshake_timeout_s
         self._timer: Timer | None = None
         self._ping_timer: Timer | None = None
@@ -317,7 +324,118 @@ class WebSocketLayer(LayeredTransport):
         self._report(exc)
 
     def data_received(self, data: bytes) -> None:
-        """Bytes of the upgrade or of frames arrived."""
+        """Bytes of the upgrade or of frames arrived.
+
+        Frames are cut here (:meth:`_receive_frames`): a final binary frame, masked as
+        it must be, is a message at once; every other frame (control frames, fragments,
+        text, anything malformed) is handed to the library whole, so that it is always
+        at a frame boundary and its checks, answers and close codes stay its own.
+        """
+        rx = self._rx
+        if rx is not None:
+            if self._state is CONNECTED and self._ws.state is OPEN:
+                if rx:
+                    rx += data
+                    self._receive_frames(rx)
+                else:
+                    self._receive_frames(data)
+                return
+            # Closing or failed: the library reads what is left, only for a close frame.
+            self._rx = None
+            if rx:
+                data = bytes(rx) + data
+        elif not self._established:
+            data = self._upgrade_bytes(data)
+            if not data:
+                return
+        self._feed_library(data)
+
+    def _upgrade_bytes(self, data: bytes) -> bytes:
+        """Of ``data`` read before the upgrade is done: what goes to the library now.
+
+        Only the HTTP head goes: what follows its blank line is kept back, to be cut
+        into frames here once the upgrade is accepted, or given to the library too if
+        it is not (a refusal's body, or the stream after a bad request).
+        """
+        if self._head_tail is None:
+            return data
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = seen[-3:]
+            return data
+        cut = end + 4 - len(self._head_tail)  # where the head ends within ``data``
+        self._head_tail = None
+        self._feed_library(data[:cut])
+        rest = data[cut:]
+        if self._established and self._state is CONNECTED:
+            self._rx = bytearray()
+            if rest:
+                self._receive_frames(rest)
+            return b""
+        return rest
+
+    def _receive_frames(self, buf: bytes | bytearray) -> None:
+        """Deliver the complete frames at the start of ``buf``; keep the rest in ``_rx``."""
+        ws = self._ws
+        want_mask = 0 if self._masked else _MASK_BIT  # a server reads masked frames only
+        limit = ws.max_message_size
+        if limit is None:
+            limit = 1 << 62
+        size = len(buf)
+        pos = 0
+        while size - pos >= 2:
+            if self._state is not CONNECTED or ws.state is not OPEN:
+                # A message closed the connection: the library reads the rest.
+                self._rx = None
+                self._feed_library(bytes(buf[pos:]))
+                return
+            b0, b1 = buf[pos], buf[pos + 1]
+            length = b1 & 0x7F
+            head = 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                (length,) = _LENGTH_16(buf, pos + 2)
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                (length,) = _LENGTH_64(buf, pos + 2)
+                head = 10
+            if b1 & _MASK_BIT:
+                head += 4
+            if length > limit:
+                # Refused from its header, before its body is buffered (1009).
+                self._rx = None
+                self._feed_library(bytes(buf[pos:]))
+                return
+            end = pos + head + length
+            if end > size:
+                break
+            if b0 == _FIN_BINARY and b1 & _MASK_BIT == want_mask and self._fragments is None:
+                if want_mask:
+                    key = bytes(buf[pos + head - 4 : pos + head])
+                    payload = apply_mask(buf[pos + head : end], key)
+                else:
+                    payload = bytes(buf[pos + head : end])
+                self._heard = True
+                self._message(payload)
+            else:
+                self._feed_library(bytes(buf[pos:end]))
+            pos = end
+        if self._rx is None:
+            return
+        if pos == size:
+            self._rx = bytearray()
+        elif buf is self._rx:
+            del buf[:pos]
+        else:
+            self._rx = bytearray(memoryview(buf)[pos:])
+
+    def _feed_library(self, data: bytes) -> None:
+        """Bytes for websockets' protocol: the upgrade, frames other than whole binary
+        messages, and everything once the connection is closing."""
         ws = self._ws
         ws.receive_data(data)
         # Messages that came before a bad frame in the same read are still delivered
@@ -675,6 +793,8 @@ class WebSocketClientTransport(WebSocketLayer):
 _HEAD_SHORT = struct.Struct("!BB").pack
 _HEAD_16 = struct.Struct("!BBH").pack
 _HEAD_64 = struct.Struct("!BBQ").pack
+_LENGTH_16 = struct.Struct("!H").unpack_from
+_LENGTH_64 = struct.Struct("!Q").unpack_from
 _FIN_BINARY = 0x80 | Opcode.BINARY
 _MASK_BIT = 0x80
 
