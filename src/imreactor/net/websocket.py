@@ -15,7 +15,10 @@ carries the HTTP upgrade and then the frames, and a
 ``websockets.client.ClientProtocol``) never touches a socket:
 bytes read below are fed to it, and whatever it wants sent is written below. So
 everything the transport below does holds here too: coalesced sends, water marks
-(passed up as ``pause_writing``), the output cap, the reset on abort.
+(passed up as ``pause_writing``), the output cap, the reset on abort. The data path
+of a message skips it: whole binary frames are cut and built here (the library's
+parser was most of a message's cost), and every other frame goes to it whole
+(:meth:`WebSocketLayer.data_received`).
 
 Messages, not a stream: each :meth:`~WebSocketTransport.write` is sent as one binary
 message, and each binary message received (fragments joined) is one ``data_received``
