@@ -181,6 +181,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     where = ap.add_mutually_exclusive_group()
     where.add_argument("--database", help="storage URL for --create-users")
     where.add_argument("--data-dir", help="an 'imreactor up' data dir, for --create-users")
+    ap.add_argument(
+        "--ws",
+        action="store_true",
+        help="speak WebSocket to msg_server: login_server's wsURL (wssURL with --tls); with "
+        "--msg-server/--msg-servers the addresses are ws_ports",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
@@ -221,6 +227,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         reconnect=args.reconnect,
         reconnect_jitter_s=args.reconnect_jitter,
         tls=args.tls,
+        ws=args.ws,
         ca_file=args.ca,
     )
 
