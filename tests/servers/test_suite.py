@@ -297,9 +297,13 @@ def test_port_in_use_is_named_before_anything_is_written(tmp_path: Path) -> None
 
 
 def children_of(pid: int) -> dict[str, int]:
-    """The server role → pid of each child of ``pid`` (Linux /proc)."""
+    """The server role → pid of each child of ``pid`` (Linux /proc), whichever of its
+    threads forked it."""
     found = {}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+    children = [
+        c for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
+    ]
+    for child in children:
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         found[cmdline[3].decode()] = int(child)  # python -m imreactor <role> -c FILE
     return found

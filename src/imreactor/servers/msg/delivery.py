@@ -134,7 +134,7 @@ class Delivery:
         """
         self.server.stats.messages.inc("not_stored")
         if conn.conn.state is ConnState.CONNECTED:
-            unanswerable(conn, "IMMsgData (not stored)", why)
+            unanswerable(conn, "IMMsgData", f"not stored: {why}")
 
     def _store_message(
         self, conn: ClientConn, msg: Any, seq: int, group: GroupEntry | None
