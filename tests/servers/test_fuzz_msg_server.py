@@ -114,8 +114,12 @@ class Closed(Exception):
     """The server closed (or reset) the connection."""
 
 
-class Wire:
-    """One raw client socket: bytes out, whole PDUs in (``WAIT_S`` for each)."""
+class Quiet(Exception):
+    """Nothing arrived within the wait asked for (the server waits for more input)."""
+
+
+class RawWire:
+    """One raw client socket: bytes out, and a buffer of what came in."""
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
@@ -130,6 +134,37 @@ class Wire:
         except OSError:
             self.closed = True
 
+    def fill(self, deadline: float, quiet: bool = False) -> None:
+        """Read once into :attr:`buf` (nothing, if ``deadline`` passes meanwhile).
+
+        Raises :class:`Closed` once the server closed (or reset) and AssertionError past
+        ``deadline`` (the server neither answered nor closed), or :class:`Quiet` then
+        with ``quiet``.
+        """
+        if self.closed:
+            raise Closed
+        left = deadline - time.monotonic()
+        if left <= 0 and quiet:
+            raise Quiet
+        assert left > 0, "the server neither answered nor closed the connection"
+        self.sock.settimeout(left)
+        try:
+            chunk = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.closed = True
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Wire(RawWire):
+    """A raw msg_server client: whole PDUs in (``WAIT_S`` for each)."""
+
     def frame(self, deadline: float) -> bytes:
         """The next whole PDU; raises :class:`Closed` on EOF or reset, AssertionError
         when the server neither answers nor closes by ``deadline``."""
@@ -141,20 +176,7 @@ class Wire:
                     frame = bytes(self.buf[:length])
                     del self.buf[:length]
                     return frame
-            if self.closed:
-                raise Closed
-            left = deadline - time.monotonic()
-            assert left > 0, "the server neither answered nor closed the connection"
-            self.sock.settimeout(left)
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self.closed = True
-            self.buf += chunk
+            self.fill(deadline)
 
     def answer(self, seq: int) -> tuple[Message | None, bytes]:
         """The PDU answering ``seq`` (pushes, which carry 0, and heartbeats skipped),
@@ -191,9 +213,6 @@ class Wire:
                 self.frame(deadline)
         except Closed:
             return
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @dataclass
