@@ -44,7 +44,7 @@ from hypothesis.stateful import (
 from imreactor.http import MAX_REQUEST_BYTES
 
 from .conftest import RunningSuite, start_suite
-from .test_fuzz_msg_server import DEEP, FAST, WAIT_S, Closed, Quiet, RawWire
+from .test_fuzz_msg_server import DEEP, FAST, QUIET_S, WAIT_S, Closed, Quiet, RawWire
 
 MAX_CONNS = 4
 LOGIN_PATHS = ("/msg_server", "/msg_server?x=1", "/readyz", "/healthz", "/metrics", "/nope", "/")
@@ -57,10 +57,6 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
-
-
-#: How long a connection fed something odd may stay silent before we stop sending.
-QUIET_S = 1.0
 
 
 class HttpWire(RawWire):

@@ -72,6 +72,8 @@ from .conftest import RunningSuite, start_suite
 WAIT_S = 5.0
 MAX_CONNS = 6
 MAX_PDU_BYTES = 64 * 1024
+#: How long a connection fed something odd may stay silent before we stop sending.
+QUIET_S = 1.0
 #: Valid requests use seqs below this; garbage uses seqs above, so no answer is mistaken.
 VALID_SEQS = 30000
 FUZZ_USERS = ("carol", "dave")
@@ -165,7 +167,7 @@ class RawWire:
 class Wire(RawWire):
     """A raw msg_server client: whole PDUs in (``WAIT_S`` for each)."""
 
-    def frame(self, deadline: float) -> bytes:
+    def frame(self, deadline: float, quiet: bool = False) -> bytes:
         """The next whole PDU; raises :class:`Closed` on EOF or reset, AssertionError
         when the server neither answers nor closes by ``deadline``."""
         while True:
@@ -176,7 +178,7 @@ class Wire(RawWire):
                     frame = bytes(self.buf[:length])
                     del self.buf[:length]
                     return frame
-            self.fill(deadline)
+            self.fill(deadline, quiet=quiet and not self.buf)
 
     def answer(self, seq: int) -> tuple[Message | None, bytes]:
         """The PDU answering ``seq`` (pushes, which carry 0, and heartbeats skipped),
@@ -462,8 +464,20 @@ class MsgServerFuzz(RuleBasedStateMachine):
             self.gone(c)
 
     def uncertain(self, c: Conn) -> None:
+        """After input the model cannot judge: closed, or still answering a heartbeat, or
+        (input that began a PDU longer than what followed) waiting for the rest: then
+        our end of the stream ends, and the server must close."""
         c.doomed = True
-        self.closed_or_alive(c)
+        c.wire.send(HEARTBEAT_PDU)
+        deadline = time.monotonic() + QUIET_S
+        try:
+            while c.wire.frame(deadline, quiet=True) != HEARTBEAT_PDU:
+                deadline = time.monotonic() + WAIT_S  # answers came: the rest will too
+        except Closed:
+            self.gone(c)
+        except Quiet:
+            c.wire.sock.shutdown(socket.SHUT_WR)
+            self.expect_closed(c)
 
     # -- connections and sessions -----------------------------------------------------------
 
