@@ -108,6 +108,10 @@ class Delivery:
         if msg.to_session_id == 0:
             conn.bad_pdu(sid, cid, seq, "to_session_id 0")
             return
+        if msg.msg_type in SINGLE_MSG_TYPES and msg.to_session_id == conn.user_id:
+            # Storage refuses it too, but its refusal reaches the client as no answer at all.
+            conn.bad_pdu(sid, cid, seq, "a message to oneself")
+            return
         msg.from_user_id = conn.user_id  # never trust the client's claim
         if msg.msg_type in SINGLE_MSG_TYPES:
             self._store_message(conn, msg, seq, None)
