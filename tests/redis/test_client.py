@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from net.helpers import drive_until, run_for
 
 from imreactor.net import EventLoop, Protocol, Transport
+from imreactor.net.tls import client_context
 from imreactor.redis import (
     RedisAddress,
     RedisClient,
@@ -24,6 +26,7 @@ from imreactor.redis import (
     RedisProtocolError,
     RedisReplyError,
     RedisTimeout,
+    parse_redis_url,
 )
 
 
@@ -323,3 +326,41 @@ class Loading(Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A redis-server with a TLS port, its certificate from a CA of the test's."""
+    with RedisProcess(tmp_path / "redis-tls", durable=False, tls=True) as server:
+        yield server
+
+
+def test_rediss_verifies_the_server_and_runs_commands(
+    loop: EventLoop, tls_redis: RedisProcess
+) -> None:
+    address = parse_redis_url(tls_redis.url)
+    assert address.tls and address.port == tls_redis.tls_port != tls_redis.port
+    client = make_client(loop, address, ssl_context=client_context(str(tls_redis.ca_file)))
+    drive_until(loop, lambda: client.ready, what="TLS redis client ready")
+    assert call(loop, client, "SET", "k", b"\x00v").error is None
+    assert call(loop, client, "GET", "k").reply == b"\x00v"
+    client.stop()
+    run_for(loop, 0.05)
+
+
+def test_rediss_refuses_a_server_no_trusted_ca_signed(
+    loop: EventLoop, tls_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The system's CAs did not sign the test CA's certificate: no link, ever.
+    client = make_client(loop, parse_redis_url(tls_redis.url))
+    drive_until(loop, lambda: client.attempts >= 3, what="reconnect attempts")
+    assert not client.ready and client.connects == 0
+    result = call(loop, client, "PING")
+    assert isinstance(result.error, RedisConnectionError)
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    client.stop()
+
+
+def test_a_tls_context_for_a_plain_address_is_refused(loop: EventLoop) -> None:
+    with pytest.raises(ValueError, match="not rediss://"):
+        RedisClient(loop, RedisAddress("127.0.0.1"), ssl_context=client_context())
