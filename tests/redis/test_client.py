@@ -328,19 +328,13 @@ class Loading(Protocol):
         self.conn.write(b"-LOADING Redis is loading the dataset in memory\r\n")
 
 
-@pytest.fixture
-def tls_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A redis-server with a TLS port, its certificate from a CA of the test's."""
-    with RedisProcess(tmp_path / "redis-tls", durable=False, tls=True) as server:
-        yield server
-
-
 def test_rediss_verifies_the_server_and_runs_commands(
-    loop: EventLoop, tls_redis: RedisProcess
+    loop: EventLoop, tls_redis_server: tuple[RedisProcess, Path]
 ) -> None:
+    tls_redis, ca_file = tls_redis_server
     address = parse_redis_url(tls_redis.url)
     assert address.tls and address.port == tls_redis.tls_port != tls_redis.port
-    client = make_client(loop, address, ssl_context=client_context(str(tls_redis.ca_file)))
+    client = make_client(loop, address, ssl_context=client_context(str(ca_file)))
     drive_until(loop, lambda: client.ready, what="TLS redis client ready")
     assert call(loop, client, "SET", "k", b"\x00v").error is None
     assert call(loop, client, "GET", "k").reply == b"\x00v"
@@ -349,10 +343,10 @@ def test_rediss_verifies_the_server_and_runs_commands(
 
 
 def test_rediss_refuses_a_server_no_trusted_ca_signed(
-    loop: EventLoop, tls_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+    loop: EventLoop, tls_redis_server: tuple[RedisProcess, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     # The system's CAs did not sign the test CA's certificate: no link, ever.
-    client = make_client(loop, parse_redis_url(tls_redis.url))
+    client = make_client(loop, parse_redis_url(tls_redis_server[0].url))
     drive_until(loop, lambda: client.attempts >= 3, what="reconnect attempts")
     assert not client.ready and client.connects == 0
     result = call(loop, client, "PING")

@@ -114,28 +114,25 @@ def test_a_malformed_inbox_entry_is_dropped_and_delivery_goes_on(
     assert "inbox entry" in cluster.log_text("msg_server2")
 
 
-def test_the_fabric_runs_over_tls(make_suite: SuiteFactory, tmp_path: Path) -> None:
-    with RedisProcess(tmp_path / "redis-tls", durable=False, tls=True) as redis:
-        suite = make_suite(
-            {"msg": {"redis_ca_file": str(redis.ca_file)}}, msg_servers=2, redis=redis.url
-        )
-        assert redis.url.startswith("rediss://")
-        alice = suite.login("alice", server=0)
-        bob = suite.login("bob", server=1)
-        alice.send_text(bob.user_id, "over tls")
-        assert [m.msg_data for m in received(bob)] == [b"over tls"]
-        suite.stop()
+def test_the_fabric_runs_over_tls(
+    make_suite: SuiteFactory, tls_redis_server: tuple[RedisProcess, Path]
+) -> None:
+    redis, ca_file = tls_redis_server
+    assert redis.url.startswith("rediss://")
+    suite = make_suite({"msg": {"redis_ca_file": str(ca_file)}}, msg_servers=2, redis=redis.url)
+    alice = suite.login("alice", server=0)
+    bob = suite.login("bob", server=1)
+    alice.send_text(bob.user_id, "over tls")
+    assert [m.msg_data for m in received(bob)] == [b"over tls"]
 
 
 def test_a_rediss_server_no_trusted_ca_signed_is_refused(
-    make_suite: SuiteFactory, tmp_path: Path
+    make_suite: SuiteFactory, tls_redis_server: tuple[RedisProcess, Path]
 ) -> None:
-    with RedisProcess(tmp_path / "redis-tls", durable=False, tls=True) as redis:
-        # No redis_ca_file: the system's CAs, which never signed the test CA's certificate.
-        suite = make_suite(msg_servers=2, redis=redis.url)
-        assert refused_with(suite, "alice", base.REFUSE_REASON_NO_ROUTE_SERVER)
-        assert "CERTIFICATE_VERIFY_FAILED" in suite.log_text("msg_server1")
-        suite.stop()
+    # No redis_ca_file: the system's CAs, which never signed the test CA's certificate.
+    suite = make_suite(msg_servers=2, redis=tls_redis_server[0].url)
+    assert refused_with(suite, "alice", base.REFUSE_REASON_NO_ROUTE_SERVER)
+    assert "CERTIFICATE_VERIFY_FAILED" in suite.log_text("msg_server1")
 
 
 def test_logins_are_refused_while_redis_is_unreachable(make_suite: SuiteFactory) -> None:
@@ -198,9 +195,9 @@ def test_a_stalled_reader_loses_only_the_oldest_beyond_the_bound(
     small_streams: RunningSuite, redis_server: RedisProcess
 ) -> None:
     """The documented limit: a msg_server that stops reading while more than
-    redis_stream_max newer relays arrive for it loses the oldest (they are in the
-    database: its clients see them when they next sync). What it gets is the newest
-    ones, in order, once each."""
+    redis_stream_max newer relays arrive for it may lose the oldest (they are in the
+    database: its clients see them when they next sync). It gets the newest ones, in
+    order, once each."""
     alice = small_streams.login("alice", server=0)
     bob = small_streams.login("bob", server=1)
     alice.send_text(bob.user_id, "before")
@@ -218,8 +215,10 @@ def test_a_stalled_reader_loses_only_the_oldest_beyond_the_bound(
     while sent[-1] not in got:
         got += [m.msg_id for m in received(bob, 0.5)]
         assert time.monotonic() < deadline, "the newest relays never arrived"
-    assert got == sent[-len(got) :], "not the newest relays in order, once each"
-    assert len(got) >= STREAM_MAX, "fewer kept than redis_stream_max"
+    # In order and once each; the newest redis_stream_max all there. (What Redis had
+    # handed to the stalled reader's blocked read before it stopped comes too.)
+    assert got == sorted(set(got)) and set(got) <= set(sent), got
+    assert got[-STREAM_MAX:] == sent[-STREAM_MAX:], "the newest relays did not all arrive"
 
 
 def watch_set(redis: RedisProcess, suite: RunningSuite, server: int) -> set[bytes]:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .. import pki
 from .url import RedisAddress
 
 REDIS_SERVER_ENV = "IMREACTOR_REDIS_SERVER"  # overrides the search, e.g. a hand-built server
@@ -71,11 +70,10 @@ class RedisProcess:
     that file is synced: "everysec" loses at most a second's writes in a crash of the
     machine or of Redis, and survives a restart like "always".
 
-    ``tls`` adds a TLS port (``tls_port``, chosen like ``port``) with a certificate
-    for 127.0.0.1 from a CA of its own (:mod:`imreactor.pki`, in ``<directory>/tls``;
-    clients trust :attr:`ca_file`), not asking clients for certificates; :attr:`url`
-    is then the ``rediss://`` one. The plain port stays (loopback only) for the
-    readiness probe.
+    ``tls`` (certificate file, key file; the certificate valid for 127.0.0.1) adds a
+    TLS port (``tls_port``, chosen like ``port``) that asks clients for no certificate;
+    :attr:`url` is then the ``rediss://`` one. The plain port stays (loopback only) for
+    the readiness probe.
     """
 
     def __init__(
@@ -85,7 +83,7 @@ class RedisProcess:
         *,
         durable: bool = True,
         appendfsync: str = "always",
-        tls: bool = False,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         if appendfsync not in ("always", "everysec", "no"):
             raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
@@ -102,7 +100,7 @@ class RedisProcess:
     def address(self) -> RedisAddress:
         """Where clients connect: the TLS port if there is one."""
         assert self.port, "not started"
-        if self.tls:
+        if self.tls is not None:
             return RedisAddress("127.0.0.1", self.tls_port, tls=True)
         return RedisAddress("127.0.0.1", self.port)
 
@@ -113,11 +111,6 @@ class RedisProcess:
     @property
     def log_path(self) -> Path:
         return self.directory / "redis.log"
-
-    @property
-    def ca_file(self) -> Path:
-        """With ``tls``: the CA that signed the server's certificate (made at start)."""
-        return self.directory / "tls" / "clients-ca.pem"
 
     @property
     def pid(self) -> int | None:
@@ -142,9 +135,8 @@ class RedisProcess:
             f"appendfsync {self.appendfsync}\n"
             "databases 16\n"
         )
-        if self.tls:
-            _, server = pki.public_files(self.directory / "tls", ["127.0.0.1"])
-            cert, key = server.cert, server.key
+        if self.tls is not None:
+            cert, key = self.tls
             with conf.open("a") as f:
                 f.write(
                     f"tls-port {self.tls_port}\n"
@@ -164,7 +156,7 @@ class RedisProcess:
             if not keep_port:
                 self.port = _free_port()
                 self.tls_port = 0
-                while self.tls and self.tls_port in (0, self.port):
+                while self.tls is not None and self.tls_port in (0, self.port):
                     self.tls_port = _free_port()
             conf = self._write_conf()
             self._proc = subprocess.Popen(
