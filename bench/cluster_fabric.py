@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -93,10 +94,31 @@ class Side:
         return total
 
 
+def free_run(n: int, avoid: set[int]) -> int:
+    """A port p with p..p+n-1 free now and none in ``avoid``, below the ephemeral range
+    (which outgoing connections take ports from at any time)."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 30000 - n)
+        ports = range(base, base + n)
+        if avoid.intersection(ports):
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no run of {n} free ports found")
+
+
 def start_side(name: str, servers: int, work: Path, users: int, opts: argparse.Namespace) -> Side:
     data = work / name
     data.mkdir(parents=True)
-    http, login, db, route, metrics, *msg = free_ports(5 + servers)
+    http, login, db, route, msfs, *msg = free_ports(5 + servers)
+    # One metrics port per server but login_server and msfs, numbered up from one port.
+    metrics = free_run(3 + servers, avoid={http, login, db, route, msfs, *msg})
     redis: RedisProcess | None = None
     if name == "redis":
         # As `imreactor up --redis` starts it, unless --redis-aof says otherwise.
@@ -116,7 +138,7 @@ def start_side(name: str, servers: int, work: Path, users: int, opts: argparse.N
         redis=redis.url if redis is not None else "",
         overrides=UNLIMITED,
         metrics_port=metrics,
-        msfs_port=free_ports(1)[0],
+        msfs_port=msfs,
     )
     create_users(layout.database_url, [f"load{i}" for i in range(users)], "imreactor")
     try:

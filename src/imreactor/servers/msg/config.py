@@ -199,7 +199,7 @@ class MsgConfig(LinkSecurity):
         )
         if self.redis and self.route_servers:
             raise ConfigError("msg.redis: a cluster relays through Redis or route_server, not both")
-        if self.redis_ca_file and not self.redis.startswith("rediss://"):
+        if self.redis_ca_file and not (self.redis and parse_redis_url(self.redis).tls):
             raise ConfigError("msg.redis_ca_file: only with a rediss:// redis (TLS)")
         if self.redis_ca_file and not os.path.isfile(self.redis_ca_file):
             raise ConfigError(f"msg.redis_ca_file: no such file {self.redis_ca_file!r}")
