@@ -1,6 +1,6 @@
 """Shared fixtures: a SQLite file, a PostgreSQL database (a private server per session) and a
-private Redis (a ``redis-server`` per test, in its temp dir, on a free port) and a headless
-Chromium for browser tests."""
+private Redis (a ``redis-server`` per test, in its temp dir, on a free port; also with TLS)
+and a headless Chromium for browser tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from pg import PostgresServer, PostgresUnavailable
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from imreactor import pki
 from imreactor.redis import RedisProcess, RedisUnavailable
 
 
@@ -48,6 +49,19 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
         pytest.fail(str(exc), pytrace=False)
     with server:
         yield server
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path: Path) -> Iterator[tuple[RedisProcess, Path]]:
+    """A ``redis-server`` of this test alone with a TLS port (not durable), its certificate
+    for 127.0.0.1 from a CA of the test's; yields it and that CA's file."""
+    ca, cert = pki.public_files(tmp_path / "redis-pki", ["127.0.0.1"])
+    try:
+        server = RedisProcess(tmp_path / "redis-tls", durable=False, tls=(cert.cert, cert.key))
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server, ca.cert
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from net.helpers import drive_until, run_for
 
 from imreactor.net import EventLoop, Protocol, Transport
+from imreactor.net.tls import client_context
 from imreactor.redis import (
     RedisAddress,
     RedisClient,
@@ -24,6 +26,7 @@ from imreactor.redis import (
     RedisProtocolError,
     RedisReplyError,
     RedisTimeout,
+    parse_redis_url,
 )
 
 
@@ -323,3 +326,35 @@ class Loading(Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.conn.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+
+
+def test_rediss_verifies_the_server_and_runs_commands(
+    loop: EventLoop, tls_redis_server: tuple[RedisProcess, Path]
+) -> None:
+    tls_redis, ca_file = tls_redis_server
+    address = parse_redis_url(tls_redis.url)
+    assert address.tls and address.port == tls_redis.tls_port != tls_redis.port
+    client = make_client(loop, address, ssl_context=client_context(str(ca_file)))
+    drive_until(loop, lambda: client.ready, what="TLS redis client ready")
+    assert call(loop, client, "SET", "k", b"\x00v").error is None
+    assert call(loop, client, "GET", "k").reply == b"\x00v"
+    client.stop()
+    run_for(loop, 0.05)
+
+
+def test_rediss_refuses_a_server_no_trusted_ca_signed(
+    loop: EventLoop, tls_redis_server: tuple[RedisProcess, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The system's CAs did not sign the test CA's certificate: no link, ever.
+    client = make_client(loop, parse_redis_url(tls_redis_server[0].url))
+    drive_until(loop, lambda: client.attempts >= 3, what="reconnect attempts")
+    assert not client.ready and client.connects == 0
+    result = call(loop, client, "PING")
+    assert isinstance(result.error, RedisConnectionError)
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    client.stop()
+
+
+def test_a_tls_context_for_a_plain_address_is_refused(loop: EventLoop) -> None:
+    with pytest.raises(ValueError, match="not rediss://"):
+        RedisClient(loop, RedisAddress("127.0.0.1"), ssl_context=client_context())

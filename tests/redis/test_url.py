@@ -15,6 +15,7 @@ from imreactor.redis import RedisAddress, parse_redis_url
         ("redis://:pw@h:1/", RedisAddress("h", 1, 0, None, "pw")),
         ("redis://me:p%40ss@h/15", RedisAddress("h", 6379, 15, "me", "p@ss")),
         ("redis://[::1]:7000/1", RedisAddress("::1", 7000, 1)),
+        ("rediss://:pw@h:6380/3", RedisAddress("h", 6380, 3, None, "pw", tls=True)),
     ],
 )
 def test_good_urls(url: str, expected: RedisAddress) -> None:
@@ -25,9 +26,9 @@ def test_good_urls(url: str, expected: RedisAddress) -> None:
     ("url", "words"),
     [
         ("", "non-empty"),
-        ("127.0.0.1:6379", "not redis://"),
-        ("http://h", "not redis://"),
-        ("rediss://h", "TLS"),
+        ("127.0.0.1:6379", "not redis:// or rediss://"),
+        ("http://h", "not redis:// or rediss://"),
+        ("redis+tls://h", "not redis:// or rediss://"),
         ("redis://", "no host"),
         ("redis://h:notaport", "bad Redis URL"),
         ("redis://h:70000", "bad Redis URL"),
@@ -40,6 +41,11 @@ def test_good_urls(url: str, expected: RedisAddress) -> None:
 def test_bad_urls_say_why(url: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_redis_url(url)
+
+
+def test_a_tls_address_says_so() -> None:
+    assert str(parse_redis_url("rediss://h")) == "rediss://h:6379/0"
+    assert str(parse_redis_url("redis://h")) == "redis://h:6379/0"
 
 
 def test_the_password_never_shows() -> None:

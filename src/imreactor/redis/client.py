@@ -22,6 +22,10 @@ it never touches a socket). Everything around them is ours and runs on the loop:
   :class:`RedisTimeout`, and the client reconnects. A blocking command (``BLPOP``,
   ``XREADGROUP ... BLOCK``) therefore wants its own client, and a ``timeout_s``
   longer than its block time.
+- **TLS** for a ``rediss://`` address: the connection is
+  :mod:`imreactor.net.tls` on the same loop; the server's certificate and name are
+  verified (against the CA of the given context, else the system's), and a failed
+  handshake is a failed attempt like a refused connect.
 - **Errors** are exceptions handed to the callback, never raised out of the loop:
   :class:`RedisReplyError` for ``-ERR`` replies (the link stays up),
   :class:`RedisConnectionError` and its kinds :class:`RedisTimeout` and
@@ -36,6 +40,7 @@ once. An exception from a callback is logged and touches nothing else.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 import hiredis
 
 from ..net.connector import Backoff
+from ..net.tls import client_context
 from ..net.transport import Protocol, Transport
 from .url import RedisAddress
 
@@ -150,7 +156,9 @@ class RedisClient:
     ``on_up()`` runs each time a connection becomes ready, ``on_down(exc)`` each time
     a ready one is lost (not for failed attempts). See the module docstring for the
     rest of the contract. The host is resolved at each attempt (``getaddrinfo``,
-    which blocks): give an address literal where that matters.
+    which blocks): give an address literal where that matters. ``ssl_context`` is
+    for a ``rediss://`` address only (default: verify against the system's CAs);
+    it is refused for a plain one, where it would silently not be used.
     """
 
     def __init__(
@@ -164,9 +172,13 @@ class RedisClient:
         max_pending: int = DEFAULT_MAX_PENDING,
         on_up: Callable[[], object] | None = None,
         on_down: Callable[[BaseException | None], object] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if command_timeout_s <= 0 or connect_timeout_s <= 0 or max_pending < 1:
             raise ValueError("timeouts must be positive and max_pending at least 1")
+        if ssl_context is not None and not address.tls:
+            raise ValueError(f"a TLS context for {address}, which is not rediss://")
+        self.ssl_context = (ssl_context or client_context()) if address.tls else None
         self.loop = loop
         self.address = address
         self.command_timeout_s = command_timeout_s
@@ -257,6 +269,8 @@ class RedisClient:
                 self.address.port,
                 proto,
                 timeout_s=self.connect_timeout_s,
+                ssl=self.ssl_context,
+                handshake_timeout_s=self.connect_timeout_s,
             )
         except Exception as exc:  # resolution failure, fd exhaustion
             self._drop(proto, exc)
@@ -365,6 +379,9 @@ class RedisClient:
             log.warning("redis at %s: link down (%s)", self.address, failure)
             if self.on_down is not None:
                 self._notify(self.on_down, exc)
+        elif isinstance(exc, ssl.SSLError):
+            # Not a Redis still starting: a certificate or a CA that is wrong stays wrong.
+            log.error("redis at %s: TLS failed: %s", self.address, failure)
         elif not isinstance(exc, RedisError):
             log.info("redis at %s: %s", self.address, failure)
         if self._running and self._retry is None:

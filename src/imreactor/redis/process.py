@@ -66,19 +66,42 @@ class RedisProcess:
     ``port`` 0 picks a free one at the first start. ``durable`` turns on the
     append-only file with an fsync per write (``appendfsync always``): what a
     command was acknowledged for survives a crash of Redis; without it the data
-    lives in memory only.
+    lives in memory only. ``appendfsync`` ("always", "everysec", "no") is how often
+    that file is synced: "everysec" loses at most a second's writes in a crash of the
+    machine or of Redis, and survives a restart like "always".
+
+    ``tls`` (certificate file, key file; the certificate valid for 127.0.0.1) adds a
+    TLS port (``tls_port``, chosen like ``port``) that asks clients for no certificate;
+    :attr:`url` is then the ``rediss://`` one. The plain port stays (loopback only) for
+    the readiness probe.
     """
 
-    def __init__(self, directory: Path, port: int = 0, *, durable: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int = 0,
+        *,
+        durable: bool = True,
+        appendfsync: str = "always",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self.directory = Path(directory)
         self.port = port
         self.durable = durable
+        self.appendfsync = appendfsync
+        self.tls = tls
+        self.tls_port = 0
         self.binary = find_redis_server()
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def address(self) -> RedisAddress:
+        """Where clients connect: the TLS port if there is one."""
         assert self.port, "not started"
+        if self.tls is not None:
+            return RedisAddress("127.0.0.1", self.tls_port, tls=True)
         return RedisAddress("127.0.0.1", self.port)
 
     @property
@@ -88,6 +111,11 @@ class RedisProcess:
     @property
     def log_path(self) -> Path:
         return self.directory / "redis.log"
+
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (None when stopped): for reading its /proc."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -104,9 +132,18 @@ class RedisProcess:
             "daemonize no\n"
             'save ""\n'
             f"appendonly {'yes' if self.durable else 'no'}\n"
-            "appendfsync always\n"
+            f"appendfsync {self.appendfsync}\n"
             "databases 16\n"
         )
+        if self.tls is not None:
+            cert, key = self.tls
+            with conf.open("a") as f:
+                f.write(
+                    f"tls-port {self.tls_port}\n"
+                    f"tls-cert-file {cert}\n"
+                    f"tls-key-file {key}\n"
+                    "tls-auth-clients no\n"
+                )
         return conf
 
     def start(self) -> None:
@@ -118,6 +155,9 @@ class RedisProcess:
         for attempt in range(1, START_ATTEMPTS + 1):
             if not keep_port:
                 self.port = _free_port()
+                self.tls_port = 0
+                while self.tls is not None and self.tls_port in (0, self.port):
+                    self.tls_port = _free_port()
             conf = self._write_conf()
             self._proc = subprocess.Popen(
                 [self.binary, str(conf)],

@@ -1,8 +1,10 @@
-"""``redis://[[user]:password@]host[:port][/db]``: where a Redis is, checked once.
+"""``redis[s]://[[user]:password@]host[:port][/db]``: where a Redis is, checked once.
 
 The one parser of Redis addresses, so that a bad URL is refused where it is read
 (a config file, a command line) with a message naming what is wrong, never
-later by a failing connect. ``rediss://`` (TLS) and unix sockets are not served.
+later by a failing connect. ``rediss://`` is Redis over TLS (the server's
+certificate is verified against a CA the caller gives, see
+:func:`~imreactor.redis.client.tls_context`); unix sockets are not served.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ class RedisAddress:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    tls: bool = False  #: rediss://: TLS to the server, its certificate verified
 
     def __str__(self) -> str:
         auth = "***@" if self.password is not None else ""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"redis://{auth}{host}:{self.port}/{self.db}"
+        return f"{'rediss' if self.tls else 'redis'}://{auth}{host}:{self.port}/{self.db}"
 
     def __repr__(self) -> str:  # never the password, also not in a traceback
         return f"RedisAddress({self})"
@@ -45,9 +48,8 @@ def parse_redis_url(url: str) -> RedisAddress:
         port = parts.port  # raises ValueError for a non-numeric or out-of-range port
     except ValueError as exc:
         raise ValueError(f"bad Redis URL {_safe(url)!r}: {exc}") from None
-    if parts.scheme != "redis":
-        why = "TLS (rediss://) is not supported" if parts.scheme == "rediss" else "not redis://"
-        raise ValueError(f"bad Redis URL {_safe(url)!r}: {why}")
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"bad Redis URL {_safe(url)!r}: not redis:// or rediss://")
     if not parts.hostname:
         raise ValueError(f"bad Redis URL {_safe(url)!r}: no host")
     if parts.query or parts.fragment:
@@ -66,6 +68,7 @@ def parse_redis_url(url: str) -> RedisAddress:
         db=int(path) if path else 0,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password is not None else None,
+        tls=parts.scheme == "rediss",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ...config import (
@@ -19,7 +20,7 @@ from ..runner import DrainConfig
 
 
 def check_redis_url(key: str, value: str) -> None:
-    """Empty (no Redis fabric) or a ``redis://`` URL that parses."""
+    """Empty (no Redis fabric) or a ``redis://`` or ``rediss://`` URL that parses."""
     if value:
         try:
             parse_redis_url(value)
@@ -73,9 +74,15 @@ class MsgConfig(DrainConfig, LinkSecurity):
     # The Redis fabric (servers/msg/redis_fabric.py; docs/servers.md, "The Redis fabric").
     redis: str = option(
         "",
-        'Redis of the Redis fabric, "redis://[:password@]host:port/db": presence and relay'
-        " across msg_servers without route_server (empty: none; not with route_servers)",
+        'Redis of the Redis fabric, "redis://[:password@]host:port/db" (rediss:// for TLS):'
+        " presence and relay across msg_servers without route_server (empty: none; not with"
+        " route_servers)",
         check=check_redis_url,
+    )
+    redis_ca_file: str = option(
+        "",
+        "with a rediss:// redis: the CA (PEM) that signed Redis's certificate, whose name"
+        " must match the URL's host (empty: the system's CAs)",
     )
     redis_node: str = option(
         "", "this msg_server's name in Redis, unique in the cluster (empty: ip1:port)"
@@ -193,6 +200,10 @@ class MsgConfig(DrainConfig, LinkSecurity):
         )
         if self.redis and self.route_servers:
             raise ConfigError("msg.redis: a cluster relays through Redis or route_server, not both")
+        if self.redis_ca_file and not (self.redis and parse_redis_url(self.redis).tls):
+            raise ConfigError("msg.redis_ca_file: only with a rediss:// redis (TLS)")
+        if self.redis_ca_file and not os.path.isfile(self.redis_ca_file):
+            raise ConfigError(f"msg.redis_ca_file: no such file {self.redis_ca_file!r}")
         if "|" in self.redis_node:
             raise ConfigError(f"msg.redis_node: must not contain '|', got {self.redis_node!r}")
         # from_mapping checks types; which strings are modes is ours to check.

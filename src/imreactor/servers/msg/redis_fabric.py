@@ -7,6 +7,7 @@ Keys (every name under ``im:``; *node* is this msg_server's ``redis_node``, defa
     im:n:<node>:alive      string  the heartbeat: renewed every ttl/3, lives redis_presence_ttl_s
     im:n:<node>:users      set     user ids with a connection on <node>
     im:n:<node>:inbox      stream  what other msg_servers relay to <node> (group "msg")
+    im:n:<node>:watch      set     user ids watched on <node> ("*": <node> broadcasts)
     im:u:<user>            hash    "<node>|<client_type>" → 1, one field per connection
 
 **Presence.** A login adds its field, a session's end removes it, in one Lua script
@@ -28,8 +29,14 @@ and not acknowledged (the link dropped) is read again from the pending list afte
 reconnect, and the copy a client has already had is dropped by msg_id. A new process
 starts its inbox afresh (its clients are new; they catch up from the database).
 While Redis is unreachable, relays wait in a bounded outbox (order kept) and logins
-are refused with result 5, as without route_server. Status notifies go to every live
-node; each passes them on to its subscribers, as route_server's do.
+are refused with result 5, as without route_server.
+
+**Presence subscriptions.** A status notify goes only to the live nodes whose watch
+set holds its user (or ``*``), as route_server sends them only to the msg_servers
+subscribed with ``WATCH_SET``/``WATCH_ADD``. Each connect replaces this node's set with
+the users watched here (``*`` with ``presence = "broadcast"``); a status query adds the
+users it newly subscribed; each heartbeat removes the users nobody here watches any
+more (until then a notify about one of them comes here and finds no watcher).
 
 Loop thread only.
 """
@@ -38,13 +45,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import struct
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
 
+from ...config import ConfigError
 from ...net import ConnState, Timer
+from ...net.tls import client_context
 from ...pdu.kinds import GROUP_MSG_TYPES
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
@@ -63,11 +74,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: One message for the relay script: command id, body, mode, user count, users...
+Record = tuple[Any, ...]
+
 GROUP = "msg"  #: the consumer group every inbox is read with
 READ_COUNT = 256  #: entries per XREADGROUP
 BLOCK_MS = 1000  #: how long one XREADGROUP waits for entries
 OUTBOX_MAX = 10_000  #: relays kept while Redis is unreachable; beyond, the oldest go
 SEEN_MAX = 65_536  #: relayed msg_ids remembered to drop a second copy
+WATCH_CHUNK = 10_000  #: users per watch-set update (one command stays well under 1 MB)
+RELAY_BATCH_MAX = 1000  #: messages per relay script call when the outbox is emptied
 RECONNECT_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 _LIB = """
@@ -120,29 +136,74 @@ return out
 """
 )
 
-#: ARGV node, maxlen, command id, body, 'u' (users follow) | 'a' (every other node) → targets
+#: ARGV node, maxlen, then per message: command id, body, mode, the number of users, the
+#: users... → the entries added, all messages together. Mode 'u': the nodes hosting the
+#: users; 'a': every other node; 'w': the nodes watching the one user (a status notify).
 _RELAY = (
     _LIB
     + """
-local n, maxlen, cid, body, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local targets, seen = {}, {}
-local function consider(t)
-  if t ~= n and seen[t] == nil then
-    seen[t] = true
-    if alive(t) then table.insert(targets, t) end
+local n, maxlen = ARGV[1], ARGV[2]
+local live_cache, live = {}, nil
+local function is_alive(t)
+  local a = live_cache[t]
+  if a == nil then a = alive(t); live_cache[t] = a end
+  return a
+end
+local function live_nodes()  -- every live node but this one, looked up once per batch
+  if live == nil then
+    live = {}
+    for _, t in ipairs(redis.call('SMEMBERS', 'im:nodes')) do
+      if t ~= n and is_alive(t) then table.insert(live, t) end
+    end
   end
+  return live
 end
-if mode == 'a' then
-  for _, t in ipairs(redis.call('SMEMBERS', 'im:nodes')) do consider(t) end
-else
-  for i = 6, #ARGV do
-    for _, f in ipairs(redis.call('HKEYS', 'im:u:' .. ARGV[i])) do consider(node_of(f)) end
+local function hosts_any(t, first, last)
+  -- Slices keep unpack below Lua's stack limit for groups of any size.
+  for s = first, last, 512 do
+    local hits = redis.call('SMISMEMBER', 'im:n:' .. t .. ':users',
+                            unpack(ARGV, s, math.min(s + 511, last)))
+    for _, h in ipairs(hits) do if h == 1 then return true end end
   end
+  return false
 end
-for _, t in ipairs(targets) do
-  redis.call('XADD', 'im:n:' .. t .. ':inbox', 'MAXLEN', '~', maxlen, '*', 'c', cid, 'p', body)
+local i, added = 3, 0
+while i <= #ARGV do
+  local cid, body, mode, count = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first, last = i + 4, i + 3 + count
+  i = last + 1
+  local targets = {}
+  if mode == 'a' then
+    targets = live_nodes()
+  elseif mode == 'w' then
+    -- A status notify: the nodes subscribed to its user, or to everyone ('*').
+    for _, t in ipairs(live_nodes()) do
+      local w = redis.call('SMISMEMBER', 'im:n:' .. t .. ':watch', ARGV[first], '*')
+      if w[1] == 1 or w[2] == 1 then table.insert(targets, t) end
+    end
+  elseif count > #live_nodes() then
+    -- Many recipients (a group): one membership query per live node, not a lookup per user.
+    for _, t in ipairs(live_nodes()) do
+      if hosts_any(t, first, last) then table.insert(targets, t) end
+    end
+  else
+    local seen = {}
+    for j = first, last do
+      for _, f in ipairs(redis.call('HKEYS', 'im:u:' .. ARGV[j])) do
+        local t = node_of(f)
+        if t ~= n and seen[t] == nil then
+          seen[t] = true
+          if is_alive(t) then table.insert(targets, t) end
+        end
+      end
+    end
+  end
+  for _, t in ipairs(targets) do
+    redis.call('XADD', 'im:n:' .. t .. ':inbox', 'MAXLEN', '~', maxlen, '*', 'c', cid, 'p', body)
+  end
+  added = added + #targets
 end
-return #targets
+return added
 """
 )
 
@@ -187,7 +248,7 @@ for _, t in ipairs(redis.call('SMEMBERS', 'im:nodes')) do
       drop_node_user(t, uid)
       touched[uid] = true
     end
-    redis.call('DEL', users, 'im:n:' .. t .. ':inbox')
+    redis.call('DEL', users, 'im:n:' .. t .. ':inbox', 'im:n:' .. t .. ':watch')
     redis.call('SREM', 'im:nodes', t)
   end
 end
@@ -198,6 +259,16 @@ return gone
 """
 )
 
+#: ARGV node, 1 (replace) | 0 (add), users... → the size of the node's watch set
+_WATCH = """
+local key = 'im:n:' .. ARGV[1] .. ':watch'
+if ARGV[2] == '1' then redis.call('DEL', key) end
+for s = 3, #ARGV, 512 do
+  redis.call('SADD', key, unpack(ARGV, s, math.min(s + 511, #ARGV)))
+end
+return redis.call('SCARD', key)
+"""
+
 _SCRIPTS = {
     name: (text, hashlib.sha1(text.encode()).hexdigest())
     for name, text in (
@@ -206,6 +277,7 @@ _SCRIPTS = {
         ("relay", _RELAY),
         ("announce", _ANNOUNCE),
         ("reap", _REAP),
+        ("watch", _WATCH),
     )
 }
 
@@ -223,10 +295,19 @@ class RedisFabric(Fabric):
         super().__init__(server)
         c = server.config
         address = parse_redis_url(c.redis)
+        context: ssl.SSLContext | None = None
+        if address.tls:
+            try:
+                context = client_context(c.redis_ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"msg.redis_ca_file: cannot load {c.redis_ca_file}: {exc}"
+                ) from exc
         self.node = c.redis_node or f"{c.ip1}:{c.port}"
         self.ttl_ms = max(1, int(c.redis_presence_ttl_s * 1000))
         self.inbox = f"im:n:{self.node}:inbox"
         self.alive_key = f"im:n:{self.node}:alive"
+        self.watch_key = f"im:n:{self.node}:watch"
         self.commands = RedisClient(
             server.loop,
             address,
@@ -234,6 +315,7 @@ class RedisFabric(Fabric):
             backoff_delays_s=RECONNECT_S,
             on_up=self._commands_up,
             on_down=self._commands_down,
+            ssl_context=context,
         )
         #: Blocking reads get a connection of their own: they would hold up every command.
         self.reader = RedisClient(
@@ -242,14 +324,17 @@ class RedisFabric(Fabric):
             command_timeout_s=c.redis_timeout_s + BLOCK_MS / 1000,
             backoff_delays_s=RECONNECT_S,
             on_up=self._reader_up,
+            ssl_context=context,
         )
         self._announced = False
         self._fresh_inbox = True  # this process's first inbox: start it afresh
         self._backlog = True  # reading our pending entries before new ones
-        self._outbox: deque[tuple[Any, ...]] = deque(maxlen=OUTBOX_MAX)
+        self._outbox: deque[Record] = deque(maxlen=OUTBOX_MAX)
+        self._batch: list[Record] = []  # forwarded in this loop iteration, sent at its end
         self._seen: set[tuple[int, int, int, int]] = set()
         self._seen_order: deque[tuple[int, int, int, int]] = deque()
         self._heartbeat: Timer | None = None
+        self._told: set[int] = set()  # the users our watch set in Redis holds
         self._handlers: dict[int, tuple[type[Message], Inbound]] = {
             ids_of(cls)[1]: (cls, handler) for cls, handler in self.inbound().items()
         }
@@ -290,6 +375,7 @@ class RedisFabric(Fabric):
 
     def forward(self, message: Message) -> None:
         users: tuple[int, ...] | None  # None: every other node
+        mode = "u"  # to the nodes hosting users (see _RELAY)
         if isinstance(message, msg_pb.IMMsgData):
             if message.msg_type in GROUP_MSG_TYPES:
                 data = message.attach_data
@@ -300,24 +386,32 @@ class RedisFabric(Fabric):
             users = (message.user_id,)
         elif isinstance(message, switch_pb.IMP2PCmdMsg):
             users = (message.to_user_id,)
-        elif isinstance(message, group_pb.IMGroupChangeMemberNotify | buddy.IMUserStatNotify):
+        elif isinstance(message, buddy.IMUserStatNotify):
+            users, mode = (message.user_stat.user_id,), "w"
+        elif isinstance(message, group_pb.IMGroupChangeMemberNotify):
             users = None
         else:
             raise TypeError(f"the Redis fabric does not relay {type(message).__name__}")
         body = message.SerializePartialToString()
         self.count_out(message)
-        args: tuple[Any, ...] = (
-            self.node,
-            self.server.config.redis_stream_max,
+        record: Record = (
             ids_of(message)[1],
             body,
-            "a" if users is None else "u",
+            "a" if users is None else mode,
+            len(users or ()),
             *(users or ()),
         )
         if self._outbox or not self.ready:
-            self._outbox.append(args)  # behind what waits already: order is kept
+            # Behind what waits already (this iteration's batch too): order is kept.
+            self._outbox.extend(self._batch)
+            self._batch.clear()
+            self._outbox.append(record)
             return
-        self._relay(args)
+        if not self._batch:
+            # Everything forwarded in this loop iteration goes in one script call: the
+            # call's own cost (Lua, the replication of its effects) is paid once.
+            self.server.loop.call_soon(self._send_batch)
+        self._batch.append(record)
 
     def status_changed(self, conn: ClientConn, status: int) -> None:
         if not self.ready:
@@ -338,6 +432,7 @@ class RedisFabric(Fabric):
         )
 
     def users_status(self, conn: ClientConn, msg: buddy.IMUsersStatReq, seq: int) -> bool:
+        self._watch_new(msg.user_id_list)
         if not self.ready:
             return False
         user_ids = list(msg.user_id_list)
@@ -366,15 +461,25 @@ class RedisFabric(Fabric):
     def _script(self, name: str, *args: Any, callback: Any = None) -> None:
         self.commands.execute("EVALSHA", _SCRIPTS[name][1], 0, *args, callback=callback)
 
-    def _relay(self, args: tuple[Any, ...]) -> None:
+    def _send_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        if batch:  # empty when the link went down meanwhile: forward moved it to the outbox
+            self._relay(batch)
+
+    def _relay(self, records: list[Record]) -> None:
+        """One ``relay`` script call for ``records``, in order."""
+
         def done(reply: Any, error: RedisError | None) -> None:
             if isinstance(error, RedisConnectionError):
                 # Perhaps run, perhaps not: again after the reconnect (a second copy of
                 # a message is dropped by msg_id where it arrives).
-                self._outbox.append(args)
+                self._outbox.extend(records)
             elif error is not None:
-                log.warning("relay failed: %s", error)
+                log.warning("relay of %d messages failed: %s", len(records), error)
 
+        args = [self.node, self.server.config.redis_stream_max]
+        for record in records:
+            args += record
         self._script("relay", *args, callback=done)
 
     def _announce_status(self, user_id: int, status: int) -> None:
@@ -382,6 +487,52 @@ class RedisFabric(Fabric):
         notify = _stat_notify(user_id, status)
         self.server.presence.relayed_stat_notify(notify)
         self.forward(notify)
+
+    # -- presence subscriptions -------------------------------------------------------------
+
+    def _watch_new(self, user_ids: Iterable[int]) -> None:
+        """Add to our watch set in Redis the users watched here since we last told it.
+
+        Presence has already subscribed the asking connection (up to its limit), so
+        :attr:`Presence.watchers` says who is watched here now.
+        """
+        if not self.server.presence.subscribed or not self.commands.ready:
+            return  # broadcast: '*' says it all; not connected: the announce sends the set
+        watchers, told = self.server.presence.watchers, self._told
+        added = [u for u in dict.fromkeys(user_ids) if u in watchers and u not in told]
+        if added:
+            told.update(added)
+            self._script("watch", self.node, 0, *added, callback=self._watch_written)
+
+    def _watch_all(self) -> None:
+        """Make our watch set in Redis the users watched here ('*' with broadcast presence)."""
+        presence = self.server.presence
+        self._told = set(presence.watchers) if presence.subscribed else set()
+        users: list[Any] = [*self._told] if presence.subscribed else ["*"]
+        for start in range(0, max(len(users), 1), WATCH_CHUNK):
+            chunk = users[start : start + WATCH_CHUNK]
+            self._script(
+                "watch", self.node, 1 if start == 0 else 0, *chunk, callback=self._watch_written
+            )
+
+    def _unwatch_gone(self) -> None:
+        """Take out of our watch set the users nobody here watches any more (each heartbeat:
+        until then a few notifies too many come here, and find no watcher)."""
+        if not self.server.presence.subscribed:
+            return
+        gone = self._told - self.server.presence.watchers.keys()
+        if not gone:
+            return
+        self._told -= gone
+        users = list(gone)
+        for start in range(0, len(users), WATCH_CHUNK):
+            self.commands.execute("SREM", self.watch_key, *users[start : start + WATCH_CHUNK])
+
+    @staticmethod
+    def _watch_written(reply: Any, error: RedisError | None) -> None:
+        if error is not None:
+            # The next connect's announce writes the whole set again.
+            log.warning("redis fabric: presence subscriptions not written: %s", error)
 
     def _commands_up(self) -> None:
         for text, _ in _SCRIPTS.values():
@@ -410,14 +561,18 @@ class RedisFabric(Fabric):
             for uid in came:
                 self._announce_status(int(uid), base.USER_STATUS_ONLINE)
             outbox, self._outbox = self._outbox, deque(maxlen=OUTBOX_MAX)
-            for args in outbox:
-                self._relay(args)
+            records = [*outbox, *self._batch]
+            self._batch = []
+            for start in range(0, len(records), RELAY_BATCH_MAX):
+                self._relay(records[start : start + RELAY_BATCH_MAX])
 
+        self._watch_all()  # before the announce: the notifies it causes find the set
         self._script("announce", self.node, self.ttl_ms, *pairs, callback=done)
 
     def _beat(self) -> None:
         if not self._announced or not self.commands.ready:
             return
+        self._unwatch_gone()
 
         def renewed(reply: Any, error: RedisError | None) -> None:
             if error is None and reply is None:
