@@ -259,11 +259,12 @@ def test_unusable_databases(tmp_path: Path) -> None:
 # -- with the suite running ------------------------------------------------------------------
 
 
-@pytest.fixture
-def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """``imreactor up`` (SQLite, no demo users) in a child process: (data dir, msg port)."""
+@contextmanager
+def up_suite(tmp_path: Path, *extra: str) -> Iterator[tuple[Path, int]]:
+    """``imreactor [EXTRA] up`` (SQLite, no demo users) in a child process, until the
+    block ends: (data dir, msg port). ``extra`` goes after ``up``."""
     data = tmp_path / "data"
-    http, login, msg, db, msfs = free_ports(5)
+    http, login, msg, db, msfs, metrics, ws = free_ports(7)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -275,6 +276,8 @@ def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
             "--no-demo-users",
             *("--http-port", str(http), "--login-port", str(login)),
             *("--msg-port", str(msg), "--db-port", str(db), "--msfs-port", str(msfs)),
+            *("--metrics-port", str(metrics), "--ws-port", str(ws)),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -300,6 +303,13 @@ def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """:func:`up_suite` with the defaults."""
+    with up_suite(tmp_path) as running:
+        yield running
 
 
 def login(port: int, name: str, password: str) -> tuple[Client, int]:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
+from .. import logs
 from ..config import ConfigError, load
 from ..net import EventLoop
 from ..net.limits import raise_open_files_limit
@@ -94,6 +95,7 @@ class RoleMain(Generic[S]):
         except ConfigError as exc:
             print(f"imreactor {self.name}: {exc}", file=sys.stderr)
             return 2
+        logs.configure_server(self.name, args, config)
         servers: list[S] = []
 
         def start(loop: EventLoop) -> str:

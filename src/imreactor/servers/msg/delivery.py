@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
+from ...logs import ids
 from ...net import ConnState
 from ...pdu.imconn import Dispatcher, encode_message
 from ...pdu.kinds import GROUP_MSG_TYPES, SINGLE_MSG_TYPES
@@ -125,10 +126,22 @@ class Delivery:
         def stored(rsp: msg_pb.IMMsgData | None, exc: BaseException | None) -> None:
             if rsp is None or rsp.msg_id == 0:
                 # Not stored: no ack, no delivery; the client retries.
-                log.warning("message from %d not stored: %s", msg.from_user_id, exc or "refused")
+                log.warning(
+                    "message from %d not stored: %s",
+                    msg.from_user_id,
+                    exc or "refused",
+                    extra=ids(conn=conn.handle, user=msg.from_user_id),
+                )
                 stats.messages.inc("not_stored")
                 return
             stats.messages.inc("stored")
+            log.debug(
+                "message %d from user %d to session %d stored",
+                rsp.msg_id,
+                rsp.from_user_id,
+                rsp.to_session_id,
+                extra=ids(conn=conn.handle, user=rsp.from_user_id, msg=rsp.msg_id),
+            )
             stats.store_latency.observe(stats.loop.time() - received)
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:
