@@ -272,6 +272,26 @@ class Sessions:
                 user_id=older.user_id, kick_reason=base.KickReasonType.ValueType(reason)
             )
         )
+        self._end(older)
+
+    def close_user(self, user_id: int) -> None:
+        """Close every session of ``user_id`` here: an administrator disabled or deleted
+        the account. No IMKickUser: TeamTalk has no reason for it, and the ones it has
+        would tell the client to log in again; its next login is refused instead."""
+        conns = self.server.users.get(user_id)
+        for conn in list(conns) if conns is not None else []:
+            log.info(
+                "user %d: account closed; closing %r",
+                user_id,
+                conn.conn,
+                extra=ids(conn=conn.handle, user=user_id),
+            )
+            self._end(conn)
+        if conns is not None and not self.server.relay.clustered:
+            self.server.presence.notify_status(user_id, base.USER_STATUS_OFFLINE)
+
+    def _end(self, older: ClientConn) -> None:
+        """Close a logged-in connection for the server's reasons (kick, closed account)."""
         # Detach before closing: the close notification must not log the user out.
         self._detach(older)
         self.server.presence.unwatch(older)  # a kicked connection is told nothing more
