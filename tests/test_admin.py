@@ -687,3 +687,40 @@ def test_restore_refuses_while_the_suite_runs(running_suite: tuple[Path, int]) -
     line = refused("restore", str(file), *where)
     assert line.startswith(f"imreactor restore: a suite is already running in {data} (pid "), line
     assert line.endswith("; stop it before restoring"), line
+
+
+def test_disable_closes_sessions_on_every_msg_server_of_a_cluster(tmp_path: Path) -> None:
+    from servers.conftest import start_suite
+
+    database = f"sqlite:///{tmp_path / 'im.db'}"
+    suite = start_suite(tmp_path / "data", database, msg_servers=2)
+    try:
+        alice = suite.login("alice", server=0)
+        bob = suite.login("bob", server=1)
+        carol = suite.login("carol", server=1)
+        login_config = str(suite.layout.data_dir / "login_server.toml")
+        for name in ("alice", "bob"):
+            out = ok(
+                "user", "disable", name, "--database", database, "--login-config", login_config
+            )
+            assert out.rstrip().endswith("closed its open sessions"), out
+        assert alice.wait_closed(15) and bob.wait_closed(15)
+        assert carol.send_text(alice.user_id, "carol is still here").msg_id == 1
+        for server, name in ((1, "alice"), (0, "bob")):
+            c = suite.client(server)
+            assert c.login(name, "imreactor", check=False).result_code == 6
+        # Without a data dir or --login-config, nothing says where login_server is.
+        out = ok("user", "enable", "alice", "--database", database)
+        assert out == "enabled user alice\n"
+        out = ok("user", "disable", "alice", "--database", database)
+        assert out == (
+            "disabled user alice; no --data-dir or --login-config: open sessions, if any,"
+            " were not closed\n"
+        )
+        missing = tmp_path / "missing.toml"
+        line = refused(
+            "user", "disable", "carol", "--database", database, "--login-config", str(missing)
+        )
+        assert line.startswith(f"imreactor user disable: {missing}: cannot read"), line
+    finally:
+        suite.stop()

@@ -138,8 +138,9 @@ class LogSettings:
     )
     log_window_s: float = option(
         10.0,
-        "a flood of one kind of warning (late answers, throttled logins) is logged once per"
-        " this window, then as one line with the count held back",
+        "a flood of one kind of warning (late answers, throttled logins, full pools, storage"
+        " failures) is logged once per this window, then as one line with the count held"
+        " back (0 = every one)",
     )
 
 
