@@ -12,6 +12,10 @@ and a pipelining client cannot queue work without bound. A request the parser
 rejects (an upgrade too), or one larger than ``MAX_REQUEST_BYTES``, gets ``400``
 and the connection is closed, and nothing pipelined behind it is served.
 
+A server that drains calls :meth:`HttpConnections.finish`: each connection answers
+the request it is receiving or has received, with ``Connection: close``, and closes;
+an idle one closes at once.
+
 A route takes a body only if it is added with ``max_body_bytes``: its requests may
 carry that much beyond ``MAX_REQUEST_BYTES`` of head, and the body is handed to
 the handler in :attr:`Request.body`. The size is checked when the head is complete,
@@ -24,6 +28,7 @@ refused the same way the moment it passes the limit.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -186,6 +191,7 @@ class HttpProtocol(Protocol):
         self._query = ""
         self._body: bytearray | None = None  # kept only for routes that take a body
         self._closing = False  # answered with "Connection: close" or 400: serve no more
+        self._finishing = False  # finish(): the request in progress is the last
         self._lost = False
         self._slots: deque[_Slot] = deque()
         self._held = b""  # input not parsed yet because an answer is pending
@@ -195,6 +201,19 @@ class HttpProtocol(Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
+
+    @property
+    def lost(self) -> bool:
+        """True once the connection has closed."""
+        return self._lost
+
+    def finish(self) -> None:
+        """Answer the request in progress (being received, or waiting for its answer) with
+        ``Connection: close`` and close; close at once if there is none. Idempotent."""
+        self._finishing = True
+        if self.conn is not None and not self._slots and self._received == 0:
+            self._closing = True
+            self.conn.close()
 
     def data_received(self, data: bytes) -> None:
         assert self.conn is not None
@@ -293,8 +312,9 @@ class HttpProtocol(Protocol):
             done = self._slots.popleft()
             assert done.answer is not None
             reply = done.answer if isinstance(done.answer, Reply) else Reply(*done.answer)
-            self._respond(reply, done.keep_alive, done.head_only)
-            if not done.keep_alive:
+            keep_alive = done.keep_alive and not (self._finishing and not self._slots)
+            self._respond(reply, keep_alive, done.head_only)
+            if not keep_alive:
                 self._closing = True
                 assert self.conn is not None
                 self.conn.close()
@@ -359,3 +379,28 @@ class HttpProtocol(Protocol):
         self._slots.append(slot)
         self._answered(slot, answer)
         self._closing = True  # serve nothing behind it, even before the slot is written
+
+
+class HttpConnections:
+    """The protocol factory of one HTTP listener, which remembers its live connections
+    (weakly: a closed one is forgotten) so that a draining server can finish them."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self._live: weakref.WeakSet[HttpProtocol] = weakref.WeakSet()
+
+    def __call__(self) -> HttpProtocol:
+        protocol = HttpProtocol(self.router)
+        self._live.add(protocol)
+        return protocol
+
+    @property
+    def open(self) -> int:
+        """Connections not closed yet."""
+        return sum(1 for protocol in list(self._live) if not protocol.lost)
+
+    def finish(self) -> None:
+        """:meth:`HttpProtocol.finish` every live connection."""
+        for protocol in list(self._live):
+            if not protocol.lost:
+                protocol.finish()

@@ -1,5 +1,6 @@
 """The blocking SDK against a real suite (server processes, SQLite): the IM API, AES texts,
-groups, callbacks, and reconnect with catch-up when msg_server is restarted.
+groups, callbacks, reconnect with catch-up when msg_server is restarted, and all of it
+over WebSocket (msg_server's ws_port, found through login_server's wsURL).
 
 One storage backend is enough here: the client does not know which one serves it
 (tests/servers runs the servers on both).
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from servers.conftest import RunningSuite
+from servers.conftest import RunningSuite, SuiteFactory, free_ports
 
 from imreactor.client import Client, ClientError
 from imreactor.client.blocking import ClientStatus, LoginRefused
@@ -423,3 +424,48 @@ def test_watch_stays_within_its_limit_and_subscribes_again_after_each_reconnect(
     ]
     with pytest.raises(ValueError, match="at least 0"):
         Client.connect("127.0.0.1", proxy.port, watch_limit=-1)
+
+
+# -- over WebSocket --------------------------------------------------------------------------
+
+
+def test_a_websocket_client_chats_with_a_tcp_client_and_reconnects(
+    make_suite: SuiteFactory,
+) -> None:
+    (ws_port,) = free_ports(1)
+    suite = make_suite(overrides={"msg": {"ws_port": ws_port}})
+    web = login(suite, "alice", ws=True, reconnect=True, backoff=Backoff([0.3], jitter=0))
+    assert (web.port, web.websocket) == (ws_port, "/")
+    tcp = login(suite, "bob")
+    ack = web.send_text(tcp.user_id, "over a WebSocket")
+    got = tcp.wait_for(msg_pb.IMMsgData, 5)
+    assert (got.msg_id, got.from_user_id, got.msg_data) == (
+        ack.msg_id,
+        web.user_id,
+        b"over a WebSocket",
+    )
+    tcp.send_text(web.user_id, "over TCP")
+    got = web.wait_for(msg_pb.IMMsgData, 5)
+    assert (got.from_user_id, got.msg_data) == (tcp.user_id, b"over TCP")
+    assert [m.msg_data for m in web.history(tcp.user_id).msg_list] == [
+        b"over TCP",
+        b"over a WebSocket",
+    ]
+
+    # A reconnect asks login_server again and takes the WebSocket again; what was sent
+    # meanwhile is caught up.
+    suite.restart("msg_server", hard=True)
+    assert web.wait_closed(5)
+    tcp.close()
+    tcp = login(suite, "bob")
+    tcp.send_text(web.user_id, "while you were away")
+    assert web.wait_online(15), web.closed_with
+    assert (web.port, web.websocket, web.reconnects) == (ws_port, "/", 1)
+    got = web.wait_for(msg_pb.IMMsgData, 5)
+    assert got.msg_data == b"while you were away"
+
+
+def test_websocket_wanted_but_not_offered_is_one_line(suite: RunningSuite) -> None:
+    login(suite, "dave")  # the suite is up; its msg_server has no ws_port
+    with pytest.raises(ClientError, match=r"offers msg_server 127\.0\.0\.1 without wsURL"):
+        Client.via_login_server(suite.http_url, ws=True)

@@ -22,7 +22,7 @@ import pytest
 from servers.conftest import RunningSuite, free_ports
 
 from imreactor.client import Client
-from imreactor.client.chat import display_name
+from imreactor.client.chat import display_name, when
 from imreactor.client.msfs import download
 from imreactor.pdu.password import password_digest
 from imreactor.pdu.proto import im_base_define_pb2 as base
@@ -31,6 +31,7 @@ from imreactor.pdu.proto import im_login_pb2 as login_pb
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.servers.suite import DEMO_PASSWORD
 from imreactor.storage import open_storage
+from imreactor.storage.records import NewMessage
 
 from .recording_proxy import Locator, RecordingProxy
 
@@ -276,6 +277,62 @@ def test_chat_watches_the_people_it_shows_and_calls_them_by_name(
     finally:
         locator.close()
         proxy.close()
+
+
+@sqlite_only
+def test_chat_shows_what_became_of_sent_messages_dates_and_people_who_joined_later(
+    suite: RunningSuite, terminals: Terminals
+) -> None:
+    store = open_storage(suite.layout.database_url)
+    try:
+        ids = {u.nick: u.user_id for u in store.list_users()}
+        two_days_ago = int(time.time()) - 2 * 86400
+        store.insert_message(
+            NewMessage(
+                ids["Bob"], ids["Alice"], base.MSG_TYPE_SINGLE_TEXT, b"old news", two_days_ago
+            )
+        )
+        alice = terminals.chat("alice")
+        alice.expect("Alice>")
+        # History of an earlier day carries its date; today's lines only the time.
+        alice.sendline("/to bob")
+        day = time.strftime("%Y-%m-%d", time.localtime(two_days_ago))
+        alice.expect(rf"#1 {day} \d\d:\d\d Bob: old news")
+        # Stored, and where it goes now: the protocol tells a sender no more than that.
+        alice.sendline("are you there?")
+        alice.expect(r"✓ #2 stored · Bob is offline: it waits for their next login")
+        bob = terminals.chat("bob")
+        bob.expect("Bob>")
+        alice.expect(r"\* Bob is online")
+        alice.sendline("now?")
+        alice.expect(r"✓ #3 stored · Bob is online: passed on now")
+        bob.expect(r"Alice → you: now\?")
+        bob.sendline("/to alice")
+        bob.expect(rf"#1 {day} \d\d:\d\d you: old news")
+        bob.expect(r"#3 \d\d:\d\d Alice: now\?")
+
+        # Someone who joined after the chat logged in is found by name, and named.
+        store.add_user("erin", password_digest(DEMO_PASSWORD), nick="Erin")
+        alice.sendline("/to erin")
+        alice.expect("--- Erin ---")
+        alice.sendline("welcome!")
+        alice.expect(r"✓ #1 stored · Erin is offline")
+        alice.sendline("/newgroup tea bob,erin")
+        alice.expect(r"created group #\d+ tea")
+        alice.sendline("tea?")
+        alice.expect(r"✓ #1 stored · passed on to the members online")
+        bob.expect(r"tea \| Alice: tea\?")
+        alice.sendline("/quit")
+        assert _exit_status(alice) == 0
+    finally:
+        store.close()
+
+
+def test_times_of_another_day_carry_the_date() -> None:
+    now = time.mktime((2026, 12, 6, 12, 0, 0, 0, 0, -1))
+    assert when(int(now) - 3600, now) == "11:00"
+    assert when(int(now) - 86400, now) == "2026-12-05 12:00"
+    assert when(int(now) + 86400 * 40, now) == "2027-01-15 12:00"
 
 
 def test_a_user_without_any_name_is_shown_by_a_marked_id() -> None:

@@ -69,8 +69,8 @@ def start_suite(layout: SuiteLayout) -> Iterator[RunningSuite]:
 
 @pytest.fixture(scope="module")
 def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    """One SQLite suite with one msg_server for the module."""
-    http, login, msg, db, msfs = free_ports(5)
+    """One SQLite suite with one msg_server (with a WebSocket port) for the module."""
+    http, login, msg, db, msfs, ws = free_ports(6)
     yield from start_suite(
         SuiteLayout(
             data_dir=tmp_path_factory.mktemp("suite"),
@@ -79,6 +79,7 @@ def load_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuit
             msg_ports=[msg],
             db_port=db,
             msfs_port=msfs,
+            ws_ports=[ws],
             overrides=UNLIMITED,
         )
     )
@@ -195,6 +196,44 @@ def test_cluster_group_across_servers_verifies_clean(load_cluster: RunningSuite)
     assert report.ok, report.text()
     assert report.senders == 1 and report.acked == 300
     assert report.expected_deliveries == report.deliveries == 300 * (2 * LOAD_USERS - 1)
+
+
+def test_websocket_run_verifies_clean(load_suite: RunningSuite) -> None:
+    # Through login_server's wsURL, two devices per user, as the TCP run above.
+    report = run_load(
+        LoadOptions(
+            login_url=load_suite.http_url, ws=True, users=8, devices=2, in_flight=4, count=400
+        )
+    )
+    assert report.ok, report.text()
+    assert report.target == f"{load_suite.http_url} over WebSocket"
+    assert (report.logins_ok, report.acked, report.deliveries) == (16, 400, 400 * 3)
+
+
+def test_cli_group_run_pinned_to_the_websocket_port(load_suite: RunningSuite) -> None:
+    # The pinned address is the ws_port, where a TCP client would not get past the upgrade.
+    (ws_port,) = load_suite.layout.ws_ports
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "imreactor", "load", "--ws", "--json", "--no-progress"),
+            *("--msg-server", f"127.0.0.1:{ws_port}", "--group-size", "4", "--senders", "2"),
+            *("--count", "80", "--in-flight", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["ok"] and report["acked"] == 80 and report["deliveries"] == 80 * 3
+
+
+def test_websocket_run_without_a_ws_port_fails_with_why(load_cluster: RunningSuite) -> None:
+    report = run_load(
+        LoadOptions(login_url=load_cluster.http_url, ws=True, users=2, count=1, login_retry_s=2)
+    )
+    assert not report.ok and report.errors["login_failures"] == 2
+    assert any("without wsURL" in problem for problem in report.problems), report.problems
 
 
 def test_cli_creates_users_and_prints_json(load_suite: RunningSuite) -> None:
@@ -586,6 +625,7 @@ def test_impossible_options_are_refused(tmp_path: Path) -> None:
         LoadOptions(reconnect=True, group_size=4),
         LoadOptions(reconnect_jitter_s=-1.0),
         LoadOptions(first_user=3),
+        LoadOptions(echo="127.0.0.1:7000", ws=True),
     ):
         with pytest.raises(ValueError):
             options.check()

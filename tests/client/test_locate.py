@@ -6,7 +6,12 @@ from typing import Any
 
 import pytest
 
-from imreactor.client.locate import LocateError, msg_server_address
+from imreactor.client.locate import (
+    LocateError,
+    MsgServer,
+    msg_server_address,
+    msg_server_ws_address,
+)
 
 URL = "http://127.0.0.1:8080"
 OK: dict[str, Any] = {
@@ -65,4 +70,44 @@ def test_unusable_answers_are_one_line_without_code(
         msg_server_address(answer, URL, tls=tls)
     assert caught.value.code is None
     assert str(caught.value).startswith(message.replace("URL", URL))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_websocket_client_reads_ws_url_or_wss_url() -> None:
+    answer = {**OK, "wsURL": "ws://10.0.0.2:8800/", "wssURL": "wss://chat.example:8801/im?v=1"}
+    assert msg_server_ws_address(answer, URL) == MsgServer("10.0.0.2", 8800, "/")
+    assert msg_server_ws_address(answer, URL, tls=True) == MsgServer(
+        "chat.example", 8801, "/im?v=1"
+    )
+    assert msg_server_ws_address({**OK, "wsURL": "ws://[::1]:8800"}, URL) == MsgServer(
+        "::1", 8800, "/"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "tls", "message"),
+    [
+        (OK, False, "login_server at {url} offers msg_server 10.0.0.2 without wsURL"),
+        (
+            {**OK, "wsURL": "ws://h:1/"},
+            True,
+            "login_server at {url} offers msg_server 10.0.0.2 without wssURL",
+        ),
+        (
+            {**OK, "wsURL": "wss://h:1/"},
+            False,
+            "bad answer from login_server at {url}: wsURL 'wss://h:1/'",
+        ),
+        ({**OK, "wsURL": "ws://h/"}, False, "bad answer from login_server at {url}: wsURL"),
+        ({**OK, "wsURL": "ws://:8800/"}, False, "bad answer from login_server at {url}: wsURL"),
+        ({**OK, "wsURL": "ws://h:99999/"}, False, "bad answer from login_server at {url}: wsURL"),
+        ({**OK, "wsURL": "ws://[::1/"}, False, "bad answer from login_server at {url}: wsURL"),
+        ({**OK, "wsURL": 8800}, False, "bad answer from login_server at {url}: wsURL 8800"),
+        ({"code": 1}, False, "login_server at {url} refused"),
+    ],
+)
+def test_unusable_websocket_answers_are_one_line(answer: object, tls: bool, message: str) -> None:
+    with pytest.raises(LocateError) as caught:
+        msg_server_ws_address(answer, URL, tls=tls)
+    assert str(caught.value).startswith(message.format(url=URL))
     assert "\n" not in str(caught.value)

@@ -458,7 +458,17 @@ def _all_descriptors() -> dict[str, Descriptor]:
 
 def test_every_package_has_exactly_wire_md_messages(wire: WireFacts) -> None:
     assert {m.package for m in wire.messages.values()} == set(MODULES)
-    assert set(_all_descriptors()) == set(wire.messages)
+    assert set(_all_descriptors()) - set(wire.messages) == set(OWN_MESSAGES)
+    assert set(wire.messages) <= set(_all_descriptors())
+
+
+def test_own_messages_use_own_command_ids() -> None:
+    descriptors = _all_descriptors()
+    for full_name, command_id in OWN_MESSAGES.items():
+        cls = registry.message_class_for_command(command_id)
+        assert cls is not None and cls.DESCRIPTOR.full_name == full_name
+        assert OWN_COMMAND_IDS[0] <= command_id <= OWN_COMMAND_IDS[1], full_name
+        assert descriptors[full_name].GetOptions().Extensions[base.command_id] == command_id
 
 
 def test_enums_match_wire_md(wire: WireFacts) -> None:
@@ -499,7 +509,14 @@ def _check_field_type(f: FieldDescriptor, wire_type: str, wire: WireFacts) -> No
 EXTENSIONS = {"IM.Server.IMMsgServInfo": {7: "tls_port", 8: "ws_port", 9: "wss_port"}}
 #: Enum values of ours beyond TeamTalk's (docs/protocol.md): the web and script client
 #: types, in bits TeamTalk's own types leave clear.
-ENUM_EXTENSIONS = {"ClientType": [("CLIENT_TYPE_WEB", 0x21), ("CLIENT_TYPE_SCRIPT", 0x41)]}
+ENUM_EXTENSIONS = {
+    "ClientType": [("CLIENT_TYPE_WEB", 0x21), ("CLIENT_TYPE_SCRIPT", 0x41)],
+    "OtherCmdID": [("CID_OTHER_MSG_SERV_STATS", 0x0780)],
+}
+#: Messages of ours (docs/protocol.md), by command id: server-to-server commands in our own
+#: range of ids, OWN_COMMAND_IDS, where TeamTalk assigns none.
+OWN_MESSAGES = {"IM.Server.IMMsgServStats": 0x0780}
+OWN_COMMAND_IDS = (0x0780, 0x07FF)
 
 
 def test_every_field_matches_wire_md(wire: WireFacts) -> None:

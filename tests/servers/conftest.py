@@ -59,6 +59,16 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def exchange(port: int, data: bytes) -> bytes:
+    """Send ``data`` to 127.0.0.1:``port`` on a plain socket; all it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def free_port_run(n: int) -> int:
     """A port p with p..p+n-1 all free right now on 127.0.0.1 (``imreactor up`` numbers
     msg_servers up from one port). Drawn below the ephemeral range, which outgoing

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Page
 
 from imreactor.config import dump
 from imreactor.pdu.header import encode_pdu
@@ -23,7 +24,7 @@ from imreactor.pdu.proto import im_server_pb2 as server_pb
 from imreactor.pdu.registry import ids_of
 from imreactor.servers.suite import start_child, stop_children
 
-from .conftest import free_ports, scrape
+from .conftest import RunningSuite, free_ports, scrape
 
 
 class Login:
@@ -163,3 +164,12 @@ def test_metrics_count_servers_and_users(login: Login) -> None:
     assert metrics[received] == 1
     assert login.get("/nope")[0] == 404
     s.close()
+
+
+def test_a_browser_reads_readiness_from_login_server(suite: RunningSuite, page: Page) -> None:
+    # The same HTTP that serves API clients serves a real browser: the answer Chromium renders
+    # is the JSON readiness document of a suite with its msg_server registered.
+    response = page.goto(f"{suite.http_url}/readyz")
+    assert response is not None and response.status == 200
+    body = json.loads(page.inner_text("body"))
+    assert body["ready"] is True and body["role"] == "login_server"

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,11 +27,18 @@ from wsclient import WsClient
 
 from imreactor.client import Client
 from imreactor.client.tls import client_context
+from imreactor.config import dump
 from imreactor.net.poller import ENV_VAR, available
 from imreactor.pdu.proto import im_message_pb2 as msg_pb
 from imreactor.redis import RedisProcess
 from imreactor.redis.process import ping
-from imreactor.servers.suite import DEMO_PASSWORD, SuiteLayout
+from imreactor.servers.suite import (
+    DEMO_PASSWORD,
+    Child,
+    SuiteLayout,
+    start_child,
+    stop_children,
+)
 
 from .conftest import free_port_run, free_ports, scrape
 from .test_websocket import _port_of, _ws_login
@@ -115,6 +123,8 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
     try:
         assert "created demo users alice, bob, carol, dave" in out
         assert f"http://127.0.0.1:{http}/msg_server" in out
+        assert f"  dashboard    http://127.0.0.1:{http}/dashboard\n" in out
+        assert f"  web chat     http://127.0.0.1:{http}/  " in out
         alice, bob = login(http, "alice"), login(http, "bob")
         ack = alice.send_text(bob.user_id, "over the suite")
         got = bob.wait_for(msg_pb.IMMsgData, 10)
@@ -126,6 +136,9 @@ def test_up_serves_a_chat_and_stops_cleanly(tmp_path: Path, msg_servers: int) ->
         browser = WsClient(_port_of(ws_url))
         assert _ws_login(browser, "carol").result_code == 0
         browser.close()
+        # The dashboard the banner names lists every msg_server.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/dashboard/data", timeout=10) as rsp:
+            assert json.loads(rsp.read())["cluster"]["msg_servers"] == msg_servers
         alice.close()
         bob.close()
         # Every server's metrics URL is in the banner, and each serves its own role's
@@ -446,3 +459,23 @@ def test_up_refuses_a_bad_redis_url(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0 and "not redis://" in proc.stderr, proc.stderr
     assert not (tmp_path / "imreactor.db").exists()
+
+
+def test_a_server_started_from_a_short_lived_thread_outlives_the_thread(tmp_path: Path) -> None:
+    # Linux sends PR_SET_PDEATHSIG when the forking *thread* ends: a restart from a
+    # supervisor's timer or a test's fault thread must not die with that thread.
+    (port,) = free_ports(1)
+    config = tmp_path / "route.toml"
+    config.write_text(dump({"route": {"port": port}}))
+    started: list[Child] = []
+    thread = threading.Thread(
+        target=lambda: started.append(start_child("route_server", "route-server", config, tmp_path))
+    )
+    thread.start()
+    thread.join()
+    try:
+        time.sleep(0.5)  # a death signal, if one were armed to the thread, has come by now
+        assert started and started[0].proc.poll() is None, "the server died with its thread"
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    finally:
+        stop_children(started)

@@ -27,7 +27,7 @@ from imreactor.pdu.registry import message_class
 from imreactor.servers.msg.config import MsgConfig
 from imreactor.servers.suite import DEMO_PASSWORD
 
-from .conftest import RunningSuite, free_ports, start_suite
+from .conftest import RunningSuite, exchange, free_ports, start_suite
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -228,3 +228,92 @@ def test_pongs_keep_a_quiet_browser_alive_past_the_client_timeout(tmp_path: Path
         assert not terminal.is_connected  # the same timeout closed the silent TCP client
     finally:
         suite.stop()
+
+
+_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+_UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+
+
+#: Upgrade requests a browser would never send, each to be refused on its own connection.
+BAD_HANDSHAKES = {
+    "no key": b"GET / HTTP/1.1\r\nHost: x\r\n" + _UPGRADE + b"Sec-WebSocket-Version: 13\r\n\r\n",
+    "old version": b"GET / HTTP/1.1\r\nHost: x\r\n"
+    + _UPGRADE
+    + _KEY
+    + b"Sec-WebSocket-Version: 8\r\n\r\n",
+    "bad key": b"GET / HTTP/1.1\r\nHost: x\r\n"
+    + _UPGRADE
+    + b"Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    "post": b"POST / HTTP/1.1\r\nHost: x\r\n"
+    + _UPGRADE
+    + _KEY
+    + b"Sec-WebSocket-Version: 13\r\n\r\n",
+    "not http": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64) + b"\r\n\r\n",
+    "huge head": b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 100_000 + b"\r\n\r\n",
+}
+
+
+def test_a_bad_handshake_on_the_ws_port_is_refused_alone(ws_suite: RunningSuite) -> None:
+    port = _port_of(_answer(ws_suite)["wsURL"])
+    good = WsClient(port)
+    assert _ws_login(good, "carol").result_code == 0
+    for name, request in BAD_HANDSHAKES.items():
+        answer = exchange(port, request)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), (name, answer[:200])
+    # The page that was there, and a new one, are still served.
+    good.send(encode_message(msg_pb.IMClientTimeReq(), 7))
+    assert _next(good, msg_pb.IMClientTimeRsp)[1] == 7
+    assert _ws_login(WsClient(port), "dave").result_code == 0
+
+
+def test_fragmented_messages_are_joined_and_an_oversize_one_is_refused(
+    ws_suite: RunningSuite,
+) -> None:
+    port = _port_of(_answer(ws_suite)["wsURL"])
+    # A whole PDU in three fragments is one message: the login it carries is served.
+    fragmented = WsClient(port)
+    fragmented.wait(lambda: fragmented.open)
+    login = login_pb.IMLoginReq(
+        user_name="bob",
+        password=password_digest(DEMO_PASSWORD),
+        online_status=base.USER_STATUS_ONLINE,
+        client_type=base.CLIENT_TYPE_WEB,
+    )
+    pdu = encode_message(login, 9)
+    fragmented.send_fragments(pdu[:5], pdu[5:20], pdu[20:])
+    res, seq = _next(fragmented, login_pb.IMLoginRes)
+    assert isinstance(res, login_pb.IMLoginRes) and seq == 9
+    # Small fragments that add up past the PDU limit: refused as they arrive (1009).
+    oversize = WsClient(port)
+    oversize.wait(lambda: oversize.open)
+    piece = bytes(64 * 1024)
+    oversize.send_fragments(*([piece] * 17))
+    oversize.wait(lambda: oversize.eof)
+    assert oversize.close_code == 1009
+    assert not fragmented.eof  # the other connection goes on
+    fragmented.send(encode_message(msg_pb.IMClientTimeReq(), 10))
+    assert _next(fragmented, msg_pb.IMClientTimeRsp)[1] == 10
+
+
+def test_a_browser_that_stops_reading_is_closed_alone(ws_suite: RunningSuite) -> None:
+    port = _port_of(_answer(ws_suite)["wsURL"])
+    stalled = WsClient(port)
+    stalled_id = _ws_login(stalled, "alice").user_info.user_id
+    other = WsClient(port)
+    assert _ws_login(other, "carol").result_code == 0
+    bob = ws_suite.login("bob")
+    # Bob writes to Alice, whose page reads nothing more: her output queue on msg_server
+    # passes its cap (16 MiB, plus what the kernel buffers), and only her connection ends.
+    text = "x" * (700 * 1024)
+    for _ in range(60):
+        bob.send_text(stalled_id, text)
+        if "bytes of output queued (max_buffer" in ws_suite.log_text("msg_server"):
+            break
+    else:
+        raise AssertionError("msg_server never gave up on the stalled page")
+    stalled.wait(lambda: stalled.eof, timeout_s=30)
+    # Bob, Carol's page and a new page are all still served.
+    assert bob.send_text(stalled_id, "after").msg_id > 0
+    other.send(encode_message(msg_pb.IMClientTimeReq(), 5))
+    assert _next(other, msg_pb.IMClientTimeRsp)[1] == 5
+    assert _ws_login(WsClient(port), "dave").result_code == 0

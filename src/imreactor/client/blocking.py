@@ -105,6 +105,10 @@ class Client:
     over TLS with this context (:func:`imreactor.client.tls.client_context`), verifying
     the certificate and ``server_hostname`` (default: the host connected to); with
     :meth:`via_login_server` the msg_server's TLS port (``"tlsPort"``) is used.
+    ``websocket``: speak WebSocket to ``host:port`` (a msg_server's ``ws_port``, or with
+    ``ssl`` its ``wss_port``), asking for this path, e.g. ``"/"``: one PDU per message,
+    the rest as over TCP; :meth:`via_login_server` with ``ws=True`` sets it from the
+    answer's ``wsURL`` (``wssURL``).
     """
 
     def __init__(
@@ -128,6 +132,7 @@ class Client:
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
         msfs_url: str = "",
+        websocket: str | None = None,
     ) -> None:
         if watch_limit < 0:
             raise ValueError(f"watch_limit must be at least 0, not {watch_limit}")
@@ -150,6 +155,8 @@ class Client:
         #: TLS context of every connection (None: plain TCP).
         self.ssl = ssl
         self.server_hostname = server_hostname
+        #: The WebSocket path every connection asks for (None: TCP, or TLS).
+        self.websocket = websocket
         self._queue_pushes = queue_pushes
         self._closed = threading.Event()  # the current connection is down
         self._online = threading.Event()  # logged in (and caught up)
@@ -227,18 +234,21 @@ class Client:
         return cls(host, port, **kw)
 
     @classmethod
-    def via_login_server(cls, url: str, **kw: Any) -> Client:
+    def via_login_server(cls, url: str, *, ws: bool = False, **kw: Any) -> Client:
         """Ask login_server's ``/msg_server`` where to go (``url``: ``http://host:port``).
 
         With ``reconnect=True``, reconnects ask the same login_server again. With
-        ``ssl``, an ``https://`` login_server is verified with the same context.
+        ``ssl``, an ``https://`` login_server is verified with the same context. With
+        ``ws``, connect to the answer's ``wsURL`` (with ``ssl``: ``wssURL``) by WebSocket;
+        an answer without one is a :class:`ClientError`.
         """
-        ctx = kw.get("ssl")
-        host, port, msfs = locate(url, kw.get("timeout_s", 10.0), ssl=ctx)
-        kw.setdefault("msfs_url", msfs)
+        found = locate(url, kw.get("timeout_s", 10.0), ssl=kw.get("ssl"), ws=ws)
+        kw.setdefault("msfs_url", found.msfs_url)
+        if ws:
+            kw["websocket"] = found.ws_path
         if kw.get("reconnect"):
             kw.setdefault("login_url", url)
-        return cls(host, port, **kw)
+        return cls(found.host, found.port, **kw)
 
     def __enter__(self) -> Client:
         return self
@@ -285,6 +295,7 @@ class Client:
                     source=source,
                     ssl=self.ssl,
                     server_hostname=self.server_hostname,
+                    websocket=self.websocket,
                 )
             except OSError as exc:
                 on_failed(None, exc)
@@ -757,7 +768,12 @@ class Client:
         name, password, client_type = self._credentials
         self._status.set(ClientStatus.RECONNECTING)
         if self.login_url:
-            host, port = locate_msg_server(self.login_url, self.timeout_s, ssl=self.ssl)
+            found = locate(
+                self.login_url, self.timeout_s, ssl=self.ssl, ws=self.websocket is not None
+            )
+            host, port = found.host, found.port
+            if found.ws_path is not None:
+                self.websocket = found.ws_path  # set here, on the only thread that connects
         else:
             host, port = self.host, self.port
         self._open(host, port)

@@ -26,6 +26,19 @@ name: an id it does not know yet is looked up (``IMUsersInfoReq``, cached), and
 only one the server does not know, or cannot be asked about right now, is
 shown as ``user #ID``.
 
+What the chat says of a message sent: ``✓ #ID stored`` once msg_server acks it
+(``IMMsgDataAck``, which it sends only after the message is durably stored), and
+then, for a 1:1 message, whether the peer is online (msg_server passes it on to
+their open sessions now) or offline (it waits for their next login, as unread).
+That is all TeamTalk's protocol tells a sender: a recipient's delivery receipt
+(its ``IMMsgDataAck``) ends at msg_server, and a read mark
+(``IMMsgDataReadAck``) is echoed as ``IMMsgDataReadNotify`` only to the reader's
+own other devices, never to the sender; so the chat shows no "delivered" or
+"read" it could not know (docs/protocol.md, "What a sender learns").
+
+Times are ``HH:MM`` for today's messages; a message of another day (history,
+a catch-up after a reconnect) shows its date too: ``2026-12-05 14:03``.
+
 ``send`` prints the stored message's ``msg_id``; ``history`` prints the newest
 ``--count`` messages, oldest first, one per line: ``#ID TIME SENDER: TEXT``.
 
@@ -235,7 +248,19 @@ def text_of(client: Client, data: bytes) -> str:
 
 
 def _clock(ts: int, with_date: bool = False) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M", time.localtime(ts))
+    """``ts`` as ``YYYY-MM-DD HH:MM:SS`` (``with_date``), else as :func:`when`."""
+    if with_date:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return when(ts)
+
+
+def when(ts: int, now: float | None = None) -> str:
+    """``HH:MM`` for a time on the day of ``now`` (default: today), else with its date
+    before it (``YYYY-MM-DD HH:MM``), local time both."""
+    moment, today = time.localtime(ts), time.localtime(now)
+    if (moment.tm_year, moment.tm_yday) == (today.tm_year, today.tm_yday):
+        return time.strftime("%H:%M", moment)
+    return time.strftime("%Y-%m-%d %H:%M", moment)
 
 
 # -- one-shot commands -------------------------------------------------------------------------
@@ -431,6 +456,24 @@ class Chat:
                 self.users[u.user_id] = u
             self.missing.update(uid for uid in unknown if uid not in self.users)
 
+    def resolve(self, name: str) -> Any:
+        """The user ``name`` means (:func:`resolve_user`), among the users known, else
+        among everyone after asking the server again (a user who joined after login)."""
+        if name.isdigit():
+            self.learn_users([int(name)], again=True)  # an id it has not seen yet
+        with self._lock:
+            users = list(self.users.values())
+        try:
+            return resolve_user(users, name)
+        except ChatError:
+            if name.isdigit():
+                raise
+        fresh = {u.user_id: u for u in self.client.all_users().user_list}
+        with self._lock:
+            self.users.update(fresh)
+            users = list(self.users.values())
+        return resolve_user(users, name)
+
     def session_label(self, session_type: int, session_id: int) -> str:
         if session_type == base.SESSION_TYPE_GROUP:
             with self._lock:
@@ -476,11 +519,28 @@ class Chat:
         session_type, session_id = self.current
         try:
             if session_type == base.SESSION_TYPE_GROUP:
-                self.client.send_group_text(session_id, text)
+                ack = self.client.send_group_text(session_id, text)
             else:
-                self.client.send_text(session_id, text)
+                ack = self.client.send_text(session_id, text)
         except (ClientError, TimeoutError) as exc:
             self.out(f"not sent: {_one_line(exc)}")
+            return
+        self.out(self.sent_status(session_type, session_id, ack.msg_id))
+
+    def sent_status(self, session_type: int, session_id: int, msg_id: int) -> str:
+        """What is known of message ``msg_id`` just acked: stored, and where it goes now
+        (module docstring: the protocol tells a sender nothing after the ack)."""
+        stored = f"  ✓ #{msg_id} stored"
+        if session_type == base.SESSION_TYPE_GROUP:
+            return f"{stored} · passed on to the members online"
+        with self._lock:
+            status = self.presence.get(session_id)
+        if session_id not in self.client.watched or status is None:
+            return stored
+        peer = self.name(session_id)
+        if status == base.USER_STATUS_OFFLINE:
+            return f"{stored} · {peer} is offline: it waits for their next login"
+        return f"{stored} · {peer} is {state_word(status)}: passed on now"
 
     # -- commands -------------------------------------------------------------------------
 
@@ -490,11 +550,7 @@ class Chat:
     def cmd_to(self, rest: str) -> None:
         if not rest:
             raise ChatError("usage: /to NAME")
-        if rest.isdigit():
-            self.learn_users([int(rest)], again=True)  # an id it has not seen yet
-        with self._lock:
-            users = list(self.users.values())
-        user = resolve_user(users, rest)
+        user = self.resolve(rest)
         if user.user_id == self.client.user_id:
             raise ChatError("that is you")
         self._switch(base.SESSION_TYPE_SINGLE, user.user_id)
@@ -529,9 +585,7 @@ class Chat:
         name, _, peers = rest.partition(" ")
         if not name or not peers.strip():
             raise ChatError("usage: /newgroup NAME PEER[,PEER...]")
-        with self._lock:
-            users = list(self.users.values())
-        ids = [resolve_user(users, p.strip()).user_id for p in peers.split(",") if p.strip()]
+        ids = [self.resolve(p.strip()).user_id for p in peers.split(",") if p.strip()]
         rsp = self.client.create_group(name, ids)
         self._refresh_groups()
         self.out(f"created group #{rsp.group_id} {name}")
@@ -668,7 +722,7 @@ class Chat:
         # Looked up before the line is printed; if that cannot be done now, the line
         # still prints (as "user #ID") and the next line from the id asks again.
         sender = self.name(m.from_user_id, again=True)
-        stamp = _clock(m.create_time)
+        stamp = when(m.create_time)
         if key == self.current:
             self.out(f"[{stamp}] {sender}: {text}")
             if m.from_user_id != self.client.user_id:

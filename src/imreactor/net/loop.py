@@ -59,6 +59,7 @@ from .connection import DEFAULT_FLOW, FlowControl, flush_collected
 from .poller import ERROR, READABLE, WRITABLE, Poller, make_poller
 from .timers import Timer, TimerQueue
 from .tls import HANDSHAKE_TIMEOUT_S, TLSTransport, accepting, connect_tls
+from .websocket import WebSocketClientTransport, connect_websocket
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ class EventLoop:
         nodelay: bool = True,
         source: tuple[str, int] | None = None,
         ssl: None = None,
+        websocket: None = None,
     ) -> Connection: ...
 
     @overload
@@ -314,7 +316,25 @@ class EventLoop:
         ssl: SSLContext,
         server_hostname: str | None = None,
         handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+        websocket: None = None,
     ) -> TLSTransport: ...
+
+    @overload
+    def connect(
+        self,
+        host: str,
+        port: int,
+        protocol: TransportProtocol,
+        *,
+        timeout_s: float | None = 10.0,
+        flow: FlowControl = DEFAULT_FLOW,
+        nodelay: bool = True,
+        source: tuple[str, int] | None = None,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+        websocket: str,
+    ) -> WebSocketClientTransport: ...
 
     @overload
     def connect(
@@ -330,6 +350,7 @@ class EventLoop:
         ssl: SSLContext | None,
         server_hostname: str | None = None,
         handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
+        websocket: str | None = None,
     ) -> Transport: ...
 
     def connect(
@@ -345,14 +366,35 @@ class EventLoop:
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
         handshake_timeout_s: float | None = HANDSHAKE_TIMEOUT_S,
-    ) -> Connection | TLSTransport:
+        websocket: str | None = None,
+    ) -> Connection | TLSTransport | WebSocketClientTransport:
         """Connect without blocking; see :func:`imreactor.net.connection.connect`.
 
         With ``ssl``, a TLS connection (:func:`imreactor.net.tls.connect_tls`):
-        ``server_hostname`` (default ``host``) is sent as SNI and verified.
+        ``server_hostname`` (default ``host``) is sent as SNI and verified. With
+        ``websocket`` (a path, e.g. ``"/"``), a WebSocket client connection to that
+        path, over TLS when ``ssl`` is given
+        (:func:`imreactor.net.websocket.connect_websocket`): ``protocol`` sees one
+        ``data_received`` per message, and each ``write`` is one message;
+        ``handshake_timeout_s`` then bounds the upgrade.
         """
         from .connection import connect
 
+        if websocket is not None:
+            return connect_websocket(
+                self,
+                host,
+                port,
+                protocol,
+                path=websocket,
+                ssl=ssl,
+                server_hostname=server_hostname,
+                handshake_timeout_s=handshake_timeout_s,
+                timeout_s=timeout_s,
+                flow=flow,
+                nodelay=nodelay,
+                source=source,
+            )
         if ssl is not None:
             return connect_tls(
                 self,

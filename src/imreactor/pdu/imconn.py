@@ -32,7 +32,7 @@ the connection (servers override it where the policy is to close).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, overload
 
@@ -173,6 +173,10 @@ class Keepalive:
     def __len__(self) -> int:
         return len(self._conns)
 
+    def __iter__(self) -> Iterator[ImConnection]:
+        """The connections kept now (a copy: closing one while iterating is safe)."""
+        return iter(tuple(self._conns))
+
     def add(self, conn: ImConnection) -> None:
         now = self.loop.time()
         conn._last_recv = conn._last_send = now
@@ -293,6 +297,11 @@ class ImConnection(FrameProtocol):
         # A WebSocket pong: the peer is alive even if its page is too asleep to send a
         # heartbeat PDU; it counts against timeout_s like a PDU would.
         self._recv_flag = True
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests sent with :meth:`request` whose callback has not run yet."""
+        return len(self._pending) if self._pending is not None else 0
 
     def on_connected(self) -> None:
         """Hook: the link is up."""

@@ -92,6 +92,11 @@ class LinkSet:
         """The links that are up (not those being closed, which still await their EOF)."""
         return [link for link in self._live if link.conn.state is ConnState.CONNECTED]
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests on these links (those being closed too) still waiting for an answer."""
+        return sum(link.pending_requests for link in self._live)
+
     def pick(self) -> Link | None:
         """A live link (round-robin), or None if every peer is down."""
         live = self._live

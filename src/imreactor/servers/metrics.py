@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from ssl import SSLContext
 from typing import Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "Counter",
     "Histogram",
     "Metrics",
+    "bucket_quantile",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,7 @@ class Histogram:
     def quantile(self, q: float) -> float:
         """The upper bound of the bucket holding quantile ``q`` (``inf`` past the
         last bound, 0 with no observations): what a dashboard shows as p99."""
-        if not self.count:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            seen += n
-            if seen >= rank:
-                return bound
-        return float("inf")
+        return bucket_quantile(self.bounds, self.counts, q)
 
     def family(self) -> Metric:
         buckets: list[tuple[str, float]] = []
@@ -132,6 +125,28 @@ class Histogram:
         family = HistogramMetricFamily(self.name, self.doc)
         family.add_metric([], buckets, self.sum)
         return family
+
+
+def bucket_quantile(bounds: Sequence[float], counts: Sequence[int], q: float) -> float:
+    """Quantile ``q`` (0 < q <= 1) of observations counted per bucket: the upper bound of
+    the first bucket where the running count reaches ``q`` of the total.
+
+    ``counts`` has one entry per bound and a last one for +Inf (not cumulative); a
+    quantile in that last bucket is ``inf``; no observations give 0. The answer is
+    an upper bound on the true quantile, exact to within one bucket, which is all a
+    histogram can say. Counts over an interval (one snapshot's counts minus an earlier
+    one's) give the quantile over that interval.
+    """
+    total = sum(counts)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for bound, n in zip(bounds, counts, strict=False):
+        seen += n
+        if seen >= rank:
+            return bound
+    return float("inf")
 
 
 GaugeSource = Callable[[], float | dict[tuple[str, ...], float]]

@@ -4,13 +4,14 @@ Writes a configuration for every role into the data directory, starts
 db_proxy_server, msfs (the image store), login_server and msg_server(s) as
 child processes (each waits for the previous one's READY line), creates demo
 users on first start, prints where a client connects, and on Ctrl-C/SIGTERM
-stops the children in reverse order. If a child dies, the others are stopped
-too and ``up`` exits non-zero.
+drains the children in dependency order (:func:`stop_children`). If a child dies,
+it is restarted with backoff.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ctypes
 import ctypes.util
 import errno
@@ -24,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -38,6 +40,7 @@ from ..accounts import create_users, data_dir_database, remember_database
 from ..config import dump
 from ..net.connection import is_port
 from ..redis import RedisProcess, parse_redis_url
+from .runner import DEFAULT_DRAIN_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +361,7 @@ _ROLES = {
 def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
     log_path = data_dir / f"{name}.log"
     log_file = open(log_path, "a")  # noqa: SIM115 - kept open for the child's lifetime
-    proc = subprocess.Popen(
+    proc = _spawn(
         [sys.executable, "-m", "imreactor", role, "-c", str(config)],
         stdout=subprocess.PIPE,
         stderr=log_file,
@@ -367,6 +370,9 @@ def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
         # The servers end with `up`, even when it is killed with SIGKILL and cannot
         # stop them itself (elsewhere than Linux, only a clean stop ends them).
         preexec_fn=_die_with(os.getpid()) if sys.platform.startswith("linux") else None,
+        # A group of its own: Ctrl-C in a terminal signals `up` alone, which then drains
+        # the servers in order, instead of every server at once.
+        process_group=0,
     )
     child = Child(name, proc, log_file=log_file)
     assert proc.stdout is not None
@@ -386,18 +392,38 @@ def start_child(name: str, role: str, config: Path, data_dir: Path) -> Child:
     raise RuntimeError(f"{name} did not start; see {log_path}")
 
 
+#: Drain order: what clients talk to first, what stores last; the servers of one stage
+#: drain together. msg_servers answer what they were asked while db_proxy, route_server
+#: and login_server still serve them; db_proxy finishes every store it was given.
+STOP_STAGES = (("msg_server",), ("route_server", "login_server", "msfs"), ("db_proxy_server",))
+#: How long a child may take to drain before it is killed: its drain_timeout_s and then
+#: some (a child exits by itself once that passes).
+STOP_WAIT_S = DEFAULT_DRAIN_TIMEOUT_S + 5.0
+
+
+def _stage(name: str) -> int:
+    role = name.rstrip("0123456789")
+    return next((i for i, stage in enumerate(STOP_STAGES) if role in stage), len(STOP_STAGES))
+
+
 def stop_children(children: list[Child]) -> None:
-    for child in reversed(children):
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
-    for child in reversed(children):
-        try:
-            child.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            child.proc.kill()
-            child.proc.wait()
-        if child.log_file is not None:
-            child.log_file.close()
+    """SIGTERM (drain) the children stage by stage (:data:`STOP_STAGES`), each stage once
+    the one before has exited; one that outlives :data:`STOP_WAIT_S` is killed."""
+    for stage in sorted({_stage(child.name) for child in children}):
+        group = [child for child in children if _stage(child.name) == stage]
+        for child in group:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for child in group:
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("%s did not exit within %g s; killing it", child.name, STOP_WAIT_S)
+                child.proc.kill()
+                child.proc.wait()
+            if child.log_file is not None:
+                child.log_file.close()
 
 
 class SuiteError(Exception):
@@ -458,6 +484,29 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+_spawner: concurrent.futures.ThreadPoolExecutor | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[str]:
+    """``subprocess.Popen`` from one thread that lives as long as this process.
+
+    Linux delivers PR_SET_PDEATHSIG when the *thread* that forked the child ends, not
+    the process: a server restarted from a short-lived thread (a supervisor's timer, a
+    test's fault injector) would get SIGTERM as soon as that thread returned. Forking
+    every child from one long-lived thread ties each child's life to the process's.
+    """
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None:
+            _spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spawner")
+
+    def popen() -> subprocess.Popen[str]:
+        return subprocess.Popen(args, **kw)
+
+    return _spawner.submit(popen).result()
 
 
 def _die_with(parent: int) -> Callable[[], None]:
@@ -559,6 +608,8 @@ def _banner(layout: SuiteLayout) -> str:
         f"imreactor suite is up in {layout.data_dir} (logs and configs there):",
         f"  database     {_redacted(layout.database_url)}",
         f"  clients ask  {login_url}/msg_server",
+        f"  dashboard    {login_url}/dashboard",
+        f"  web chat     {login_url}/  (open it in a browser)",
         f"  msg_servers  {', '.join(f'{h}:{p}' for p in layout.msg_ports)}",
         f"  images       {layout.msfs_url} (msfs)",
     ]

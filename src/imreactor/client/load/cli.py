@@ -199,6 +199,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--data-dir", help="an 'imreactor up' data dir, for --create-users / --cleanup"
     )
+    ap.add_argument(
+        "--ws",
+        action="store_true",
+        help="speak WebSocket to msg_server: login_server's wsURL (wssURL with --tls); with "
+        "--msg-server/--msg-servers the addresses are ws_ports",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
@@ -239,6 +245,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         reconnect=args.reconnect,
         reconnect_jitter_s=args.reconnect_jitter,
         tls=args.tls,
+        ws=args.ws,
         ca_file=args.ca,
     )
 

@@ -467,7 +467,7 @@ class LoadRun:
         return LoadReport(
             ok=ok,
             mode="echo" if self.echo else "im",
-            target=self._logins.target_text,
+            target=self._logins.target_text + (" over WebSocket" if self.options.ws else ""),
             connections=len(self.endpoints),
             users=len(self.users),
             group_size=self.options.group_size or 0,

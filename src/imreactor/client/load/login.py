@@ -4,6 +4,9 @@ A connection asks login_server ``GET /msg_server`` where to go (:mod:`.query`),
 connects there and logs in (``IMLoginReq``); ``--msg-server`` sends everyone to one
 msg_server instead, ``--msg-servers A,B,...`` pins user ``i`` to entry ``i mod n``
 (all of its connections), ``--echo`` connects to a PDU echo server with no login.
+``--ws`` speaks WebSocket to msg_server instead of TCP (the answer's ``wsURL``, or
+``wssURL`` with ``--tls``; with ``--msg-server`` the address is a ``ws_port``, path
+``/``): one PDU per message, everything else the same.
 "Not ready" answers (no msg_server registered, refusals 3/4/5, refused connects) are
 retried until ``login_retry_s`` after the endpoint's ``first_try``, each after a wait
 drawn around :data:`LOGIN_RETRY_DELAY_S`; anything else is a failed login.
@@ -27,7 +30,7 @@ from ...pdu.kinds import NOT_READY
 from ...pdu.password import password_digest
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_login_pb2 as login_pb
-from ..locate import MSG_SERVER_PATH, LocateError, msg_server_address
+from ..locate import MSG_SERVER_PATH, LocateError, msg_server_address, msg_server_ws_address
 from ..session import ClientSession
 from ..tls import client_context
 from .options import LoadOptions
@@ -77,6 +80,8 @@ class Logins:
             self._source = (options.source_host, 0)
         self._http_host = ""
         self._query_ssl: ssl.SSLContext | None = None
+        #: The WebSocket path asked for at a pinned msg_server (None: TCP).
+        self._ws_path = "/" if options.ws else None
         #: Where connections go without asking login_server: user i to entry i mod n.
         self._direct: list[tuple[str, int]] = []
         self._target = ("", 0)
@@ -107,7 +112,8 @@ class Logins:
         if self.closing:
             return
         if self._direct:
-            self._connect(ep, *self._direct[ep.user.index % len(self._direct)])
+            host, port = self._direct[ep.user.index % len(self._direct)]
+            self._connect(ep, host, port, self._ws_path)
             return
         ep.state = QUERY
 
@@ -118,15 +124,19 @@ class Logins:
                 self._retry(ep, "login_failures", f"login_server: {error}")
                 return
             tls = self._ssl is not None
+            path: str | None = None
             try:
-                host, port = msg_server_address(answer, self.target_text, tls=tls)
+                if self.options.ws:
+                    host, port, path, _ = msg_server_ws_address(answer, self.target_text, tls=tls)
+                else:
+                    host, port = msg_server_address(answer, self.target_text, tls=tls)
             except LocateError as exc:
                 if exc.code is None:
                     self._failed(ep, "login_failures", str(exc))
                 else:
                     self._retry(ep, "login_failures", str(exc), code=exc.code)
                 return
-            self._connect(ep, host, port)
+            self._connect(ep, host, port, path)
 
         query = MsgServerQuery(self._http_host, MSG_SERVER_PATH, answered)
         try:
@@ -139,7 +149,7 @@ class Logins:
         timer = self.loop.call_later(self.options.login_timeout_s, conn.abort)
         conn.add_close_callback(lambda c, exc: timer.cancel())
 
-    def _connect(self, ep: Endpoint, host: str, port: int) -> None:
+    def _connect(self, ep: Endpoint, host: str, port: int, ws_path: str | None) -> None:
         ep.state = CONNECTING
         session = ClientSession(
             lambda message, seq: self._push(ep, message),
@@ -148,7 +158,7 @@ class Logins:
             policy=CLIENT_SIDE,
         )
         try:
-            conn = self._open(host, port, session, self._ssl)
+            conn = self._open(host, port, session, self._ssl, ws_path)
         except OSError as exc:
             self._retry(ep, "login_failures", f"connect to {host}:{port}: {exc}")
             return
@@ -157,16 +167,26 @@ class Logins:
         conn.add_close_callback(lambda c, exc: self._closed(ep, c, exc))
 
     def _open(
-        self, host: str, port: int, protocol: Protocol, context: ssl.SSLContext | None
+        self,
+        host: str,
+        port: int,
+        protocol: Protocol,
+        context: ssl.SSLContext | None,
+        ws_path: str | None = None,
     ) -> Transport:
-        """A connection for one try, from the source address; OSError if it cannot start."""
+        """A connection for one try, from the source address; OSError if it cannot start.
+
+        ``ws_path``: a WebSocket to that path (its upgrade bounded by the login timeout)."""
+        timeout_s = self.options.login_timeout_s
         return self.loop.connect(
             host,
             port,
             protocol,
-            timeout_s=self.options.login_timeout_s,
+            timeout_s=timeout_s,
             source=self._source,
             ssl=context,
+            handshake_timeout_s=timeout_s,
+            websocket=ws_path,
         )
 
     def _track(self, conn: Transport) -> None:

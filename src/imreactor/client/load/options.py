@@ -74,6 +74,7 @@ class LoadOptions:
     reconnect: bool = False  # a dropped connection logs in again and catches up (1:1 runs)
     reconnect_jitter_s: float = 5.0  # each reconnect waits a random 0..this first
     tls: bool = False  # msg_server's TLS port ("tlsPort"; --msg-server: a TLS port)
+    ws: bool = False  # WebSocket to msg_server ("wsURL", with tls "wssURL"; --msg-server: ws_port)
     ca_file: str | None = None  # CA to verify servers with (None: the system's)
 
     @property
@@ -99,6 +100,8 @@ class LoadOptions:
             client_context(self.ca_file)  # ValueError if it cannot be read
         if self.echo is not None and (self.tls or self.ca_file is not None):
             raise ValueError("--echo speaks plain TCP, not --tls")
+        if self.echo is not None and self.ws:
+            raise ValueError("--echo speaks plain TCP, not --ws")
         if self.group_size is not None:
             if self.group_size < 2:
                 raise ValueError("--group-size must be at least 2")

@@ -291,9 +291,13 @@ class _OtherCmdIDEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OtherCmdID
     CID_OTHER_FILE_TRANSFER_RSP: _OtherCmdID.ValueType  # 1842
     CID_OTHER_FILE_SERVER_IP_REQ: _OtherCmdID.ValueType  # 1843
     CID_OTHER_FILE_SERVER_IP_RSP: _OtherCmdID.ValueType  # 1844
+    CID_OTHER_MSG_SERV_STATS: _OtherCmdID.ValueType  # 1920
 
 class OtherCmdID(_OtherCmdID, metaclass=_OtherCmdIDEnumTypeWrapper):
-    """Server-to-server commands travel under SID_OTHER as well. 0x070c is not assigned."""
+    """Server-to-server commands travel under SID_OTHER as well. 0x070c is not assigned.
+    0x0780..0x07ff are ours (imreactor's own server-to-server commands; TeamTalk assigns
+    none there, and its servers drop them as unknown commands).
+    """
 
 CID_OTHER_HEARTBEAT: OtherCmdID.ValueType  # 1793
 CID_OTHER_STOP_RECV_PACKET: OtherCmdID.ValueType  # 1794
@@ -316,6 +320,7 @@ CID_OTHER_FILE_TRANSFER_REQ: OtherCmdID.ValueType  # 1841
 CID_OTHER_FILE_TRANSFER_RSP: OtherCmdID.ValueType  # 1842
 CID_OTHER_FILE_SERVER_IP_REQ: OtherCmdID.ValueType  # 1843
 CID_OTHER_FILE_SERVER_IP_RSP: OtherCmdID.ValueType  # 1844
+CID_OTHER_MSG_SERV_STATS: OtherCmdID.ValueType  # 1920
 Global___OtherCmdID: _TypeAlias = OtherCmdID  # noqa: Y015
 
 class _ResultType:

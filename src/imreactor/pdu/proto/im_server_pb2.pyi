@@ -528,3 +528,102 @@ class IMFileServerIPRsp(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IMFileServerIPRsp: _TypeAlias = IMFileServerIPRsp  # noqa: Y015
+
+@_typing.final
+class IMMsgServStats(_message.Message):
+    """Ours, not TeamTalk's: a msg_server's periodic report to login_server on their link, for
+    login_server's dashboard. Every count is cumulative since the msg_server started (counts
+    only grow), so login_server takes the differences between two reports of one link.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Latency(_message.Message):
+        """One latency histogram: upper bounds (seconds, increasing; +Inf implied after the last)
+        and the observations in each bucket (not cumulative): len(bounds_s) + 1 counts.
+        """
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        BOUNDS_S_FIELD_NUMBER: _builtins.int
+        COUNTS_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        """store, delivery, login, loop_lag"""
+        @_builtins.property
+        def bounds_s(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+        @_builtins.property
+        def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+        def __init__(
+            self,
+            *,
+            name: _builtins.str | None = ...,
+            bounds_s: _abc.Iterable[_builtins.float] | None = ...,
+            counts: _abc.Iterable[_builtins.int] | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds_s", b"bounds_s", "counts", b"counts", "name", b"name"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ErrorCount(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KIND_FIELD_NUMBER: _builtins.int
+        COUNT_FIELD_NUMBER: _builtins.int
+        kind: _builtins.str
+        count: _builtins.int
+        def __init__(
+            self,
+            *,
+            kind: _builtins.str | None = ...,
+            count: _builtins.int | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "kind", b"kind"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "kind", b"kind"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    UPTIME_MS_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    USERS_ONLINE_FIELD_NUMBER: _builtins.int
+    MESSAGES_STORED_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    LATENCIES_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    uptime_ms: _builtins.int
+    """the msg_server's loop clock at this report, since start"""
+    connections: _builtins.int
+    """client connections, logged in or not"""
+    users_online: _builtins.int
+    """users with a session there"""
+    messages_stored: _builtins.int
+    """messages from its clients stored (and acked)"""
+    deliveries: _builtins.int
+    """messages written to recipients' connections there"""
+    @_builtins.property
+    def latencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___IMMsgServStats.Latency]: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___IMMsgServStats.ErrorCount]: ...
+    def __init__(
+        self,
+        *,
+        uptime_ms: _builtins.int | None = ...,
+        connections: _builtins.int | None = ...,
+        users_online: _builtins.int | None = ...,
+        messages_stored: _builtins.int | None = ...,
+        deliveries: _builtins.int | None = ...,
+        latencies: _abc.Iterable[Global___IMMsgServStats.Latency] | None = ...,
+        errors: _abc.Iterable[Global___IMMsgServStats.ErrorCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "deliveries", b"deliveries", "messages_stored", b"messages_stored", "uptime_ms", b"uptime_ms", "users_online", b"users_online"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "deliveries", b"deliveries", "errors", b"errors", "latencies", b"latencies", "messages_stored", b"messages_stored", "uptime_ms", b"uptime_ms", "users_online", b"users_online"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IMMsgServStats: _TypeAlias = IMMsgServStats  # noqa: Y015

@@ -45,6 +45,7 @@ from ...storage import ConflictError, NotFoundError, Storage, StorageError, open
 from ...storage.records import GroupType, LoginRecord, NewMessage, SessionType, User
 from ..linkauth import link_server_context
 from ..metrics import SIZE_BUCKETS, Metrics
+from ..runner import Done, when_idle
 from .config import DbProxyConfig
 from .credentials import CredentialCache
 from .writer import GroupCommitWriter
@@ -202,6 +203,27 @@ class DbProxyServer:
     def port(self) -> int:
         assert self._server is not None
         return self._server.port
+
+    def drain(self, done: Done) -> None:
+        """Stop accepting links and reading requests; answer every request read (its
+        commit included); then close every link after its answers and call ``done()``
+        once they are closed. A request a msg_server sent after the last read fails there
+        as its link closes (msg_server then closes that client's connection)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for link in self.keepalive:
+            link.conn.pause_reading()
+
+        def working() -> bool:
+            return bool(self.pool.pending or self.hash_pool.pending or self.writer.queued)
+
+        def answered() -> None:
+            for link in self.keepalive:
+                link.conn.close()
+            when_idle(self.loop, lambda: len(self.keepalive) > 0, done)
+
+        when_idle(self.loop, working, answered)
 
     def close(self) -> None:
         """Stop listening, finish queued work, then close the storage."""

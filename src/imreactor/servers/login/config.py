@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from ...config import LogSettings, check_host, check_pair, option
 from ..linkauth import LinkSecurity
+from ..runner import DrainConfig
 
 
 @dataclass
-class LoginConfig(LinkSecurity, LogSettings):
+class LoginConfig(DrainConfig, LinkSecurity, LogSettings):
     listen_host: str = option(
         "127.0.0.1", "address for all of login_server's ports", check=check_host
     )

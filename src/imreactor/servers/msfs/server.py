@@ -25,10 +25,11 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from ...http import TEXT, HttpProtocol, Pending, Reply, Request, Response, Router
+from ...http import TEXT, HttpConnections, Pending, Reply, Request, Response, Router
 from ...net import EventLoop, Server
 from ...net.workers import PoolFull, WorkerPool
 from ..metrics import Metrics
+from ..runner import Done, when_idle
 from . import multipart
 from .config import MsfsConfig
 from .ranges import Unsatisfiable, byte_range
@@ -104,6 +105,7 @@ class MsfsServer:
         #: uploads stored, downloads served, uploads refused; counted on the loop thread.
         self.counts = {"uploads": 0, "downloads": 0, "refused": 0}
         self._server: Server | None = None
+        self._port = 0  # kept past the listener's close: a drain still answers uploads
         self.router = Router()
         self.router.add(
             "/",
@@ -120,24 +122,37 @@ class MsfsServer:
             lambda: self.workers.pending,
         )
         self.metrics.routes(self.router)  # /metrics, /healthz, /readyz
+        self.http = HttpConnections(self.router)
 
     def _reader(self, name: str) -> Callable[[], float]:
         return lambda: self.counts[name]
 
     def start(self) -> None:
         c = self.config
-        self._server = self.loop.listen(c.listen_host, c.port, lambda: HttpProtocol(self.router))
+        self._server = self.loop.listen(c.listen_host, c.port, self.http)
+        self._port = self._server.port
 
     @property
     def ports(self) -> dict[str, int]:
-        return {"http": self._server.port} if self._server is not None else {}
+        return {"http": self._port} if self._port else {}
+
+    def drain(self, done: Done) -> None:
+        """Stop accepting; finish the uploads and downloads in progress (an upload still
+        arriving is received, stored and answered) with ``Connection: close``; close idle
+        connections; ``done()`` once every connection is closed."""
+        self._close_listener()
+        self.http.finish()
+        when_idle(self.loop, lambda: self.http.open > 0, done)
 
     def close(self) -> None:
         self.metrics.close()
+        self._close_listener()
+        self.workers.shutdown()
+
+    def _close_listener(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
-        self.workers.shutdown()
 
     # -- HTTP -----------------------------------------------------------------------------
 

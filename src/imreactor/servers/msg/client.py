@@ -95,6 +95,12 @@ class ClientConn(ImConnection):
             self._sequencer = Sequencer(self.server.loop, self.server.config.reorder_wait_s)
         return self._sequencer
 
+    @property
+    def answering(self) -> bool:
+        """True while this connection is owed an answer that is on its way: a login
+        (db_proxy or the throttle has it) or an ack its sequencer holds."""
+        return self.login_pending or (self._sequencer is not None and self._sequencer.holding)
+
     def attach(self) -> bytes:
         """The original's 12-byte attach_data naming this connection."""
         return _ATTACH.pack(_ATTACH_TYPE_HANDLE, self.handle, 0)
@@ -187,7 +193,8 @@ class ClientConn(ImConnection):
             self._wait_for_repayment()
             return
         self._rate_timer = None
-        self.conn.resume_reading()
+        if not self.server.draining:  # a draining server reads no more requests
+            self.conn.resume_reading()
 
 
 class UserConns:

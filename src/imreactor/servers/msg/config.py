@@ -16,6 +16,7 @@ from ...config import (
 )
 from ...redis.url import parse_redis_url
 from ..linkauth import LinkSecurity
+from ..runner import DrainConfig
 
 
 def check_redis_url(key: str, value: str) -> None:
@@ -32,7 +33,7 @@ PRESENCE_MODES = ("subscribed", "broadcast")
 
 
 @dataclass
-class MsgConfig(LinkSecurity, LogSettings):
+class MsgConfig(DrainConfig, LinkSecurity, LogSettings):
     listen_host: str = option("127.0.0.1", "address clients connect to", check=check_host)
     port: int = option(8000, "TCP port for clients")
     http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")

@@ -6,7 +6,16 @@ with the request's seq) and delivered (seq 0, msg_id set, attach_data cleared) t
 every connection of the peer (or the group's members) and the sender's other
 connections, here and through route_server. Queries (unread counts, history, users,
 sessions, ...) are forwarded to db_proxy with ``user_id`` taken from the session; the
-answer goes back with the request's seq. Loop thread only.
+answer goes back with the request's seq.
+
+A request that can get no answer because no db_proxy link is up, or because the link
+closed before it answered, closes the client's connection (gracefully: the answers
+before it go out first). So does a message db_proxy did not store (refused, failed or
+too late): TeamTalk has no error ack for a message, and a client that sees its
+connection close knows that what it had not had acked may not be stored: it
+reconnects (perhaps to another msg_server) and sends again, instead of waiting for an
+ack that never comes. Only the senders of such messages are closed; everyone else,
+connected and idle through a database outage, stays. Loop thread only.
 """
 
 from __future__ import annotations
@@ -59,6 +68,13 @@ FORWARDED: list[tuple[type[Message], type[Message]]] = [
 ]
 
 
+def unanswerable(conn: ClientConn, what: str, why: str) -> None:
+    """``conn`` sent a request that will get no answer: close it (after what it is owed
+    already), so that it does not wait for one (the module docstring)."""
+    log.warning("%r: %s cannot be answered (%s); closing the connection", conn.conn, what, why)
+    conn.conn.close()
+
+
 class Delivery:
     """What one msg_server does with a logged-in client's messages and queries."""
 
@@ -108,6 +124,19 @@ class Delivery:
         else:
             conn.bad_pdu(sid, cid, seq, f"msg_type {msg.msg_type} refused")
 
+    def _not_stored(self, conn: ClientConn, why: str) -> None:
+        """A message could not be stored: close its sender's connection.
+
+        IMMsgDataAck has no result code, so the one answer that cannot be taken for
+        an ack is the close. Without it the sender would wait for an ack that never
+        comes; after it, the sender knows its unacked messages may not be stored,
+        logs in again (through login_server, perhaps elsewhere) and sends them again.
+        Acks already queued on the connection go out before the close.
+        """
+        self.server.stats.messages.inc("not_stored")
+        if conn.conn.state is ConnState.CONNECTED:
+            unanswerable(conn, "IMMsgData (not stored)", why)
+
     def _store_message(
         self, conn: ClientConn, msg: Any, seq: int, group: GroupEntry | None
     ) -> None:
@@ -115,8 +144,7 @@ class Delivery:
         db = self.server.db.pick()
         stats = self.server.stats
         if db is None:
-            log.warning("%r: no db_proxy; message not accepted", conn.conn)
-            stats.messages.inc("not_stored")
+            self._not_stored(conn, "no db_proxy link is up")
             return
         received = stats.loop.time()
         msg.create_time = int(time.time())
@@ -125,14 +153,7 @@ class Delivery:
 
         def stored(rsp: msg_pb.IMMsgData | None, exc: BaseException | None) -> None:
             if rsp is None or rsp.msg_id == 0:
-                # Not stored: no ack, no delivery; the client retries.
-                log.warning(
-                    "message from %d not stored: %s",
-                    msg.from_user_id,
-                    exc or "refused",
-                    extra=ids(conn=conn.handle, user=msg.from_user_id),
-                )
-                stats.messages.inc("not_stored")
+                self._not_stored(conn, str(exc or "db_proxy refused it"))
                 return
             stats.messages.inc("stored")
             log.debug(
@@ -348,7 +369,7 @@ class Delivery:
     ) -> None:
         db = self.server.db.pick()
         if db is None:
-            log.warning("%r: no db_proxy; %s dropped", conn.conn, type(msg).__name__)
+            unanswerable(conn, type(msg).__name__, "no db_proxy link is up")
             return
         msg.user_id = conn.user_id
         msg.attach_data = conn.attach()
@@ -356,6 +377,8 @@ class Delivery:
         def answered(rsp: M | None, exc: BaseException | None) -> None:
             if rsp is None:
                 log.warning("%s for user %d failed: %s", type(msg).__name__, conn.user_id, exc)
+                if isinstance(exc, ConnectionError):
+                    unanswerable(conn, type(msg).__name__, "the db_proxy link closed")
                 return
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:

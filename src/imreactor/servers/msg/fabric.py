@@ -62,6 +62,13 @@ class Fabric:
         """False while the fabric is configured but unreachable: logins are refused (5)."""
         return True
 
+    @property
+    def pending_work(self) -> int:
+        """Relays and presence writes sent and not yet confirmed, or waiting to be sent on a
+        link that is up (a draining msg_server waits for them); requests on route_server
+        links are counted by their :class:`~imreactor.servers.links.LinkSet`."""
+        return 0
+
     def start(self) -> None:
         """Begin linking to the fabric."""
 

@@ -102,6 +102,11 @@ class Sequencer:
         self._held: dict[ConvKey, dict[int, Emit]] = {}
         self._timers: dict[ConvKey, Timer] = {}
 
+    @property
+    def holding(self) -> bool:
+        """True while some message or ack waits for a gap to fill."""
+        return bool(self._held)
+
     def deliver(self, msg: Any, emit: Emit) -> None:
         """Run ``emit`` (which sends the message ``msg``) now if ``msg`` is next (or
         late), else once the gap fills. The caller encodes: a fan-out encodes once

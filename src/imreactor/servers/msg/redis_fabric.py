@@ -266,6 +266,11 @@ class RedisFabric(Fabric):
     def ready(self) -> bool:
         return self._announced and self.commands.ready
 
+    @property
+    def pending_work(self) -> int:
+        # The outbox waits for a reconnect when Redis is down: nothing to wait for then.
+        return self.commands.pending + (len(self._outbox) if self.commands.ready else 0)
+
     def start(self) -> None:
         self.commands.start()
         self.reader.start()

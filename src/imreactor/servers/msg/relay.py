@@ -4,12 +4,30 @@ Every (re)connect announces this server's online users (route_server forgot them
 the link dropped) and, with subscribed presence, the users watched here. Messages,
 read receipts, p2p commands, kicks and group changes for users elsewhere travel once,
 through one live route_server; what route_server relays here goes through
-:meth:`Fabric.inbound <.fabric.Fabric.inbound>` like every fabric's. Loop thread only.
+:meth:`Fabric.inbound <.fabric.Fabric.inbound>` like every fabric's.
+
+route_server acknowledges nothing, so a link that drops (route_server killed, a reset)
+takes with it whatever was in flight. The relay therefore:
+
+- keeps every message it forwarded in the last :data:`RESEND_S`; when that link drops,
+  those go again, once a route_server link is back, before anything newer;
+- holds what is forwarded while no link is up (or while older messages wait to go) in
+  an outbox of at most :data:`OUTBOX_MAX`, sent in order;
+- after a link comes up waits :data:`FLUSH_DELAY_S` before sending the outbox, so that
+  the other msg_servers have re-announced their users to a restarted route_server
+  (it relays only to the msg_servers it knows to host the recipient);
+- drops, as a receiver, a second copy of a message (:class:`~.dedupe.SeenMessages`).
+
+So an acked message reaches an online recipient on another msg_server exactly once
+across a route_server restart, unless the recipient's msg_server needs longer than
+:data:`FLUSH_DELAY_S` to re-announce or the outbox overflows (counted and logged).
+Loop thread only.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -19,15 +37,24 @@ from ...net import ConnState
 from ...pdu.imconn import Dispatcher
 from ...pdu.proto import im_base_define_pb2 as base
 from ...pdu.proto import im_buddy_pb2 as buddy
+from ...pdu.proto import im_message_pb2 as msg_pb
 from ...pdu.proto import im_server_pb2 as server_pb
 from ..links import Link
 from .client import ClientConn
+from .dedupe import SeenMessages
 from .fabric import Fabric, Inbound
 
 if TYPE_CHECKING:
     from .server import MsgServer
 
 log = logging.getLogger(__name__)
+
+#: Seconds of forwarded messages kept, to send again when their link drops.
+RESEND_S = 2.0
+#: Seconds after a route_server link comes up before the outbox goes (re-announcements).
+FLUSH_DELAY_S = 1.5
+#: Messages held while no route_server link is up; beyond it the oldest are dropped.
+OUTBOX_MAX = 50_000
 
 
 def _from_link(handler: Inbound) -> Callable[[Link, Any, int], None]:
@@ -43,6 +70,17 @@ class Relay(Fabric):
     def __init__(self, server: MsgServer) -> None:
         super().__init__(server)
         self.master = False  #: route_server's IMRoleSet
+        #: (when, link, message) of each message forwarded in the last RESEND_S.
+        self._recent: deque[tuple[float, Link, Message]] = deque()
+        self._outbox: deque[Message] = deque()
+        self._flushing: Any = None  # the timer that sends the outbox
+        self.seen = SeenMessages()
+        self.resent = 0  #: messages sent again after their link dropped
+        self.overflowed = 0  #: messages the outbox had no room for
+
+    @property
+    def pending_work(self) -> int:
+        return len(self._outbox)
 
     @property
     def clustered(self) -> bool:
@@ -56,8 +94,39 @@ class Relay(Fabric):
     def register(self, routes: Dispatcher[Link]) -> None:
         """Serve what route_server relays to this server."""
         for message, handler in self.inbound().items():
+            if message is msg_pb.IMMsgData:
+                handler = self._once(handler)
             routes.register(message, _from_link(handler))
         routes.register(server_pb.IMRoleSet, self._from_route_role)
+
+    def _once(self, handler: Inbound) -> Inbound:
+        def first_copy(msg: msg_pb.IMMsgData) -> None:
+            if self.seen.first_time(msg):
+                handler(msg)
+
+        return first_copy
+
+    def link_down(self, link: Link) -> None:
+        """``link`` dropped: what went over it lately goes again, ahead of the outbox."""
+        lost = [message for _, via, message in self._recent if via is link]
+        if lost:
+            self._recent = deque(entry for entry in self._recent if entry[1] is not link)
+            self.resent += len(lost)
+            self._outbox.extendleft(reversed(lost))
+            log.info("route_server link lost: %d recent messages will be sent again", len(lost))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._outbox and self._flushing is None and self.server.route.live:
+            self._flushing = self.server.loop.call_later(FLUSH_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = None
+        while self._outbox:
+            link = self.server.route.pick()
+            if link is None:
+                return  # the next link up schedules the rest
+            self._send(link, self._outbox.popleft())
 
     def announce(self, link: Link) -> None:
         # Every (re)connect: route_server forgot this server's users when the link dropped.
@@ -76,6 +145,7 @@ class Relay(Fabric):
             self.server.presence.watch_to_route(
                 link, list(self.server.presence.watchers), replace=True
             )
+        self._schedule_flush()
 
     def status_changed(self, conn: ClientConn, status: int) -> None:
         self.server.route.broadcast(
@@ -87,11 +157,29 @@ class Relay(Fabric):
         )
 
     def forward(self, message: Message) -> None:
-        """Relay through one live route_server (each message must travel once)."""
-        link = self.server.route.pick()
-        if link is not None:
-            link.send(message, partial=True)
-            self.count_out(message)
+        """Relay through one live route_server (each message must travel once), or hold it
+        in the outbox while there is none or older messages wait (the module docstring)."""
+        link = self.server.route.pick() if not self._outbox else None
+        if link is None:
+            if len(self._outbox) >= OUTBOX_MAX:
+                self._outbox.popleft()
+                self.overflowed += 1
+                if self.overflowed == 1 or self.overflowed % 1000 == 0:
+                    log.warning("route_server outbox full: %d messages dropped", self.overflowed)
+            self._outbox.append(message)
+            self._schedule_flush()
+            return
+        self._send(link, message)
+
+    def _send(self, link: Link, message: Message) -> None:
+        link.send(message, partial=True)
+        self.count_out(message)
+        if isinstance(message, msg_pb.IMMsgData):
+            now = self.server.loop.time()
+            recent = self._recent
+            recent.append((now, link, message))
+            while recent and recent[0][0] < now - RESEND_S:
+                recent.popleft()
 
     def users_status(self, conn: ClientConn, msg: buddy.IMUsersStatReq, seq: int) -> bool:
         route = self.server.route.pick()

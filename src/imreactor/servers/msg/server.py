@@ -26,6 +26,7 @@ from ...pdu.imconn import Dispatcher, Keepalive, LinkPolicy
 from ...pdu.proto import im_server_pb2 as server_pb
 from ..linkauth import link_client_context, public_server_context
 from ..links import Link, LinkSet
+from ..runner import Done, when_idle
 from .client import ClientConn, UserConns
 from .config import MsgConfig
 from .delivery import Delivery
@@ -34,6 +35,7 @@ from .groups import GroupCache
 from .presence import Presence
 from .redis_fabric import RedisFabric
 from .relay import Relay
+from .report import StatsReporter
 from .sessions import FD_RESERVE, Sessions, connection_capacity
 from .stats import MsgStats
 
@@ -73,6 +75,8 @@ class MsgServer:
                 config.max_conn_cnt,
             )
         self.handles = itertools.count(1)
+        #: Set by :meth:`drain`: no more requests are read from clients.
+        self.draining = False
         self.users: dict[int, UserConns] = {}
         #: Several msg_servers: deliveries to a connection may need reordering.
         self.ordered = bool(config.route_servers or config.redis)
@@ -129,10 +133,12 @@ class MsgServer:
             self.keepalive,
             backoff_delays_s=delays,
             on_up=self.route_relay.announce,
+            on_down=self.route_relay.link_down,
             ssl=link_ssl,
         )
         self.groups = GroupCache(loop, self.db, config.group_cache_ttl_s, config.db_timeout_s)
         self.stats = MsgStats(self)
+        self.reporter = StatsReporter(self)  # for login_server's dashboard
 
     def start(self) -> None:
         c = self.config
@@ -177,6 +183,7 @@ class MsgServer:
         self.login.start()
         self.route.start()
         self.relay.start()
+        self.reporter.start()
 
     @property
     def port(self) -> int:
@@ -198,11 +205,46 @@ class MsgServer:
         """The WebSocket-over-TLS listener's port (0 without one)."""
         return self._wss_server.port if self._wss_server is not None else 0
 
-    def close(self) -> None:
-        self.stats.metrics.close()
+    def _close_listeners(self) -> None:
         for server in (self._wss_server, self._ws_server, self._tls_server, self._server):
             if server is not None:
                 server.close()
+
+    def drain(self, done: Done) -> None:
+        """Stop accepting and reading requests; answer every request read (stores,
+        queries, logins, acks a sequencer holds, relays and presence writes sent); then
+        close every client (after its answers) and call ``done()`` once they are gone
+        and their presence is written. No PDU tells TeamTalk clients to go: they see
+        the close and reconnect through login_server, which stops offering this server
+        at once (docs/deployment.md, "Drain")."""
+        self.draining = True
+        self._close_listeners()
+        self.login.stop()  # login_server forgets us when the link closes
+        self.reporter.close()  # no dashboard reports without that link
+        log.info("draining %d client connections", len(self.clients))
+        for conn in list(self.clients.values()):
+            conn.conn.pause_reading()
+
+        def answering() -> bool:
+            return bool(
+                self.db.pending_requests
+                or self.route.pending_requests
+                or self.relay.pending_work
+                or any(conn.answering for conn in self.clients.values())
+            )
+
+        def answered() -> None:
+            for conn in list(self.clients.values()):
+                conn.conn.close()
+            # Their offline presence goes out as they close: wait for it too.
+            when_idle(self.loop, lambda: bool(self.clients) or bool(self.relay.pending_work), done)
+
+        when_idle(self.loop, answering, answered)
+
+    def close(self) -> None:
+        self.stats.metrics.close()
+        self.reporter.close()
+        self._close_listeners()
         self.db.stop()
         self.login.stop()
         self.route.stop()

@@ -80,6 +80,7 @@ from ...pdu.proto import im_server_pb2 as server_pb
 from ...pdu.proto import im_switch_service_pb2 as switch_pb
 from ..linkauth import link_server_context
 from ..metrics import Metrics
+from ..runner import Done, when_idle
 from .config import RouteConfig
 
 log = logging.getLogger(__name__)
@@ -232,10 +233,20 @@ class RouteServer:
     def ports(self) -> dict[str, int]:
         return {} if self._server is None else {"msg_server": self._server.port}
 
+    def drain(self, done: Done) -> None:
+        """Stop listening; close every link after what is queued on it (relays go out as
+        they arrive, so nothing else is in flight); ``done()`` once every link is closed.
+        msg_servers reconnect to another route_server of their ``route_servers``."""
+        self._close_links()
+        when_idle(self.loop, lambda: len(self.keepalive) > 0, done)
+
     def close(self) -> None:
         """Stop listening and close every link (without announcing anyone offline)."""
-        self._closing = True
         self.metrics.close()
+        self._close_links()
+
+    def _close_links(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
             self._server = None
