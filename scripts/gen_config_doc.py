@@ -34,6 +34,9 @@ def type_name(annotation: Any) -> str:
     if typing.get_origin(annotation) is list:
         (item,) = typing.get_args(annotation)
         return f"list of {type_name(item)}s"
+    if typing.get_origin(annotation) is dict:
+        key, item = typing.get_args(annotation)
+        return f"table of {type_name(key)} to {type_name(item)}"
     if annotation in TYPE_NAMES:
         return TYPE_NAMES[annotation]
     args = [a for a in typing.get_args(annotation) if a is not type(None)]

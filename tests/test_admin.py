@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from servers.conftest import free_ports
+from servers.conftest import free_port_run, free_ports
 
 from imreactor.accounts import remember_database
 from imreactor.client import Client, ClientError
@@ -106,7 +106,7 @@ def test_user_add_list_passwd(where: list[str]) -> None:
         assert store.validate_user("alice", password_digest("new one")) is not None
         assert store.validate_user("alice", password_digest("s3cret")) is None
 
-    assert ok("user", "disable", "bob", *where) == "disabled user bob\n"
+    assert ok("user", "disable", "bob", *where).startswith("disabled user bob; ")
     with stored(where) as store:
         assert store.validate_user("bob", password_digest("pw")) is None
     assert ok("user", "enable", "bob", *where) == "enabled user bob\n"
@@ -153,7 +153,17 @@ def test_group_add_creates_a_normal_group(where: list[str]) -> None:
 
 
 def test_default_data_dir_is_the_one_imreactor_up_uses(tmp_path: Path) -> None:
-    ok("user", "add", "alice", "--password", "pw", cwd=tmp_path)
+    # Run where no suite ever was, the commands refuse instead of making ./data/imreactor.db.
+    line = refused("user", "add", "alice", "--password", "pw", cwd=tmp_path)
+    assert line == (
+        f"imreactor user add: no database in {tmp_path.resolve() / 'data'}: imreactor up makes"
+        " one there; to make one now, name the data dir (--data-dir DIR) or the database"
+        " (--database URL)"
+    )
+    assert "no database at" in refused("user", "list", cwd=tmp_path)
+    assert not (tmp_path / "data").exists()
+    # Named, the data dir gets its database; then `data` in that directory is the default.
+    ok("user", "add", "alice", "--password", "pw", "--data-dir", "data", cwd=tmp_path)
     assert (tmp_path / "data" / "imreactor.db").is_file()
     assert "alice" in ok("user", "list", cwd=tmp_path)
     assert "alice" in ok("user", "list", "--data-dir", str(tmp_path / "data"))
@@ -259,11 +269,13 @@ def test_unusable_databases(tmp_path: Path) -> None:
 # -- with the suite running ------------------------------------------------------------------
 
 
-@pytest.fixture
-def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """``imreactor up`` (SQLite, no demo users) in a child process: (data dir, msg port)."""
+@contextmanager
+def up_suite(tmp_path: Path, *extra: str) -> Iterator[tuple[Path, int]]:
+    """``imreactor [EXTRA] up`` (SQLite, no demo users) in a child process, until the
+    block ends: (data dir, msg port). ``extra`` goes after ``up``."""
     data = tmp_path / "data"
-    http, login, msg, db, msfs = free_ports(5)
+    http, login, msg, db, msfs, ws = free_ports(6)
+    metrics = free_port_run(4)  # one per server from here up
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -275,6 +287,8 @@ def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
             "--no-demo-users",
             *("--http-port", str(http), "--login-port", str(login)),
             *("--msg-port", str(msg), "--db-port", str(db), "--msfs-port", str(msfs)),
+            *("--metrics-port", str(metrics), "--ws-port", str(ws)),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -300,6 +314,13 @@ def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def running_suite(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """:func:`up_suite` with the defaults."""
+    with up_suite(tmp_path) as running:
+        yield running
 
 
 def login(port: int, name: str, password: str) -> tuple[Client, int]:
@@ -364,7 +385,7 @@ def test_commands_work_while_the_suite_runs_and_writes(running_suite: tuple[Path
     c.close()
     # A disabled account is refused at once, although its credential was verified
     # moments ago; enabled again, it logs in.
-    assert ok("user", "disable", "user1", *where) == "disabled user user1\n"
+    assert ok("user", "disable", "user1", *where).startswith("disabled user user1; ")
     c, code = login(port, "user1", "pw")
     assert code == 6  # REFUSE_REASON_DB_VALIDATE_FAILED, as for a wrong password
     c.close()
@@ -374,3 +395,332 @@ def test_commands_work_while_the_suite_runs_and_writes(running_suite: tuple[Path
     c.close()
     alice.close()
     bob.close()
+
+
+# -- closing sessions, deleting users, groups ----------------------------------------------
+
+
+def test_disable_and_del_close_the_users_open_sessions(running_suite: tuple[Path, int]) -> None:
+    data, port = running_suite
+    where = ["--data-dir", str(data)]
+    for name in ("alice", "bob", "carol"):
+        ok("user", "add", name, "--password", "pw", *where)
+    alice, code = login(port, "alice", "pw")
+    assert code == 0
+    alice_too, code = login(port, "alice", "pw")  # a second session: both must close
+    bob, code = login(port, "bob", "pw")
+    carol, code = login(port, "carol", "pw")
+    assert code == 0
+
+    out = ok("user", "disable", "alice", *where)
+    assert out.startswith("disabled user alice; login_server at 127.0.0.1:"), out
+    assert out.rstrip().endswith("closed its open sessions"), out
+    assert alice.wait_closed(15) and alice_too.wait_closed(15)
+    again, code = login(port, "alice", "pw")
+    assert code == 6  # refused, as for a wrong password
+    again.close()
+    # The others were not touched.
+    assert bob.send_text(carol.user_id, "still here").msg_id == 1
+
+    out = ok("user", "del", "bob", *where)
+    assert out.startswith(f"deleted user bob (id {bob.user_id}); login_server at"), out
+    assert bob.wait_closed(15)
+    again, code = login(port, "bob", "pw")
+    assert code == 6
+    again.close()
+    names = [line.split()[1] for line in ok("user", "list", *where).splitlines()[1:]]
+    assert names == ["alice", "carol"]
+    # carol keeps what bob said.
+    history = carol.history(bob.user_id, count=10)
+    assert [m.msg_id for m in history.msg_list] == [1]
+    assert carol.send_text(alice.user_id, "to a disabled user").msg_id == 1
+    for c in (alice, alice_too, bob, carol):
+        c.close()
+
+    # A login_server that will not authenticate us is reported, the change still stored.
+    foreign = data.parent / "foreign"
+    foreign.mkdir()
+    from imreactor import pki
+
+    ca, link = pki.link_files(foreign)  # another cluster's CA and certificate
+    login_toml = (data / "login_server.toml").read_text()
+    for key, path in [("link_ca_file", ca.cert), ("link_cert_file", link.cert)]:
+        login_toml = "\n".join(
+            f'{key} = "{path}"' if line.startswith(f"{key} =") else line
+            for line in login_toml.splitlines()
+        )
+    login_toml = "\n".join(
+        f'link_key_file = "{link.key}"' if line.startswith("link_key_file =") else line
+        for line in login_toml.splitlines()
+    )
+    (foreign / "login.toml").write_text(login_toml)
+    ok("user", "add", "dave", "--password", "pw", *where)
+    line = refused("user", "disable", "dave", *where, "--login-config", str(foreign / "login.toml"))
+    assert line.startswith("imreactor user disable: login_server at 127.0.0.1:"), line
+    assert line.endswith("(the account change is stored)"), line
+    dave, code = login(port, "dave", "pw")
+    assert code == 6
+    dave.close()
+
+
+def test_login_server_survives_a_malformed_kick_request(running_suite: tuple[Path, int]) -> None:
+    import ssl
+
+    from imreactor.adminlink import close_sessions
+    from imreactor.config import load
+    from imreactor.pdu.header import encode_pdu
+    from imreactor.pdu.proto import im_server_pb2
+    from imreactor.pdu.registry import ids_of
+    from imreactor.servers.linkauth import link_client_context
+    from imreactor.servers.login.config import LoginConfig
+
+    data, _ = running_suite
+    config = load(LoginConfig, data / "login_server.toml", "login")
+    context = link_client_context(config, "login")
+    assert context is not None
+    service, command = ids_of(im_server_pb2.IMServerKickUser)
+    raw = socket.create_connection(("127.0.0.1", config.msg_server_port), 10)
+    with context.wrap_socket(raw) as link:
+        link.sendall(encode_pdu(service, command, 1, b"\xff\xff\xff"))  # not protobuf
+        link.sendall(encode_pdu(service, command, 2, b""))  # required fields missing
+        link.settimeout(2)
+        with pytest.raises((TimeoutError, ssl.SSLError, OSError)):
+            if not link.recv(100):  # nothing answers a malformed request
+                raise OSError("closed")
+    # login_server still serves the well-formed request.
+    assert close_sessions(data / "login_server.toml", 12345).endswith("closed its open sessions")
+
+
+def test_group_list_and_members(where: list[str]) -> None:
+    for name in ("alice", "bob", "carol"):
+        ok("user", "add", name, "--password", "pw", "--nick", name.title(), *where)
+    ok("group", "add", "Ops", "--creator", "alice", "--members", "bob", *where)
+    ok("group", "add", "Twice", "--creator", "bob", *where)
+    ok("group", "add", "Twice", "--creator", "carol", *where)
+    rows = [line.split() for line in ok("group", "list", *where).splitlines()]
+    assert rows == [
+        ["ID", "NAME", "TYPE", "CREATOR", "MEMBERS", "VERSION"],
+        ["1", "Ops", "normal", "1", "2", "1"],
+        ["2", "Twice", "normal", "2", "1", "1"],
+        ["3", "Twice", "normal", "3", "1", "1"],
+    ]
+    members = [["ID", "NAME", "NICK"], ["1", "alice", "Alice"], ["2", "bob", "Bob"]]
+    for group in ("1", "Ops", " Ops "):
+        assert [line.split() for line in ok("group", "members", group, *where).splitlines()] == (
+            members
+        )
+    assert refused("group", "members", "Twice", *where) == (
+        "imreactor group members: 2 groups are named 'Twice' (ids 2, 3); give its id"
+    )
+    for bad in ("9", "Nope", "", "-1"):
+        line = refused("group", "members", bad, *where)
+        assert line.startswith("imreactor group members: no group"), line
+    ok("user", "del", "bob", *where)
+    rows = [line.split() for line in ok("group", "list", *where).splitlines()]
+    assert rows[1] == ["1", "Ops", "normal", "1", "1", "2"]  # one member less, a new version
+    assert refused("user", "del", "bob", *where) == "imreactor user del: no user 'bob'"
+    assert "required" in refused("group", "members", *where, status=2)
+    assert "required" in refused("user", "del", *where, status=2)
+
+
+# -- the load generator's users ---------------------------------------------------------------
+
+
+def test_load_cleanup_removes_the_load_users_and_only_them(where: list[str]) -> None:
+    from imreactor.accounts import LOAD_ORIGIN, create_users
+
+    ok("user", "add", "alice", "--password", "pw", *where)
+    ok("user", "add", "load7", "--password", "pw", *where)  # named like them, made by hand
+    with stored(where) as store:
+        url = where[1] if where[0] == "--database" else None
+        del store
+    database = url or f"sqlite:///{Path(where[1]) / 'imreactor.db'}"
+    made = create_users(database, ["load0", "load1", "load2"], "pw", origin=LOAD_ORIGIN)
+    assert made == ["load0", "load1", "load2"]
+    ok("group", "add", "G", "--creator", "alice", "--members", "load1", *where)
+    res = imreactor("load", "--cleanup", *where)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "deleted 3 users made by imreactor load --create-users\n"
+    names = [line.split()[1] for line in ok("user", "list", *where).splitlines()[1:]]
+    assert names == ["alice", "load7"]
+    assert ok("load", "--cleanup", *where) == (
+        "deleted 0 users made by imreactor load --create-users\n"
+    )
+
+
+def test_load_cleanup_refusals(tmp_path: Path) -> None:
+    res = imreactor("load", "--cleanup")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == "imreactor load: --cleanup: needs --database or --data-dir"
+    res = imreactor("load", "--cleanup", "--data-dir", str(tmp_path / "nowhere"))
+    assert res.returncode == 2
+    assert res.stderr.strip() == (
+        f"imreactor load: --cleanup: no database in {tmp_path / 'nowhere'}"
+        " (imreactor up makes one there)"
+    )
+    res = imreactor("load", "--cleanup", "--database", "mysql://x")
+    assert res.returncode == 1 and "expected sqlite:///PATH or postgresql://" in res.stderr
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database\n" * 100)
+    res = imreactor("load", "--cleanup", "--database", f"sqlite:///{garbage}")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().endswith("file is not a database"), res.stderr
+
+
+def test_load_create_users_marks_them_for_cleanup(running_suite: tuple[Path, int]) -> None:
+    data, port = running_suite
+    where = ["--data-dir", str(data)]
+    ok("user", "add", "alice", "--password", "pw", *where)
+    res = imreactor(
+        *("load", "--msg-server", f"127.0.0.1:{port}", "--users", "4", "--pairs", "2"),
+        *("--count", "3", "--create-users", "--no-progress", *where),
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "created 4 users" in res.stderr
+    assert ok("load", "--cleanup", *where) == (
+        "deleted 4 users made by imreactor load --create-users\n"
+    )
+    names = [line.split()[1] for line in ok("user", "list", *where).splitlines()[1:]]
+    assert names == ["alice"]
+
+
+# -- backup and restore ---------------------------------------------------------------------
+
+
+def test_backup_and_restore_bring_back_users_and_messages(
+    where: list[str], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from imreactor.storage import MsgType, NewMessage, SessionType
+
+    ok("user", "add", "alice", "--password", "pw", *where)
+    ok("user", "add", "bob", "--password", "pw", *where)
+    with stored(where) as store:
+        for i in range(5):
+            store.insert_message(NewMessage(1, 2, MsgType.SINGLE_TEXT, f"m{i}".encode()))
+    file = tmp_path / "backup.bin"
+    out = ok("backup", str(file), *where)
+    assert out.startswith("backed up ") and f" to {file} (" in out, out
+    assert "pw@" not in out  # a PostgreSQL URL's password is not printed
+    assert not (tmp_path / "backup.bin.partial").exists()
+    assert (
+        refused("backup", str(file), *where)
+        == f"imreactor backup: {file} exists; give a new file name"
+    )
+
+    # After the backup: a message more, a user gone, a user more.
+    with stored(where) as store:
+        store.insert_message(NewMessage(2, 1, MsgType.SINGLE_TEXT, b"after"))
+    ok("user", "del", "bob", *where)
+    ok("user", "add", "carol", "--password", "pw", *where)
+
+    out = ok("restore", str(file), *where)
+    assert out.startswith("restored ") and "(schema version 3)" in out, out
+    with stored(where) as store:
+        assert [u.name for u in store.list_users()] == ["alice", "bob"]
+        history = store.get_msg_list(1, SessionType.SINGLE, 2, 0, 50)
+        assert [m.msg_data for m in reversed(history)] == [f"m{i}".encode() for i in range(5)]
+        # The id counter came back too: the next message continues after m4.
+        assert store.insert_message(NewMessage(2, 1, MsgType.SINGLE_TEXT, b"new")).msg_id == 6
+        assert store.validate_user("bob", password_digest("pw")) is not None
+
+    # Into a new, empty database (another machine): the same data.
+    if where[0] == "--database":
+        fresh = ["--database", request.getfixturevalue("postgres_server").create_database()]
+    else:
+        fresh = ["--data-dir", str(tmp_path / "fresh")]
+        (tmp_path / "fresh").mkdir()
+    ok("restore", str(file), *fresh)
+    with stored(fresh) as store:
+        assert [u.name for u in store.list_users()] == ["alice", "bob"]
+        assert len(store.get_msg_list(1, SessionType.SINGLE, 2, 0, 50)) == 5
+
+
+def test_backup_and_restore_refusals(where: list[str], tmp_path: Path) -> None:
+    ok("user", "add", "alice", "--password", "pw", *where)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"hello\n" * 10)
+    assert refused("restore", str(garbage), *where) == (
+        f"imreactor restore: {garbage} is not a backup"
+        " (neither a SQLite file nor a pg_dump archive)"
+    )
+    assert refused("restore", str(tmp_path / "missing"), *where) == (
+        f"imreactor restore: {tmp_path / 'missing'}: No such file or directory"
+    )
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert "is not a backup" in refused("restore", str(empty), *where)
+    # A backup of the other kind of database.
+    other = tmp_path / "other.db"
+    import sqlite3
+
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(b"PGDMP" + b"\x00" * 50)
+    if where[0] == "--database":
+        assert refused("restore", str(other), *where) == (
+            f"imreactor restore: {other} is a SQLite backup; the database is PostgreSQL"
+        )
+        line = refused("restore", str(truncated), *where)
+        assert line.startswith("imreactor restore: pg_restore failed:"), line
+    else:
+        assert refused("restore", str(other), *where) == (
+            f"imreactor restore: {other} is a SQLite file but not an imreactor database"
+        )
+        assert refused("restore", str(truncated), *where) == (
+            f"imreactor restore: {truncated} is a PostgreSQL backup; the database is SQLite"
+        )
+    # Nothing was replaced by the refused restores.
+    with stored(where) as store:
+        assert [u.name for u in store.list_users()] == ["alice"]
+    nowhere = ["--data-dir", str(tmp_path / "nowhere")]
+    assert "no database at" in refused("backup", str(tmp_path / "b"), *nowhere)
+    assert "required" in refused("backup", status=2)
+    assert "required" in refused("restore", status=2)
+
+
+def test_restore_refuses_while_the_suite_runs(running_suite: tuple[Path, int]) -> None:
+    data, _ = running_suite
+    where = ["--data-dir", str(data)]
+    ok("user", "add", "alice", "--password", "pw", *where)
+    file = data.parent / "backup.db"
+    ok("backup", str(file), *where)  # online: fine while it runs
+    line = refused("restore", str(file), *where)
+    assert line.startswith(f"imreactor restore: a suite is already running in {data} (pid "), line
+    assert line.endswith("; stop it before restoring"), line
+
+
+def test_disable_closes_sessions_on_every_msg_server_of_a_cluster(tmp_path: Path) -> None:
+    from servers.conftest import start_suite
+
+    database = f"sqlite:///{tmp_path / 'im.db'}"
+    suite = start_suite(tmp_path / "data", database, msg_servers=2)
+    try:
+        alice = suite.login("alice", server=0)
+        bob = suite.login("bob", server=1)
+        carol = suite.login("carol", server=1)
+        login_config = str(suite.layout.data_dir / "login_server.toml")
+        for name in ("alice", "bob"):
+            out = ok(
+                "user", "disable", name, "--database", database, "--login-config", login_config
+            )
+            assert out.rstrip().endswith("closed its open sessions"), out
+        assert alice.wait_closed(15) and bob.wait_closed(15)
+        assert carol.send_text(alice.user_id, "carol is still here").msg_id == 1
+        for server, name in ((1, "alice"), (0, "bob")):
+            c = suite.client(server)
+            assert c.login(name, "imreactor", check=False).result_code == 6
+        # Without a data dir or --login-config, nothing says where login_server is.
+        out = ok("user", "enable", "alice", "--database", database)
+        assert out == "enabled user alice\n"
+        out = ok("user", "disable", "alice", "--database", database)
+        assert out == (
+            "disabled user alice; no --data-dir or --login-config: open sessions, if any,"
+            " were not closed\n"
+        )
+        missing = tmp_path / "missing.toml"
+        line = refused(
+            "user", "disable", "carol", "--database", database, "--login-config", str(missing)
+        )
+        assert line.startswith(f"imreactor user disable: {missing}: cannot read"), line
+    finally:
+        suite.stop()

@@ -58,9 +58,15 @@ def test_numbers_round_trip_through_toml(value: float | int | bool) -> None:
 
 def test_values_without_a_toml_form_are_refused() -> None:
     with pytest.raises(TypeError):
-        toml_value({"a": 1})
+        toml_value({"a": None})
     with pytest.raises(TypeError):
         toml_value(None)
+
+
+def test_tables_are_inline_tables() -> None:
+    table = {"imreactor.servers.msg": "debug", 'odd "key"': "info"}
+    assert tomllib.loads(f"x = {toml_value(table)}")["x"] == table
+    assert tomllib.loads(f"x = {toml_value({})}")["x"] == {}
 
 
 @dataclasses.dataclass

@@ -31,7 +31,8 @@ class Rule:
 
 RULES = [
     Rule("net", allowed=("net",), why="the reactor knows nothing above it"),
-    Rule("pdu", allowed=("net", "pdu"), why="the wire sits on the reactor only"),
+    Rule("logs", allowed=("logs",), why="every layer logs through it, the wire included"),
+    Rule("pdu", allowed=("net", "pdu", "logs"), why="the wire sits on the reactor only"),
     Rule("http", allowed=("net", "http"), why="HTTP on the reactor knows no IM"),
     Rule("redis", allowed=("net", "redis"), why="the Redis client on the reactor knows no IM"),
     Rule("storage", allowed=("storage", "pdu"), why="storage knows nothing of servers"),

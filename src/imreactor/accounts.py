@@ -26,6 +26,10 @@ DATABASE_FILE = "imreactor.db"
 DATABASE_URL_FILE = "database.url"
 
 
+#: The origin of the accounts ``imreactor load --create-users`` makes.
+LOAD_ORIGIN = "load"
+
+
 def data_dir_database(data_dir: Path | str) -> str:
     """The storage URL of ``data_dir``: the one it remembers (:func:`remember_database`),
     else its SQLite file (an absolute path)."""
@@ -35,6 +39,16 @@ def data_dir_database(data_dir: Path | str) -> str:
     except FileNotFoundError:
         url = ""
     return url or f"sqlite:///{(Path(data_dir) / DATABASE_FILE).resolve()}"
+
+
+def data_dir_has_database(data_dir: Path | str) -> bool:
+    """Does ``data_dir`` name a database: one it remembers, or its SQLite file?"""
+    here = Path(data_dir)
+    return (here / DATABASE_URL_FILE).is_file() or (here / DATABASE_FILE).exists()
+
+
+class AccountsError(Exception):
+    """The database could not do what was asked (the storage's error, in one line)."""
 
 
 def remember_database(data_dir: Path | str, url: str) -> None:
@@ -56,6 +70,7 @@ def create_users(
     *,
     threads: int | None = None,
     hasher: PasswordHasher | None = None,
+    origin: str = "",
 ) -> list[str]:
     """Create those of ``users`` (names, or ``(name, nick)``; nick defaults to the name)
     that do not exist yet, with what clients send as ``password``
@@ -65,11 +80,17 @@ def create_users(
     Hashing is slow by design (scrypt), so the work is spread over ``threads``.
     ``hasher`` (default: the storage's, at full cost) makes the hashes; a cheaper one
     makes test data faster to create and its cold logins cheaper, nothing else.
+    Raises AccountsError if the database cannot be used. ``origin`` marks the
+    accounts (:data:`LOAD_ORIGIN` for the load generator's), so that
+    :func:`delete_users_of_origin` can remove them and only them.
     """
-    from .storage import ConflictError, open_storage
+    from .storage import ConflictError, StorageError, open_storage
 
     wanted = [(u, u) if isinstance(u, str) else u for u in users]
-    store = open_storage(database, hasher=hasher)
+    try:
+        store = open_storage(database, hasher=hasher)
+    except StorageError as exc:
+        raise AccountsError(str(exc)) from None
     digest = password_digest(password)
 
     def one(user: tuple[str, str]) -> bool:
@@ -77,7 +98,7 @@ def create_users(
         if store.user_by_name(name) is not None:
             return False
         try:
-            store.add_user(name, digest, nick=nick)
+            store.add_user(name, digest, nick=nick, origin=origin)
         except ConflictError:
             return False
         return True
@@ -85,6 +106,27 @@ def create_users(
     try:
         with ThreadPoolExecutor(threads or os.cpu_count() or 2) as pool:
             made = list(pool.map(one, wanted))
+    except StorageError as exc:
+        raise AccountsError(str(exc)) from None
     finally:
         store.close()
     return [name for (name, _), new in zip(wanted, made, strict=True) if new]
+
+
+def delete_users_of_origin(database: str, origin: str) -> list[str]:
+    """Delete every account created with ``origin`` (never ``""``: those are the
+    operator's); returns their names, ascending by id."""
+    from .storage import StorageError, open_storage
+
+    if not origin:
+        raise ValueError("refusing to delete the accounts an operator made")
+    try:
+        store = open_storage(database)
+        try:
+            users = store.users_of_origin(origin)
+            gone = set(store.delete_users([u.user_id for u in users]))
+        finally:
+            store.close()
+    except StorageError as exc:
+        raise AccountsError(str(exc)) from None
+    return [u.name for u in users if u.user_id in gone]

@@ -5,21 +5,30 @@
     imreactor user add NAME --password PW [--nick NICK] [--department ID]
     imreactor user list
     imreactor user passwd NAME --password PW
-    imreactor user disable NAME | imreactor user enable NAME
+    imreactor user disable NAME | imreactor user enable NAME | imreactor user del NAME
     imreactor dept add NAME [--parent ID] [--priority N]
     imreactor dept list
     imreactor group add NAME --creator USER [--members a,b,c]
+    imreactor group list | imreactor group members GROUP
+    imreactor backup FILE | imreactor restore FILE
     imreactor config defaults [ROLE]
     imreactor config check FILE [--role ROLE]
     imreactor config import FILE.conf --role ROLE
 
-The storage commands take ``--data-dir DIR`` (default ``data``, as ``imreactor up``:
-the SQLite database ``DIR/imreactor.db``) or ``--database URL`` (any storage URL).
-They work while the suite runs: each command is a few short transactions, and
-SQLite's WAL journal and busy timeout let them interleave with db_proxy_server's.
-The ``add`` commands create the database if there is none yet (so accounts can be
-prepared before the first ``imreactor up``); the others refuse a SQLite file that
-does not exist, so a mistyped directory is reported instead of read as empty.
+The storage commands find the database as ``imreactor up`` does: ``--data-dir DIR``
+(default ``data``) uses the database DIR remembers (``up --database``), else
+``DIR/imreactor.db``; ``--database URL`` names any storage URL. They work while the
+suite runs: each command is a few short transactions, and SQLite's WAL journal and
+busy timeout let them interleave with db_proxy_server's. A data dir with no database
+is refused, so that a command run from the wrong directory says so instead of
+making a new, empty database there; only the ``add`` commands given ``--data-dir``
+by name make one (accounts prepared before the first ``imreactor up``).
+
+``user disable`` and ``user del`` also close the user's open sessions: they ask the
+login_server of the data dir (``DIR/login_server.toml``, or ``--login-config FILE``)
+over its msg_server port, authenticated with the cluster's link certificate, and
+login_server tells every msg_server registered with it (docs/servers.md, "Closing a
+user's sessions"). With no login_server listening there is no session to close.
 
 Exit status: 0 done, 1 refused or failed (one line on stderr says why), 2 bad usage.
 """
@@ -56,12 +65,12 @@ class AdminError(Exception):
 
 
 def register(sub: Subparsers) -> None:
-    """Add the ``user``, ``dept``, ``group`` and ``config`` commands to ``sub``."""
+    """Add the ``user``, ``dept``, ``group``, ``backup``, ``restore`` and ``config`` commands."""
     store = argparse.ArgumentParser(add_help=False)
     where = store.add_argument_group("storage").add_mutually_exclusive_group()
     where.add_argument(
         "--data-dir",
-        default=DEFAULT_DATA_DIR,
+        default=None,
         metavar="DIR",
         help="use the database of DIR (the one `imreactor up --database` gave it, else"
         f" DIR/imreactor.db; default: {DEFAULT_DATA_DIR})",
@@ -89,10 +98,14 @@ def register(sub: Subparsers) -> None:
     p = command(user, "passwd", _user_passwd, "set a user's password")
     p.add_argument("name", metavar="NAME", help="login name")
     p.add_argument("--password", required=True, metavar="PW", help="new plaintext password")
-    p = command(user, "disable", _user_disable, "refuse every new login of a user")
+    p = command(user, "disable", _user_disable, "refuse every login of a user, close its sessions")
     p.add_argument("name", metavar="NAME", help="login name")
+    _login_config_argument(p)
     p = command(user, "enable", _user_enable, "let a disabled user log in again")
     p.add_argument("name", metavar="NAME", help="login name")
+    p = command(user, "del", _user_del, "delete a user (its sessions closed; history stays)")
+    p.add_argument("name", metavar="NAME", help="login name")
+    _login_config_argument(p)
 
     dept = _group(sub, "dept", "add and list departments")
     p = command(dept, "add", _dept_add, "create a department")
@@ -103,7 +116,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--priority", type=int, default=0, metavar="N", help="sort order (default 0)")
     command(dept, "list", _dept_list, "list every department")
 
-    group = _group(sub, "group", "add groups")
+    group = _group(sub, "group", "add and list groups, list their members")
     p = command(group, "add", _group_add, "create a NORMAL (permanent) group")
     p.add_argument("name", metavar="NAME", help="group name")
     p.add_argument("--creator", required=True, metavar="USER", help="login name of its owner")
@@ -113,6 +126,18 @@ def register(sub: Subparsers) -> None:
         metavar="a,b,c",
         help="login names of the members, comma-separated (the creator is always one)",
     )
+    command(group, "list", _group_list, "list every group")
+    p = command(group, "members", _group_members, "list the members of a group")
+    p.add_argument("group", metavar="GROUP", help="group id, or a name only one group has")
+
+    p = sub.add_parser("backup", help="copy the database to FILE, online", parents=[store])
+    p.add_argument("file", metavar="FILE", help="new file (SQLite file or pg_dump archive)")
+    p.set_defaults(run=_runner("backup", _backup))
+    p = sub.add_parser(
+        "restore", help="replace the database with a backup (suite stopped)", parents=[store]
+    )
+    p.add_argument("file", metavar="FILE", help="what imreactor backup wrote")
+    p.set_defaults(run=_runner("restore", _restore))
 
     config = _group(sub, "config", "print, check and import server configuration")
     p = command(config, "defaults", _config_defaults, "print every key with its default", False)
@@ -142,6 +167,7 @@ def _runner(name: str, fn: Command) -> Callable[[argparse.Namespace], int]:
     for a configuration that cannot be used (as the servers exit on it), else 1."""
 
     def run(args: argparse.Namespace) -> int:
+        from .backup import BackupError
         from .storage import StorageError
 
         try:
@@ -150,7 +176,7 @@ def _runner(name: str, fn: Command) -> Callable[[argparse.Namespace], int]:
             print(f"imreactor {name}: {_one_line(str(exc))}", file=sys.stderr)
             return 2
         # ConfImportError is a ValueError, as is open_storage's bad URL.
-        except (AdminError, StorageError, ValueError) as exc:
+        except (AdminError, BackupError, StorageError, ValueError) as exc:
             print(f"imreactor {name}: {_one_line(str(exc))}", file=sys.stderr)
             return 1
         except OSError as exc:
@@ -170,29 +196,57 @@ def _one_line(text: str) -> str:
 # -- storage -----------------------------------------------------------------------------
 
 
+def data_dir(args: argparse.Namespace) -> Path:
+    """The data directory the options name (``--data-dir``, else ``data``), absolute."""
+    return Path(args.data_dir or DEFAULT_DATA_DIR).resolve()
+
+
 def database_url(args: argparse.Namespace) -> str:
-    """The storage URL the options name: ``--database``, else the data dir's SQLite file."""
+    """The storage URL the options name: ``--database``, else the data dir's (the one
+    it remembers, else its SQLite file), as ``imreactor up`` finds it."""
     from .accounts import data_dir_database
 
     if args.database:
         url: str = args.database
         return url
-    return data_dir_database(args.data_dir)
+    return data_dir_database(data_dir(args))
+
+
+def check_database(args: argparse.Namespace, *, create: bool) -> str:
+    """:func:`database_url`, or AdminError if it names no database and none may be made
+    (``create`` and a ``--data-dir`` given by name make a SQLite one)."""
+    from .accounts import data_dir_has_database
+
+    url = database_url(args)
+    if args.database:
+        if url.startswith(SQLITE_PREFIX) and not create:
+            path = Path(url[len(SQLITE_PREFIX) :])
+            if not path.exists():
+                raise AdminError(f"no database at {path} (wrong --data-dir or --database?)")
+        return url
+    here = data_dir(args)
+    if data_dir_has_database(here):
+        return url
+    if not create:
+        raise AdminError(
+            f"no database at {here / 'imreactor.db'} (wrong --data-dir or --database?)"
+        )
+    if args.data_dir is None:
+        raise AdminError(
+            f"no database in {here}: imreactor up makes one there; to make one now,"
+            " name the data dir (--data-dir DIR) or the database (--database URL)"
+        )
+    return url
 
 
 @contextmanager
 def opened(args: argparse.Namespace, *, create: bool) -> Iterator[Storage]:
-    """The storage of ``args``, closed on exit. Without ``create``, a SQLite file that
-    does not exist is an AdminError rather than a new, empty database."""
+    """The storage of ``args``, closed on exit; see :func:`check_database`."""
     from .storage import open_storage
 
-    url = database_url(args)
-    if url.startswith(SQLITE_PREFIX):
-        path = Path(url[len(SQLITE_PREFIX) :])
-        if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        elif not path.exists():
-            raise AdminError(f"no database at {path} (wrong --data-dir or --database?)")
+    url = check_database(args, create=create)
+    if url.startswith(SQLITE_PREFIX) and create:
+        Path(url[len(SQLITE_PREFIX) :]).parent.mkdir(parents=True, exist_ok=True)
     store = open_storage(url)
     try:
         yield store
@@ -257,19 +311,58 @@ def _user_passwd(args: argparse.Namespace) -> None:
     print(f"changed the password of {args.name}")
 
 
-def _set_disabled(args: argparse.Namespace, disabled: bool) -> None:
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
     with opened(args, create=False) as store:
-        if not store.set_disabled(_user_id(store, args.name), disabled):
+        user_id = _user_id(store, args.name)
+        if not store.set_disabled(user_id, disabled):
             raise AdminError(f"no user {args.name!r}")  # deleted between the two calls
-    print(f"{'disabled' if disabled else 'enabled'} user {args.name}")
+    return user_id
 
 
 def _user_disable(args: argparse.Namespace) -> None:
-    _set_disabled(args, True)
+    user_id = _set_disabled(args, True)
+    # Stored first: a session closed now cannot log in again.
+    print(f"disabled user {args.name}; {_close_sessions(args, user_id)}")
+
+
+def _user_del(args: argparse.Namespace) -> None:
+    with opened(args, create=False) as store:
+        user_id = _user_id(store, args.name)
+        if not store.delete_users([user_id]):
+            raise AdminError(f"no user {args.name!r}")  # deleted between the two calls
+    print(f"deleted user {args.name} (id {user_id}); {_close_sessions(args, user_id)}")
 
 
 def _user_enable(args: argparse.Namespace) -> None:
     _set_disabled(args, False)
+    print(f"enabled user {args.name}")
+
+
+def _login_config_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--login-config",
+        metavar="FILE",
+        help="login_server's TOML ([login]: where it listens for msg_servers, its link keys),"
+        " to close the user's open sessions (default: DIR/login_server.toml of --data-dir)",
+    )
+
+
+def _close_sessions(args: argparse.Namespace, user_id: int) -> str:
+    """Ask login_server to close every session of ``user_id``; what happened, as the
+    end of the command's line. AdminError if it cannot be asked (nor known absent)."""
+    from .adminlink import SessionsError, close_sessions
+
+    path = Path(args.login_config) if args.login_config else None
+    if path is None:
+        if args.database and not args.data_dir:
+            return "no --data-dir or --login-config: open sessions, if any, were not closed"
+        path = data_dir(args) / "login_server.toml"
+        if not path.exists():
+            return f"no {path}: no suite was started here, so no open session to close"
+    try:
+        return close_sessions(path, user_id)
+    except SessionsError as exc:
+        raise AdminError(f"{exc} (the account change is stored)") from None
 
 
 def _dept_add(args: argparse.Namespace) -> None:
@@ -313,6 +406,73 @@ def _group_add(args: argparse.Namespace) -> None:
             creator, args.name, group_type=GroupType.NORMAL, member_ids=members
         )
     print(f"added group {group.name} (id {group.group_id}, {len(group.members)} members)")
+
+
+def _group_list(args: argparse.Namespace) -> None:
+    with opened(args, create=False) as store:
+        groups = store.list_groups()
+    _table(
+        ["ID", "NAME", "TYPE", "CREATOR", "MEMBERS", "VERSION"],
+        [
+            [
+                *(str(g.group_id), g.name, g.group_type.name.lower(), str(g.creator_id)),
+                *(str(len(g.members)), str(g.version)),
+            ]
+            for g in groups
+        ],
+    )
+
+
+def _group_members(args: argparse.Namespace) -> None:
+    text = args.group.strip()
+    with opened(args, create=False) as store:
+        groups = store.list_groups()
+        if text.isdigit():
+            found = [g for g in groups if g.group_id == int(text)]
+        else:
+            found = [g for g in groups if g.name == text]
+        if not found:
+            raise AdminError(f"no group {text!r} (imreactor group list shows them)")
+        if len(found) > 1:
+            ids_ = ", ".join(str(g.group_id) for g in found)
+            raise AdminError(f"{len(found)} groups are named {text!r} (ids {ids_}); give its id")
+        users = {u.user_id: u for u in store.get_users(found[0].members)}
+    _table(
+        ["ID", "NAME", "NICK"],
+        [
+            [str(uid), users[uid].name, users[uid].nick] if uid in users else [str(uid), "?", ""]
+            for uid in found[0].members
+        ],
+    )
+
+
+def _backup(args: argparse.Namespace) -> None:
+    from .backup import backup
+
+    url = check_database(args, create=False)
+    print(backup(url, Path(args.file)))
+
+
+def _restore(args: argparse.Namespace) -> None:
+    from .backup import restore
+
+    url = check_database(args, create=True) if args.data_dir else database_url(args)
+    if args.database and not args.data_dir:
+        print(restore(url, Path(args.file)))
+        return
+    from .servers.suite import SuiteError, lock_data_dir
+
+    here = data_dir(args)
+    if not here.is_dir():
+        raise AdminError(f"no data dir {here}")
+    try:
+        lock = lock_data_dir(here)  # held while restoring: no `up` starts meanwhile
+    except SuiteError as exc:
+        raise AdminError(f"{exc}; stop it before restoring") from None
+    try:
+        print(restore(url, Path(args.file)))
+    finally:
+        lock.close()
 
 
 def _table(header: list[str], rows: list[list[str]]) -> None:

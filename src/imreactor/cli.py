@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -43,9 +42,7 @@ def _up(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="imreactor", description=__doc__)
     ap.add_argument("--version", action="version", version=f"imreactor {__version__}")
-    ap.add_argument(
-        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
-    )
+    logs.add_arguments(ap)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (
         _echo,
@@ -61,16 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module("imreactor.client.chat").register,
     ):
         register(sub)
+    for command in sub.choices.values():
+        logs.add_arguments(command, sub=True)  # `imreactor up --log-format json` too
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    # Until a server has read its file (runner.RoleMain), the command line alone.
+    logs.configure(args.command, logs.settings_of(args))
     run: Runner = args.run
     return run(args)
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import logs
 from .net.connection import is_port, parse_address
 
 T = TypeVar("T")
@@ -54,8 +55,8 @@ Check = Callable[[str, Any], None]
 def option(default: Any, doc: str, *, check: Check | None = None) -> Any:
     """A configuration key: its default, a one-line description, and an optional value check."""
     metadata = {"doc": doc, "check": check}
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -102,6 +103,45 @@ def check_origins(key: str, value: list[str]) -> None:
             raise ConfigError(
                 f"{key}[{i}]: {entry!r} is not an origin like https://chat.example:8443"
             )
+
+
+def check_log_format(key: str, value: str) -> None:
+    """``text`` or ``json``."""
+    why = logs.format_problem(value)
+    if why is not None:
+        raise ConfigError(f"{key}: {why}")
+
+
+def check_log_levels(key: str, value: dict[str, str]) -> None:
+    """Module names (under ``imreactor``: modules that exist) mapped to level names."""
+    bad = logs.levels_problem(value)
+    if bad is not None:
+        raise ConfigError(f"{key}.{bad[0]}: {bad[1]}")
+
+
+@dataclasses.dataclass
+class LogSettings:
+    """The log keys every server role has (one table per role); :mod:`imreactor.logs`
+    applies them. ``--log-format`` and ``--log-level`` on the command line beat them."""
+
+    log_format: str = option(
+        "text",
+        "text: 'time level logger: message' lines; json: one object per line with time,"
+        " level, role, logger, message and conn_id/user_id/msg_id where they apply",
+        check=check_log_format,
+    )
+    log_levels: dict[str, str] = option(  # noqa: RUF009 - a field() factory
+        {},
+        'levels per module, e.g. {"imreactor.servers.msg" = "debug"} (modules under'
+        " one named inherit its level; the rest log at info)",
+        check=check_log_levels,
+    )
+    log_window_s: float = option(
+        10.0,
+        "a flood of one kind of warning (late answers, throttled logins, full pools, storage"
+        " failures) is logged once per this window, then as one line with the count held"
+        " back (0 = every one)",
+    )
 
 
 def _default_of(f: dataclasses.Field[Any]) -> Any:
@@ -158,6 +198,14 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         return [_check_type(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        key_type, item = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a table, got {value!r}")
+        return {
+            _check_type(f"{name} key {k!r}", k, key_type): _check_type(f"{name}.{k}", v, item)
+            for k, v in value.items()
+        }
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str, bool):
@@ -243,13 +291,16 @@ def dump(tables: dict[str, dict[str, Any]]) -> str:
 
 
 def toml_value(value: Any) -> str:
-    """TOML text of one str, int, float, bool or list of them; TypeError for anything else."""
+    """TOML text of one str, int, float, bool, list or table (dict, as an inline table) of
+    them; TypeError for anything else."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + "".join(_TOML_ESCAPES.get(c, c) for c in value) + '"'
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, int | float):
         return repr(value)  # Python's repr of a float (inf and nan included) is TOML too
     raise TypeError(f"no TOML form for {value!r}")

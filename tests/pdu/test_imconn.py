@@ -594,6 +594,29 @@ def test_request_times_out_and_a_late_answer_is_logged_as_late(
     assert cs.state is CONNECTED
 
 
+def test_a_flood_of_late_answers_is_one_line_and_a_count(
+    loop: EventLoop, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A peer that fell behind answers its whole backlog after the requests timed out.
+    client = ImConnection(Dispatcher[ImConnection](), policy=QUIET)
+    silent = ImConnection(Dispatcher(default=lambda c, m, s: None), policy=QUIET)
+    link(loop, client, silent)
+    seqs = [client.request(login_req(), Responses(), timeout_s=1.0) for _ in range(50)]
+    advance(loop, clock, 1.5)
+    with caplog.at_level(logging.INFO, logger="imreactor.pdu.imconn"):
+        for seq in seqs:
+            silent.send(login_res(), seq)
+        settle(loop)
+        assert client.late_answers == 50  # every one counted ...
+        late = [r.getMessage() for r in caplog.records if "late answer" in r.getMessage()]
+        assert len(late) == 1, late  # ... one logged, with its reason
+        assert f"late answer CID_LOGIN_RES_USERLOGIN (seq {seqs[0]})" in late[0]
+        assert "after its request timed out" in late[0]
+        advance(loop, clock, 11.0)  # the default window (log_window_s) ends
+    late = [r.getMessage() for r in caplog.records if "late answer" in r.getMessage()]
+    assert late[1:] == ["late answer CID_LOGIN_RES_USERLOGIN: 49 more in the last 10 s, not logged"]
+
+
 def test_a_late_seq_only_swallows_the_expected_answer(loop: EventLoop, clock: FakeClock) -> None:
     pushes = Recorder()
     client = ImConnection(Dispatcher(default=pushes), policy=QUIET)

@@ -119,3 +119,43 @@ def test_shield_flags(store: Storage) -> None:
     assert store.group_infos([gid], a)[0].version == 1  # a user's flag is not a group change
     assert store.set_group_shield(gid, b, 0)
     assert store.group_shield_statuses(gid, [b]) == {b: 0}
+
+
+def test_list_groups_is_every_group_with_its_members(store: Storage) -> None:
+    a, b, c = add_users(store, "a", "b", "c")
+    assert store.list_groups() == []
+    store.create_group(a, "one", member_ids=[b])
+    store.create_group(c, "two", group_type=GroupType.NORMAL)
+    one, two = store.list_groups()
+    assert (one.name, one.members, one.creator_id) == ("one", (a, b), a)
+    assert (two.name, two.members, two.group_type) == ("two", (c,), GroupType.NORMAL)
+
+
+def test_deleted_users_leave_their_groups_and_sessions_not_the_history(store: Storage) -> None:
+    a, b, c = add_users(store, "a", "b", "c")
+    gid = store.create_group(a, "g", member_ids=[b, c]).group_id
+    store.insert_message(NewMessage(b, gid, MsgType.GROUP_TEXT, b"from b"))
+    store.insert_message(NewMessage(b, a, MsgType.SINGLE_TEXT, b"to a"))
+    version = store.group_infos([gid], a)[0].version
+    assert store.delete_users([b, 999]) == [b]
+    assert store.delete_users([b]) == []  # already gone
+    assert [u.user_id for u in store.get_users([a, b, c])] == [a, c]
+    assert store.user_by_name("b") is None
+    [info] = store.group_infos([gid], a)
+    assert info.members == (a, c) and info.version == version + 1
+    assert store.groups_of_user(b) == []
+    assert store.unread_counts(b) == [] and store.recent_sessions(b, 0) == []
+    # The others keep what b said.
+    assert [m.msg_data for m in store.get_msg_list(c, GROUP, gid, 0, 10)] == [b"from b"]
+    assert [m.msg_data for m in store.get_msg_list(a, SessionType.SINGLE, b, 0, 10)] == [b"to a"]
+    # A new account of the same name is a new user.
+    (again,) = add_users(store, "b")
+    assert again > c
+
+
+def test_users_of_origin(store: Storage) -> None:
+    (a,) = add_users(store, "a")
+    load = [store.add_user(f"load{i}", "0" * 32, origin="load").user_id for i in range(3)]
+    assert [u.user_id for u in store.users_of_origin("load")] == load
+    assert [u.user_id for u in store.users_of_origin("")] == [a]
+    assert store.users_of_origin("other") == []

@@ -51,3 +51,19 @@ def test_a_newer_schema_is_refused(open_store: Callable[[], Storage], storage_ur
     raw_query(storage_url, "INSERT INTO schema_version (version, applied) VALUES (999, 0)")
     with pytest.raises(StorageError, match="newer"):
         open_store()
+
+
+def test_a_version_2_database_is_upgraded_in_place(
+    open_store: Callable[[], Storage], storage_url: str
+) -> None:
+    # A database as the previous release left it: no users.origin, schema version 2.
+    old = open_store()
+    (alice,) = add_users(old, "alice")
+    raw_query(storage_url, "ALTER TABLE users DROP COLUMN origin")
+    raw_query(storage_url, "DELETE FROM schema_version WHERE version = 3")
+    upgraded = open_store()
+    assert upgraded.schema_version() == 3 == _migrations(storage_url)
+    # The accounts it held keep working, and count as an operator's (never cleaned up).
+    assert [u.user_id for u in upgraded.users_of_origin("")] == [alice]
+    assert upgraded.users_of_origin("load") == []
+    assert upgraded.add_user("load0", "0" * 32, origin="load").user_id > alice

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeVar, cast, over
 
 from google.protobuf.message import DecodeError, Message
 
+from ..logs import RateLimitedLog
 from ..net.transport import Transport
 from .framing import Frame, FrameError, FrameProtocol
 from .header import (
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from ..net.timers import Timer
 
 log = logging.getLogger(__name__)
+_late_log = RateLimitedLog(log, logging.INFO)
 # The process's counters, bound once: a count is one dict update.
 _received, _sent, _errors = TRAFFIC.received, TRAFFIC.sent, TRAFFIC.errors
 
@@ -418,10 +420,14 @@ class ImConnection(FrameProtocol):
             del self._late[seq]
             self.late_answers += 1
             _errors["late_answer"] += 1
-            log.info(
+            # A peer that fell behind answers a whole backlog late: one line per window.
+            name = command_name(command_id)
+            _late_log.log(
+                self.conn.loop,
+                f"late answer {name}",
                 "%r: late answer %s (seq %d) after its request timed out; dropped",
                 self.conn,
-                command_name(command_id),
+                name,
                 seq,
             )
             return

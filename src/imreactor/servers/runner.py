@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
+from .. import logs
 from ..config import ConfigError, load, option
 from ..net import EventLoop
 from ..net.limits import raise_open_files_limit
@@ -193,6 +194,7 @@ class RoleMain(Generic[S]):
         except ConfigError as exc:
             print(f"imreactor {self.name}: {exc}", file=sys.stderr)
             return 2
+        logs.configure_server(self.name, args, config)
         servers: list[S] = []
 
         def start(loop: EventLoop) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .. import pki
+from .. import logs, pki
 from ..accounts import create_users, data_dir_database, remember_database
 from ..config import dump
 from ..net.connection import is_port
@@ -346,6 +346,9 @@ class SuiteLayout:
         )
 
 
+#: The TOML table of every role ``up`` runs.
+_ROLE_TABLES = ("dbproxy", "route", "msfs", "login", "msg")
+
 _ROLES = {
     "db_proxy_server": "db-proxy-server",
     "login_server": "login-server",
@@ -566,6 +569,8 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         msfs_port=args.msfs_port,
         redis=redis_url,
+        # --log-format / --log-level reach every server through its configuration.
+        overrides=dict.fromkeys(_ROLE_TABLES, logs.config_keys(args)),
     )
     # Before anything is written: a suite running here keeps its files, and a port
     # someone holds is named as such instead of failing one server's start.

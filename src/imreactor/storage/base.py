@@ -66,8 +66,11 @@ class Storage(Protocol):
         domain: str = "",
         sign_info: str = "",
         status: int = 0,
+        origin: str = "",
     ) -> User:
-        """Create a user. ``password_md5_hex`` is what clients send (hex MD5 of the
+        """Create a user. ``origin`` says who made it ("" an operator or the suite,
+        ``"load"`` the load generator: see :meth:`users_of_origin`).
+        ``password_md5_hex`` is what clients send (hex MD5 of the
         plaintext); only a salted scrypt hash of it is stored. ``domain`` (UserInfo's
         ``user_domain``, which clients show as the account name) defaults to ``name``.
         Raises ConflictError if ``name`` is taken, ValueError if the password is not a
@@ -117,6 +120,17 @@ class Storage(Protocol):
 
     def list_users(self) -> list[User]:
         """All users, ascending by id."""
+        ...
+
+    def users_of_origin(self, origin: str) -> list[User]:
+        """The users created with ``origin`` (:meth:`add_user`), ascending by id."""
+        ...
+
+    def delete_users(self, user_ids: Sequence[int]) -> list[int]:
+        """Delete those of ``user_ids`` that exist, in one transaction; returns them,
+        ascending. Their group memberships (the groups' versions grow by one), unread
+        counts and recent sessions go with them; the messages they exchanged stay in
+        the history of the others. An id is never given to a new user again."""
         ...
 
     def add_department(self, name: str, *, priority: int = 0, parent_id: int = 0) -> Department: ...
@@ -227,6 +241,10 @@ class Storage(Protocol):
         """Remove members (their unread count for the group goes too); returns the new
         member list. The version grows by one if anything changed. Raises NotFoundError
         for an unknown group."""
+        ...
+
+    def list_groups(self) -> list[GroupInfo]:
+        """Every group, ascending by id (``shield_status`` 0: as nobody in particular)."""
         ...
 
     def group_members(self, group_id: int) -> list[int]:

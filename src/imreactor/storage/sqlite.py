@@ -117,6 +117,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 2: accounts an operator disabled refuse every login.
     ("ALTER TABLE users ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0",),
+    # 3: who made an account ('' an operator; 'load' the load generator, whose
+    # accounts `imreactor load --cleanup` removes).
+    ("ALTER TABLE users ADD COLUMN origin TEXT NOT NULL DEFAULT ''",),
 )
 
 

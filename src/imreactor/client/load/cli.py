@@ -18,7 +18,14 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from ...accounts import create_users, data_dir_database
+from ...accounts import (
+    LOAD_ORIGIN,
+    AccountsError,
+    create_users,
+    data_dir_database,
+    data_dir_has_database,
+    delete_users_of_origin,
+)
 from ...net import EventLoop
 from ...net.limits import raise_open_files_limit
 from ..tls import add_tls_arguments
@@ -177,10 +184,21 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         metavar="S",
         help="each reconnect first waits a random 0..S seconds (default 5)",
     )
-    ap.add_argument("--create-users", action="store_true", help="create the users first")
+    ap.add_argument(
+        "--create-users",
+        action="store_true",
+        help="create the users first, marked as the load generator's (see --cleanup)",
+    )
+    ap.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="delete every user --create-users ever made (and only those), then exit",
+    )
     where = ap.add_mutually_exclusive_group()
-    where.add_argument("--database", help="storage URL for --create-users")
-    where.add_argument("--data-dir", help="an 'imreactor up' data dir, for --create-users")
+    where.add_argument("--database", help="storage URL for --create-users / --cleanup")
+    where.add_argument(
+        "--data-dir", help="an 'imreactor up' data dir, for --create-users / --cleanup"
+    )
     ap.add_argument(
         "--ws",
         action="store_true",
@@ -232,6 +250,24 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
     )
 
 
+class _Usage(ValueError):
+    """Options that cannot be used: exit status 2."""
+
+
+def _database(args: argparse.Namespace, what: str) -> str:
+    """The storage URL ``--database`` or ``--data-dir`` names (the data dir's, as for
+    ``imreactor up``); a data dir that holds no database is refused, not created."""
+    if args.database:
+        url: str = args.database
+        return url
+    if not args.data_dir:
+        raise _Usage("needs --database or --data-dir")
+    url = data_dir_database(args.data_dir)
+    if not data_dir_has_database(args.data_dir):
+        raise _Usage(f"no database in {args.data_dir} (imreactor up makes one there)")
+    return url
+
+
 def run(args: argparse.Namespace) -> int:
     """0 if the run verified clean, 1 if not, 2 for unusable options."""
     try:
@@ -242,17 +278,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"imreactor load: {exc}", file=sys.stderr)
         return 2
-    if args.create_users:
-        if args.database:
-            database = args.database
-        elif args.data_dir:
-            database = data_dir_database(args.data_dir)
-        else:
-            print("imreactor load: --create-users needs --database or --data-dir", file=sys.stderr)
-            return 2
-        started = time.monotonic()
-        created = len(create_users(database, options.user_names(), options.password))
-        print(f"created {created} users in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    if args.create_users or args.cleanup:
+        what = "--cleanup" if args.cleanup else "--create-users"
+        try:
+            database = _database(args, what)
+            if args.cleanup:
+                gone = delete_users_of_origin(database, LOAD_ORIGIN)
+                print(f"deleted {len(gone)} users made by imreactor load --create-users")
+                return 0
+            started = time.monotonic()
+            made = create_users(
+                database, options.user_names(), options.password, origin=LOAD_ORIGIN
+            )
+        except (ValueError, OSError, AccountsError) as exc:
+            print(f"imreactor load: {what}: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, _Usage) else 1
+        took = time.monotonic() - started
+        print(f"created {len(made)} users in {took:.1f} s", file=sys.stderr)
     progress = None if args.no_progress else sys.stderr
     if args.processes != 1:
         report = run_processes(options, args.processes, progress=progress)

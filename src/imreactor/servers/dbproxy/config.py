@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_host, check_minimums, option
+from ...config import ConfigError, LogSettings, check_host, check_minimums, option
 from ...storage import check_storage_url
 from ..linkauth import LinkSecurity
 from ..runner import DrainConfig
@@ -18,7 +18,7 @@ def _check_database(key: str, url: str) -> None:
 
 
 @dataclass
-class DbProxyConfig(DrainConfig, LinkSecurity):
+class DbProxyConfig(DrainConfig, LinkSecurity, LogSettings):
     listen_host: str = option("127.0.0.1", "address msg_servers connect to", check=check_host)
     port: int = option(10600, "TCP port for msg_servers")
     http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")

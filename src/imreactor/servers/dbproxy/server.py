@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from ...logs import RateLimitedLog, ids
 from ...net import DeadlineExpired, EventLoop, PoolFull, Server, WorkerPool
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
 from ...pdu.proto import im_base_define_pb2 as base
@@ -50,6 +51,9 @@ from .credentials import CredentialCache
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
+#: Overload and outages come as floods: one line per kind per window (imreactor.logs).
+_flood_log = RateLimitedLog(log, logging.WARNING)
+_failure_log = RateLimitedLog(log, logging.ERROR)  # the storage failed a request
 
 M = TypeVar("M", bound=Message)
 
@@ -257,7 +261,8 @@ class DbProxyServer:
                 self._storage_failing = exc is not None
                 if exc is not None:
                     self.failures += 1
-                    log.error("%s failed: %r", type(request).__name__, exc)
+                    name = type(request).__name__
+                    _failure_log.log(self.loop, f"{name} failures", "%s failed: %r", name, exc)
                     response = self._failure_answer(request)
                 if response is None:
                     return
@@ -270,7 +275,8 @@ class DbProxyServer:
                 self._submit_in_order(link, attach, done, work, self.store, request)
             except PoolFull:
                 self.failures += 1
-                log.warning("worker pool full; %s refused", type(request).__name__)
+                name = type(request).__name__
+                _flood_log.log(self.loop, "worker pool full", "worker pool full; %s refused", name)
                 answer = self._failure_answer(request)
                 if answer is not None:
                     done(answer, None)
@@ -279,7 +285,13 @@ class DbProxyServer:
 
     def _expired(self, request: Message) -> None:
         self.expired += 1
-        log.info("%s dropped unstarted: its msg_server stopped waiting", type(request).__name__)
+        name = type(request).__name__
+        _flood_log.log(
+            self.loop,
+            "dropped unstarted",
+            "%s dropped unstarted: its msg_server stopped waiting",
+            name,
+        )
 
     def _failure_answer(self, request: Any) -> Message | None:
         if isinstance(request, msg_pb.IMMsgData):
@@ -329,7 +341,9 @@ class DbProxyServer:
                 self._expired(req)
             else:
                 self.failures += 1
-                log.error("IMValidateReq failed: %r", exc)
+                _failure_log.log(
+                    self.loop, "IMValidateReq failures", "IMValidateReq failed: %r", exc
+                )
                 refuse(base.REFUSE_REASON_NO_DB_SERVER, "database unavailable")
 
         def checked(ok: Any, exc: BaseException | None, record: LoginRecord | None) -> None:
@@ -363,14 +377,16 @@ class DbProxyServer:
                 )
             except PoolFull:
                 self.busy += 1
-                log.warning("hash pool full; login of %r answered busy", name)
+                _flood_log.log(
+                    self.loop, "hash pool full", "hash pool full; login of %r answered busy", name
+                )
                 refuse(base.REFUSE_REASON_NO_DB_SERVER, "server busy")
 
         try:
             self._submit_in_order(link, attach, looked_up, self.store.login_record, name)
         except PoolFull:
             self.failures += 1
-            log.warning("worker pool full; IMValidateReq refused")
+            _flood_log.log(self.loop, "worker pool full", "worker pool full; IMValidateReq refused")
             refuse(base.REFUSE_REASON_NO_DB_SERVER, "database unavailable")
 
     def _submit_in_order(
@@ -411,7 +427,12 @@ class DbProxyServer:
             if result.ok:
                 rsp.create_time = result.create_time
             else:
-                log.info("message from %d refused: %s", req.from_user_id, result.error)
+                log.info(
+                    "message from %d refused: %s",
+                    req.from_user_id,
+                    result.error,
+                    extra=ids(user=req.from_user_id),
+                )
             self.loop.call_soon_threadsafe(link.send, rsp, seq)
 
         def work(store: Storage, request: Any) -> None:  # worker thread
@@ -429,7 +450,7 @@ class DbProxyServer:
             elif exc is not None:
                 self.failures += 1
                 self._storage_failing = True
-                log.error("IMMsgData failed: %r", exc)
+                _failure_log.log(self.loop, "IMMsgData failures", "IMMsgData failed: %r", exc)
                 answer = self._failure_answer(req)
                 if answer is not None:
                     link.send(answer, seq)
@@ -438,7 +459,7 @@ class DbProxyServer:
             self._submit_in_order(link, attach, failed, work, self.store, req)
         except PoolFull:
             self.failures += 1
-            log.warning("worker pool full; IMMsgData refused")
+            _flood_log.log(self.loop, "worker pool full", "worker pool full; IMMsgData refused")
             failed(None, PoolFull("worker pool full"))
 
     def _read_ack(self, store: Storage, req: msg_pb.IMMsgDataReadAck) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import check_host, check_pair, option
+from ...config import LogSettings, check_host, check_pair, option
 from ..linkauth import LinkSecurity
 from ..runner import DrainConfig
 
 
 @dataclass
-class LoginConfig(DrainConfig, LinkSecurity):
+class LoginConfig(DrainConfig, LinkSecurity, LogSettings):
     listen_host: str = option(
         "127.0.0.1", "address for all of login_server's ports", check=check_host
     )

@@ -5,6 +5,12 @@ addresses and counts), then ``IMUserCntUpdate`` on every login and logout.
 Clients ask ``GET /msg_server`` (or ``IMMsgServReq`` on ``client_port``) and
 get the msg_server with the fewest users among those not full. A msg_server
 whose link closes or goes silent is forgotten at once.
+
+A peer on the msg_server port (authenticated as a server of the cluster when
+links are: ``imreactor user disable`` and ``user del`` connect with the data
+dir's link certificate) may send ``IMServerKickUser``: login_server passes it to
+every registered msg_server, which closes all of that user's sessions, and
+answers the sender with the same message (same seq) once it has been passed on.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...http import JSON, HttpConnections, Request, Response, Router
+from ...logs import ids
 from ...net import EventLoop, Server
 from ...pdu.imconn import Dispatcher, ImConnection, Keepalive, LinkPolicy
 from ...pdu.kinds import USER_ACTION_ADD, USER_ACTION_DEL
@@ -107,6 +114,10 @@ class MsgServerRegistry:
             return base.REFUSE_REASON_MSG_SERVER_FULL, None
         return 0, min(open_, key=lambda e: e.cur_conn_cnt)
 
+    def links(self) -> list[ImConnection]:
+        """The links of the registered msg_servers."""
+        return list(self._servers)
+
     def total_users(self) -> int:
         return sum(e.cur_conn_cnt for e in self._servers.values())
 
@@ -125,6 +136,7 @@ class LoginServer:
         self.msg_dispatch = Dispatcher[_MsgServerLink]()
         self.msg_dispatch.register(server_pb.IMMsgServInfo, self._on_msg_serv_info)
         self.msg_dispatch.register(server_pb.IMUserCntUpdate, self._on_user_cnt_update)
+        self.msg_dispatch.register(server_pb.IMServerKickUser, self._on_kick_user)
         self.dashboard = Dashboard(self.registry, loop.time)
         self.msg_dispatch.register(server_pb.IMMsgServStats, self.dashboard.on_stats)
         self.client_dispatch = Dispatcher[ImConnection]()
@@ -208,6 +220,24 @@ class LoginServer:
         self, link: _MsgServerLink, msg: server_pb.IMUserCntUpdate, seq: int
     ) -> None:
         self.registry.update_count(link, msg.user_action)
+
+    def _on_kick_user(
+        self, link: _MsgServerLink, msg: server_pb.IMServerKickUser, seq: int
+    ) -> None:
+        # An administrator's request (a disabled or deleted account): every msg_server
+        # closes the user's sessions. Passed on in order on each link, so once the
+        # answer is sent, every registered msg_server has it queued.
+        targets = [other for other in self.registry.links() if other is not link]
+        for other in targets:
+            other.send(msg)
+        log.info(
+            "sessions of user %d closed on %d msg_server(s) (asked by %s)",
+            msg.user_id,
+            len(targets),
+            link.conn.remote_address,
+            extra=ids(user=msg.user_id),
+        )
+        link.send(msg, seq)
 
     # -- clients over TCP -----------------------------------------------------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ...config import ConfigError, check_host, check_minimums, option
+from ...config import ConfigError, LogSettings, check_host, check_minimums, option
 from ..runner import DrainConfig
 
 #: What a file type (the name's extension) may look like; the original's limit was 15 chars.
@@ -25,7 +25,7 @@ def check_public_url(key: str, value: str) -> None:
 
 
 @dataclass
-class MsfsConfig(DrainConfig):
+class MsfsConfig(DrainConfig, LogSettings):
     listen_host: str = option("127.0.0.1", "address msfs listens on", check=check_host)
     port: int = option(8700, "HTTP port: POST uploads, GET downloads")
     store_dir: str = option(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ...config import (
     ConfigError,
+    LogSettings,
     check_addresses,
     check_host,
     check_minimums,
@@ -33,7 +34,7 @@ PRESENCE_MODES = ("subscribed", "broadcast")
 
 
 @dataclass
-class MsgConfig(DrainConfig, LinkSecurity):
+class MsgConfig(DrainConfig, LinkSecurity, LogSettings):
     listen_host: str = option("127.0.0.1", "address clients connect to", check=check_host)
     port: int = option(8000, "TCP port for clients")
     http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
+from ...logs import ids
 from ...net import ConnState
 from ...pdu.imconn import Dispatcher, encode_message
 from ...pdu.kinds import GROUP_MSG_TYPES, SINGLE_MSG_TYPES
@@ -159,6 +160,13 @@ class Delivery:
                 self._not_stored(conn, str(exc or "db_proxy refused it"))
                 return
             stats.messages.inc("stored")
+            log.debug(
+                "message %d from user %d to session %d stored",
+                rsp.msg_id,
+                rsp.from_user_id,
+                rsp.to_session_id,
+                extra=ids(conn=conn.handle, user=rsp.from_user_id, msg=rsp.msg_id),
+            )
             stats.store_latency.observe(stats.loop.time() - received)
             rsp.ClearField("attach_data")
             if conn.conn.state is ConnState.CONNECTED:

@@ -110,11 +110,16 @@ class MsgServer:
             backoff_delays_s=delays,
             ssl=link_ssl,
         )
+        login_dispatch = Dispatcher[Link]()
+        # An administrator closed the account (through login_server): end its sessions.
+        login_dispatch.register(
+            server_pb.IMServerKickUser, lambda link, msg, seq: self.sessions.close_user(msg.user_id)
+        )
         self.login = LinkSet(
             loop,
             "login_server",
             [parse_address(a, 8100) for a in config.login_servers],
-            Dispatcher[Link](),
+            login_dispatch,
             self.keepalive,
             backoff_delays_s=delays,
             on_up=self._announce_to_login,

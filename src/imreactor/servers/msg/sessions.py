@@ -16,6 +16,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from ...logs import RateLimitedLog, ids
 from ...net import ConnState
 from ...net.limits import open_files_limit
 from ...pdu.imconn import Dispatcher
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .server import MsgServer
 
 log = logging.getLogger(__name__)
+_throttled_log = RateLimitedLog(log)
 
 
 #: Descriptors msg_server keeps apart from clients': links, listener, poller, logs.
@@ -87,8 +89,17 @@ class Sessions:
             # is held back (a timer, no CPU) so that a guesser waits instead of spinning on
             # answers it gets at once: a flood's rate, and so its cost to everyone else's
             # logins, is then bounded by its connections, not by our speed.
-            log.debug("login of %r from %s throttled for %.0f s", name, address, wait)
             why = f"too many failed logins; try again in {math.ceil(wait)} s"
+            # A guesser's flood is one line per window, not one per attempt.
+            _throttled_log.log(
+                self.server.loop,
+                "throttled logins",
+                "login of %r from %s throttled: %s",
+                name,
+                address,
+                why,
+                extra=ids(conn=conn.handle),
+            )
             # Answered well before the login deadline would close the connection unanswered.
             config = self.server.config
             delay = min(wait, config.throttle_answer_delay_s, config.login_timeout_s / 2)
@@ -174,7 +185,7 @@ class Sessions:
         """Answer ``code`` and close; count the login as ``outcome`` (None: counted already)."""
         if outcome is not None:
             self.server.stats.logins.inc(outcome)
-        log.info("%r: login refused (%d %s)", conn.conn, code, why)
+        log.info("%r: login refused (%d %s)", conn.conn, code, why, extra=ids(conn=conn.handle))
         conn.send(
             login_pb.IMLoginRes(
                 server_time=int(time.time()),
@@ -221,7 +232,13 @@ class Sessions:
             ),
             seq,
         )
-        log.info("user %d logged in (%r, client type 0x%x)", user_id, conn.conn, client_type)
+        log.info(
+            "user %d logged in (%r, client type 0x%x)",
+            user_id,
+            conn.conn,
+            client_type,
+            extra=ids(conn=conn.handle, user=user_id),
+        )
         self.server.relay.status_changed(conn, base.USER_STATUS_ONLINE)
         if limit == 1:
             # One session of this class in the cluster: another msg_server's is kicked
@@ -243,12 +260,38 @@ class Sessions:
         return limit
 
     def kick(self, older: ClientConn, reason: int) -> None:
-        log.info("user %d: kicking %r (reason %d)", older.user_id, older.conn, reason)
+        log.info(
+            "user %d: kicking %r (reason %d)",
+            older.user_id,
+            older.conn,
+            reason,
+            extra=ids(conn=older.handle, user=older.user_id),
+        )
         older.send(
             login_pb.IMKickUser(
                 user_id=older.user_id, kick_reason=base.KickReasonType.ValueType(reason)
             )
         )
+        self._end(older)
+
+    def close_user(self, user_id: int) -> None:
+        """Close every session of ``user_id`` here: an administrator disabled or deleted
+        the account. No IMKickUser: TeamTalk has no reason for it, and the ones it has
+        would tell the client to log in again; its next login is refused instead."""
+        conns = self.server.users.get(user_id)
+        for conn in list(conns) if conns is not None else []:
+            log.info(
+                "user %d: account closed; closing %r",
+                user_id,
+                conn.conn,
+                extra=ids(conn=conn.handle, user=user_id),
+            )
+            self._end(conn)
+        if conns is not None and not self.server.relay.clustered:
+            self.server.presence.notify_status(user_id, base.USER_STATUS_OFFLINE)
+
+    def _end(self, older: ClientConn) -> None:
+        """Close a logged-in connection for the server's reasons (kick, closed account)."""
         # Detach before closing: the close notification must not log the user out.
         self._detach(older)
         self.server.presence.unwatch(older)  # a kicked connection is told nothing more
@@ -274,7 +317,7 @@ class Sessions:
         """A logged-in connection closed."""
         user_id = conn.user_id
         if self._detach(conn):
-            log.info("user %d offline", user_id)
+            log.info("user %d offline", user_id, extra=ids(conn=conn.handle, user=user_id))
             if not self.server.relay.clustered:
                 self.server.presence.notify_status(user_id, base.USER_STATUS_OFFLINE)
 

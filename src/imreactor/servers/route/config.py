@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...config import check_host, check_minimums, option
+from ...config import LogSettings, check_host, check_minimums, option
 from ..linkauth import LinkSecurity
 from ..runner import DrainConfig
 
 
 @dataclass
-class RouteConfig(DrainConfig, LinkSecurity):
+class RouteConfig(DrainConfig, LinkSecurity, LogSettings):
     listen_host: str = option("127.0.0.1", "address route_server listens on", check=check_host)
     port: int = option(8200, "TCP port msg_servers connect to")
     http_port: int = option(0, "HTTP port for /metrics, /healthz, /readyz (0 = none)")

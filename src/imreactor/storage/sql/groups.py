@@ -7,7 +7,7 @@ client learns that its cached member list is stale.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from ..errors import NotFoundError
 from ..records import GroupInfo, GroupType, GroupVersion, SessionStatus, SessionType
@@ -18,16 +18,6 @@ GROUP_COLS = "group_id, version, name, avatar, creator_id, group_type, created, 
 
 class GroupQueries(SqlBase):
     """The group part of :class:`~imreactor.storage.base.Storage`."""
-
-    @staticmethod
-    def _existing_users(tx: Tx, user_ids: Iterable[int]) -> set[int]:
-        found: set[int] = set()
-        for chunk in chunks(user_ids):
-            rows = tx.all(
-                f"SELECT user_id FROM users WHERE user_id IN ({placeholders(len(chunk))})", chunk
-            )
-            found.update(r[0] for r in rows)
-        return found
 
     def create_group(
         self,
@@ -71,17 +61,6 @@ class GroupQueries(SqlBase):
             )
 
         return self._write(work)
-
-    def _lock_group(self, tx: Tx, group_id: int) -> int:
-        """Lock the group's conversation row (the locking rule); its conv_id."""
-        row = tx.one(
-            "SELECT conv_id FROM conversations WHERE conv_type = ? AND low_id = ? AND high_id = 0"
-            + self.FOR_UPDATE,
-            (int(SessionType.GROUP), group_id),
-        )
-        if row is None:
-            raise NotFoundError(f"no group {group_id}")
-        return int(row[0])
 
     def add_group_members(self, group_id: int, user_ids: Sequence[int]) -> list[int]:
         now = self._clock()
@@ -135,12 +114,9 @@ class GroupQueries(SqlBase):
 
         return self._write(work)
 
-    @staticmethod
-    def _bump_group(tx: Tx, group_id: int, now: int) -> None:
-        tx.run(
-            "UPDATE chat_groups SET version = version + 1, updated = ? WHERE group_id = ?",
-            (now, group_id),
-        )
+    def list_groups(self) -> list[GroupInfo]:
+        rows = self._read(lambda tx: tx.all("SELECT group_id FROM chat_groups ORDER BY group_id"))
+        return self.group_infos([r[0] for r in rows], 0)
 
     def group_members(self, group_id: int) -> list[int]:
         return self._read(lambda tx: self._members(tx, group_id))

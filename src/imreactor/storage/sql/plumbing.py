@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ..errors import StorageError
+from ..errors import NotFoundError, StorageError
 from ..passwords import PasswordHasher
 from ..records import SessionType
 
@@ -143,4 +143,32 @@ class SqlBase:
             " ON CONFLICT (user_id, session_type, session_id) DO UPDATE"
             " SET status = 0, updated = excluded.updated",
             [(user, kind, sid, conv_id, now, now) for user, sid in sorted(pairs)],
+        )
+
+    @staticmethod
+    def _existing_users(tx: Tx, user_ids: Iterable[int]) -> set[int]:
+        found: set[int] = set()
+        for chunk in chunks(user_ids):
+            rows = tx.all(
+                f"SELECT user_id FROM users WHERE user_id IN ({placeholders(len(chunk))})", chunk
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def _lock_group(self, tx: Tx, group_id: int) -> int:
+        """Lock the group's conversation row (the locking rule); its conv_id."""
+        row = tx.one(
+            "SELECT conv_id FROM conversations WHERE conv_type = ? AND low_id = ? AND high_id = 0"
+            + self.FOR_UPDATE,
+            (int(SessionType.GROUP), group_id),
+        )
+        if row is None:
+            raise NotFoundError(f"no group {group_id}")
+        return int(row[0])
+
+    @staticmethod
+    def _bump_group(tx: Tx, group_id: int, now: int) -> None:
+        tx.run(
+            "UPDATE chat_groups SET version = version + 1, updated = ? WHERE group_id = ?",
+            (now, group_id),
         )

@@ -51,6 +51,7 @@ class UserQueries(SqlBase):
         domain: str = "",
         sign_info: str = "",
         status: int = 0,
+        origin: str = "",
     ) -> User:
         if not name:
             raise ValueError("user name must not be empty")
@@ -66,8 +67,8 @@ class UserQueries(SqlBase):
                 raise ConflictError(f"user name {name!r} is taken")
             row = tx.one(
                 "INSERT INTO users (name, password_hash, nick, real_name, gender, avatar_url,"
-                " department_id, email, phone, domain, status, sign_info, created, updated)"
-                f" VALUES ({placeholders(14)}) RETURNING {USER_COLS}",
+                " department_id, email, phone, domain, status, sign_info, created, updated,"
+                f" origin) VALUES ({placeholders(15)}) RETURNING {USER_COLS}",
                 (
                     name,
                     password_hash,
@@ -83,6 +84,7 @@ class UserQueries(SqlBase):
                     sign_info,
                     now,
                     now,
+                    origin,
                 ),
             )
             assert row is not None
@@ -177,6 +179,41 @@ class UserQueries(SqlBase):
 
     def list_users(self) -> list[User]:
         return self.users_updated_since(0)
+
+    def users_of_origin(self, origin: str) -> list[User]:
+        rows = self._read(
+            lambda tx: tx.all(
+                f"SELECT {USER_COLS} FROM users WHERE origin = ? ORDER BY user_id", (origin,)
+            )
+        )
+        return [_user(r) for r in rows]
+
+    def delete_users(self, user_ids: Sequence[int]) -> list[int]:
+        now = self._clock()
+
+        def work(tx: Tx) -> list[int]:
+            gone = sorted(self._existing_users(tx, user_ids))
+            groups: set[int] = set()
+            for chunk in chunks(gone):
+                rows = tx.all(
+                    "SELECT DISTINCT group_id FROM group_members"
+                    f" WHERE user_id IN ({placeholders(len(chunk))})",
+                    chunk,
+                )
+                groups.update(r[0] for r in rows)
+            # The locking rule: every group conversation changed, in ascending order.
+            for group_id in sorted(groups):
+                self._lock_group(tx, group_id)
+                self._bump_group(tx, group_id, now)  # members' caches are stale now
+            for chunk in chunks(gone):
+                ids = placeholders(len(chunk))
+                for table in ("group_members", "unread", "sessions", "users"):
+                    tx.run(f"DELETE FROM {table} WHERE user_id IN ({ids})", chunk)
+            # What the others keep: messages from the deleted (their history), and
+            # their recent session with them, as with any user they cannot reach.
+            return gone
+
+        return self._write(work)
 
     # -- departments ----------------------------------------------------------------------
 
