@@ -158,7 +158,10 @@ class Relay(Fabric):
 
     def forward(self, message: Message) -> None:
         """Relay through one live route_server (each message must travel once), or hold it
-        in the outbox while there is none or older messages wait (the module docstring)."""
+        in the outbox while there is none or older messages wait (the module docstring).
+        Without route_servers configured (a single msg_server) there is nowhere to go."""
+        if not self.server.route.configured:
+            return
         link = self.server.route.pick() if not self._outbox else None
         if link is None:
             if len(self._outbox) >= OUTBOX_MAX:
