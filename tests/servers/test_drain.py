@@ -267,3 +267,18 @@ def test_a_message_with_no_db_proxy_link_closes_its_connection(tmp_path: Path) -
         assert "IMMsgData cannot be answered" in suite.log_text("msg_server")
     finally:
         suite.stop()
+
+
+def test_a_single_msg_server_drains_at_once_after_traffic(tmp_path: Path) -> None:
+    """With no route_server configured nothing waits to be relayed: after messages, the
+    drain ends as soon as the answers are out, not at drain_timeout_s."""
+    suite = start_suite(tmp_path / "suite", f"sqlite:///{tmp_path / 'im.db'}")
+    try:
+        alice, bob = suite.login("alice"), suite.login("bob")
+        for i in range(20):
+            alice.send_message(bob.user_id, b"m%d" % i)
+    finally:
+        suite.stop()
+    log = suite.log_text("msg_server")
+    assert "msg_server drained in" in log, log[-2000:]
+    assert "drain not finished" not in log
