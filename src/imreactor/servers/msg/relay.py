@@ -80,7 +80,9 @@ class Relay(Fabric):
 
     @property
     def pending_work(self) -> int:
-        return len(self._outbox)
+        # Only what can still go: with no route_server link up (all of them draining too,
+        # say), the outbox waits for a link that a draining server must not wait for.
+        return len(self._outbox) if self.server.route.live else 0
 
     @property
     def clustered(self) -> bool:
