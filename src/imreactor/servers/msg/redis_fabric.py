@@ -67,6 +67,7 @@ from ...pdu.registry import ids_of
 from ...redis import RedisClient, RedisConnectionError, RedisError, RedisReplyError
 from ...redis.url import parse_redis_url
 from .client import ClientConn
+from .dedupe import SeenMessages
 from .fabric import Fabric, Inbound
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ GROUP = "msg"  #: the consumer group every inbox is read with
 READ_COUNT = 256  #: entries per XREADGROUP
 BLOCK_MS = 1000  #: how long one XREADGROUP waits for entries
 OUTBOX_MAX = 10_000  #: relays kept while Redis is unreachable; beyond, the oldest go
-SEEN_MAX = 65_536  #: relayed msg_ids remembered to drop a second copy
 WATCH_CHUNK = 10_000  #: users per watch-set update (one command stays well under 1 MB)
 RELAY_BATCH_MAX = 1000  #: messages per relay script call when the outbox is emptied
 RECONNECT_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -331,15 +331,13 @@ class RedisFabric(Fabric):
         self._backlog = True  # reading our pending entries before new ones
         self._outbox: deque[Record] = deque(maxlen=OUTBOX_MAX)
         self._batch: list[Record] = []  # forwarded in this loop iteration, sent at its end
-        self._seen: set[tuple[int, int, int, int]] = set()
-        self._seen_order: deque[tuple[int, int, int, int]] = deque()
+        self._seen = SeenMessages()
         self._heartbeat: Timer | None = None
         self._told: set[int] = set()  # the users our watch set in Redis holds
         self._handlers: dict[int, tuple[type[Message], Inbound]] = {
             ids_of(cls)[1]: (cls, handler) for cls, handler in self.inbound().items()
         }
         self.relayed_in = 0  #: entries taken from our inbox
-        self.duplicates = 0  #: of those, copies of a message already delivered
 
     # -- Fabric ----------------------------------------------------------------------------
 
@@ -350,6 +348,11 @@ class RedisFabric(Fabric):
     @property
     def ready(self) -> bool:
         return self._announced and self.commands.ready
+
+    @property
+    def duplicates(self) -> int:
+        """Of the entries taken from our inbox, copies of a message already delivered."""
+        return self._seen.duplicates
 
     @property
     def pending_work(self) -> int:
@@ -660,20 +663,9 @@ class RedisFabric(Fabric):
             log.warning("redis fabric: inbox entry %r dropped: %r", entry_id, exc)
             return
         self.relayed_in += 1
-        if isinstance(message, msg_pb.IMMsgData) and self._duplicate(message):
-            self.duplicates += 1
+        if isinstance(message, msg_pb.IMMsgData) and not self._seen.first_time(message):
             return
         try:
             handler(message)
         except Exception:
             log.exception("redis fabric: handling inbox entry %r failed", entry_id)
-
-    def _duplicate(self, msg: msg_pb.IMMsgData) -> bool:
-        key = (msg.msg_type, msg.from_user_id, msg.to_session_id, msg.msg_id)
-        if key in self._seen:
-            return True
-        self._seen.add(key)
-        self._seen_order.append(key)
-        if len(self._seen_order) > SEEN_MAX:
-            self._seen.discard(self._seen_order.popleft())
-        return False
